@@ -1,0 +1,47 @@
+"""The builder seam: an :class:`EnvSpec` becomes a directory.
+
+A builder turns a spec (plus, when ``spec.needs_content``, the repository
+content) into an environment built *at* :data:`~binderbox.environments.ENV_PREFIX`
+inside its sandbox, which is backed by the empty directory ``prefix`` on the
+host.  The store owns ``prefix`` (a temporary directory it publishes
+atomically afterwards); the builder must write nowhere else except its caches.
+
+Contract:
+
+* :meth:`Builder.interpreter` -- the exact interpreter identity the spec
+  will be built with (part of the key).  Raises
+  :class:`~binderbox.errors.PythonVersionUnavailable` naming what exists.
+* :meth:`Builder.build` -- an async generator of log lines.  It finishes
+  normally when the environment is complete; it raises a
+  :class:`~binderbox.errors.BuildError` subclass on failure.  When the
+  consumer stops iterating (cancellation, timeout) every process it started
+  is killed before it returns.
+* ``version`` -- changes whenever the builder's output would change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import ClassVar
+
+from traitlets.config import LoggingConfigurable
+
+from ..environments import EnvSpec
+
+
+class Builder(LoggingConfigurable):
+    """Base class of environment builders.  See the module docstring."""
+
+    #: environment kinds this builder handles (``EnvSpec.kind``)
+    kinds: ClassVar[tuple[str, ...]] = ()
+    #: bump when the output of a build changes for the same spec
+    version: ClassVar[str] = "0"
+
+    def interpreter(self, spec: EnvSpec) -> str:
+        """The interpreter identity for ``spec`` (e.g. ``cpython-3.10.13``)."""
+        raise NotImplementedError
+
+    def build(self, spec: EnvSpec, content: Path | None, prefix: Path) -> AsyncIterator[str]:
+        """Build ``spec`` into ``prefix``; yields log lines.  See the module docstring."""
+        raise NotImplementedError
