@@ -15,6 +15,8 @@ The key rule (see :meth:`EnvSpec.key`):
   postBuild script).  That digest covers the files that can affect a build;
   files that cannot (notebooks, Markdown/reStructuredText documents, images)
   are excluded, so a commit that edits only a notebook keeps the key.
+  Everything else counts, a ``data/`` folder included (see
+  :mod:`binderbox.environments.digest`).
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ class EnvSpec:
         pip requirement lines, normalised: comments and blank lines gone,
         ``-r`` files inlined, Pipfile/Pipfile.lock converted; local
         references (``-e .``, ``./pkg``) rewritten relative to the
-        repository root
+        repository root, and the paths uv itself opens (``-c FILE``,
+        ``--find-links DIR``) as absolute paths under :data:`HOME`: install
+        them with the content at :data:`HOME` as the working directory
+        (see :mod:`binderbox.environments.requirements`)
     ``install_repo``
         the repository root is a Python package and is installed
     ``postbuild``

@@ -107,8 +107,8 @@ class RepoProvider(LoggingConfigurable):
         """The entry for ``/api/repoproviders`` (BinderHub's shape)."""
         return {
             "id": cls.prefix,
-            "display_name": cls.display_name,
-            "spec": {"validate_regex": ".+"},
+            "displayName": cls.display_name,
+            "spec": {"validateRegex": ".+"},
             "repo": {"label": cls.spec_label, "placeholder": cls.spec_placeholder},
             "ref": {"enabled": cls.has_ref, "default": "HEAD"},
         }

@@ -1,0 +1,467 @@
+"""The dataset cache: each ``projectName`` folder fetched once, published atomically.
+
+Layout under :attr:`DataCache.root`::
+
+    datasets/<key>/data/        the published folder (what sessions mount read-only)
+    datasets/<key>/meta.json    completion marker + metadata; its mtime = last use
+    tmp/<key>.<random>/         fetches in progress (and trees being deleted)
+    locks/<key>.lock            held (flock) by whoever fetches or deletes <key>
+    locks/<key>.use             held shared by sessions using <key> (:meth:`DataCache.hold`)
+
+The **key** of a folder is a hash of the normalised identities of all the
+entries sharing its ``projectName`` (``src`` and every other key except the
+label), plus the environment key when one of them is a Python code source.
+A new commit that does not touch ``data_requirement.json`` therefore reuses
+the folder; changing ``version`` (or any key) fetches it again.
+
+Guarantees:
+
+* **Atomic publish.**  Entries are fetched into ``tmp/<key>.<random>/data``;
+  ``meta.json`` is written only after every fetcher succeeded, then the tree
+  is renamed to ``datasets/<key>``.  A failure (HTTP error, truncated body,
+  checksum, unsafe archive, size limit, timeout, code error) deletes the
+  temporary tree: no cache entry, nothing half-written, the next ensure
+  starts afresh.
+* **One fetch per key.**  Concurrent :meth:`DataCache.ensure` calls in one
+  process share one task (each caller gets all its events); across
+  processes ``locks/<key>.lock`` serialises fetches, and whoever gets the
+  lock second finds the folder published.
+* **Limits.**  :attr:`DataCache.max_dataset_bytes` per folder, enforced while
+  downloading; :attr:`DataCache.timeout` per folder; :attr:`DataCache.budget`
+  for the whole cache, enforced by least-recently-used eviction
+  (:meth:`DataCache.gc`, run after each publish) that skips folders being
+  fetched, held by a session, or used less than :attr:`DataCache.min_idle`
+  seconds ago.
+
+API used by the launch pipeline::
+
+    async for event in cache.ensure(entries, env_path=env, env_key=key):
+        ...                                  # binderbox.events.Fetching events
+    mounts = cache.mounts(entries, env_key=key)   # {projectName: published folder}
+    locks = cache.hold(entries, env_key=key)      # keep while the session runs
+
+``ensure`` raises :class:`~binderbox.errors.DataError` on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traitlets import Float, Integer, List, Type, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from ..errors import DataError
+from ..events import Event, Fetching
+from ..store.locks import FileLock
+from .archives import remove_tree
+from .fetchers import DataFetcher, FetchContext, default_fetcher_classes
+from .fetchers.base import human_bytes
+from .fetchers.code import tree_size
+from .requirement import DataEntry, group_by_project
+
+#: bump to invalidate every cached dataset (layout or fetcher semantics changed)
+CACHE_VERSION = "1"
+_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class CachedDataset:
+    """One published folder: its key, ``projectName``, size and last use (epoch)."""
+
+    key: str
+    project_name: str
+    path: Path
+    size: int
+    last_used: float
+    sources: tuple[str, ...]
+
+
+class _Job:
+    """One fetch in progress, shared by every caller waiting for its key."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.error: BaseException | None = None
+        self.done = False
+        self.task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    def push(self, event: Event) -> None:
+        self.events.append(event)
+        self._wake()
+
+    def finish(self, error: BaseException | None) -> None:
+        self.error, self.done = error, True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self) -> AsyncIterator[Event]:
+        index = 0
+        while True:
+            while index < len(self.events):
+                yield self.events[index]
+                index += 1
+            if self.done:
+                return
+            await self._changed.wait()
+
+
+class DataCache(LoggingConfigurable):
+    """Fetches and caches the datasets of ``data_requirement.json``; see the module docstring."""
+
+    root = Unicode(
+        help="Directory holding the cached datasets. Defaults to $XDG_CACHE_HOME/binderbox/data."
+    ).tag(config=True)
+
+    @default("root")
+    def _default_root(self) -> str:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return str(Path(base) / "binderbox" / "data")
+
+    max_dataset_bytes = Integer(
+        5 * 10**9,
+        help="Largest size in bytes of one dataset folder (all entries sharing a projectName); "
+        "a download passing it is stopped and fails.",
+    ).tag(config=True)
+    budget = Integer(
+        20 * 10**9,
+        help="Disk budget in bytes for all cached datasets; least-recently-used folders are "
+        "evicted above it. 0 = unlimited.",
+    ).tag(config=True)
+    timeout = Float(
+        3600.0, help="Seconds one dataset folder may take to fetch before it fails."
+    ).tag(config=True)
+    read_timeout = Float(
+        60.0, help="Seconds a server may stay silent during a download before it fails."
+    ).tag(config=True)
+    min_idle = Float(
+        600.0,
+        help="Seconds after its last use during which eviction never removes a dataset "
+        "(the time a session may need to start).",
+    ).tag(config=True)
+    fetcher_classes = List(
+        Type(klass=DataFetcher),
+        help="Fetcher classes asked in order; the first whose matches() is true fetches an "
+        "entry. Default: code, git (refused), Zenodo, OSF, S3, Google Drive, http(s).",
+    ).tag(config=True)
+
+    @default("fetcher_classes")
+    def _default_fetchers(self) -> builtins.list[type[DataFetcher]]:
+        return default_fetcher_classes()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._jobs: dict[str, _Job] = {}
+        self._fetchers: builtins.list[DataFetcher] | None = None
+
+    # -- keys and paths ---------------------------------------------------
+
+    @property
+    def fetchers(self) -> builtins.list[DataFetcher]:
+        """The fetcher instances (configured from this cache's config)."""
+        if self._fetchers is None:
+            self._fetchers = [cls(parent=self) for cls in self.fetcher_classes]
+        return self._fetchers
+
+    def fetcher_for(self, entry: DataEntry) -> DataFetcher:
+        """The fetcher of ``entry`` or a :class:`DataError` naming the source."""
+        for fetcher in self.fetchers:
+            if fetcher.matches(entry):
+                return fetcher
+        raise DataError(
+            f"Dataset {entry.describe()}: binderbox cannot fetch the source '{entry.src}'.",
+            hint="Use an http(s) URL, a Zenodo DOI, an OSF project, s3://, a Google Drive link "
+            "or Python code.",
+            status_code=400,
+            reason="data_unsupported",
+        )
+
+    def key_for(self, entries: Sequence[DataEntry], env_key: str | None = None) -> str:
+        """The cache key of one ``projectName`` folder (see the module docstring)."""
+        names = {e.project_name for e in entries}
+        if len(names) != 1:
+            raise ValueError(f"key_for needs the entries of one projectName, got {names}")
+        code = any(self.fetcher_for(e).kind == "code" for e in entries)
+        ident = {
+            "v": CACHE_VERSION,
+            "entries": sorted(e.identity_hash() for e in entries),
+            "env": env_key if code else None,
+        }
+        text = json.dumps(ident, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def _dir(self, sub: str) -> Path:
+        path = Path(self.root) / sub
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def dataset_dir(self, key: str) -> Path:
+        """``datasets/<key>``: the published tree (``data/`` + ``meta.json``)."""
+        return self._dir("datasets") / key
+
+    def published(self, key: str) -> bool:
+        """Whether ``key`` is published (its completion marker exists)."""
+        return (self.dataset_dir(key) / "meta.json").is_file()
+
+    def path_for(self, entries: Sequence[DataEntry], env_key: str | None = None) -> Path:
+        """The data folder of one ``projectName`` (published or not)."""
+        return self.dataset_dir(self.key_for(entries, env_key)) / "data"
+
+    def mounts(self, entries: Sequence[DataEntry], env_key: str | None = None) -> dict[str, Path]:
+        """``projectName`` -> published folder, after :meth:`ensure`; marks them used."""
+        result: dict[str, Path] = {}
+        for name, group in group_by_project(list(entries)).items():
+            key = self.key_for(group, env_key)
+            if not self.published(key):
+                raise DataError(f"Dataset '{name}' has not been fetched yet.")
+            self._touch(key)
+            result[name] = self.dataset_dir(key) / "data"
+        return result
+
+    def hold(self, entries: Sequence[DataEntry], env_key: str | None = None) -> list[FileLock]:
+        """Shared use-locks that keep the folders from eviction; release them when done."""
+        groups = group_by_project(list(entries)).values()
+        keys = [self.key_for(group, env_key) for group in groups]
+        return [FileLock.acquire(self._dir("locks") / f"{k}.use", shared=True) for k in keys]
+
+    def _touch(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.dataset_dir(key) / "meta.json")
+
+    # -- ensure -------------------------------------------------------------
+
+    async def ensure(
+        self,
+        entries: Sequence[DataEntry],
+        *,
+        env_path: Path | None = None,
+        env_key: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """Fetch whatever is not cached yet; yields :class:`Fetching` events.
+
+        Raises :class:`DataError` for the first folder that fails (folders
+        fetched before it stay cached).  ``env_path``/``env_key``: the
+        repository's built environment, needed by code sources only.
+        """
+        groups = group_by_project(list(entries))
+        keys = {name: self.key_for(group, env_key) for name, group in groups.items()}
+        for name, group in groups.items():
+            key = keys[name]
+            if self.published(key):
+                self._touch(key)
+                yield Fetching(message=f"Dataset '{name}' is ready (cached).")
+                continue
+            job = self._jobs.get(key)
+            if job is None:
+                job = self._jobs[key] = _Job()
+                job.task = asyncio.create_task(self._run(job, key, name, group, env_path))
+            async for event in job.follow():
+                yield event
+            if job.error is not None:
+                raise job.error
+            yield Fetching(message=f"Dataset '{name}' is ready.")
+
+    async def _run(
+        self, job: _Job, key: str, name: str, group: list[DataEntry], env_path: Path | None
+    ) -> None:
+        error: BaseException | None = None
+        try:
+            lock_path = self._dir("locks") / f"{key}.lock"
+            lock = FileLock.try_acquire(lock_path)
+            if lock is None:
+                job.push(Fetching(message=f"Dataset '{name}' is being fetched elsewhere; waiting."))
+                lock = await asyncio.to_thread(FileLock.acquire, lock_path)
+            try:
+                if not self.published(key):
+                    await self._fetch_locked(job, key, name, group, env_path)
+            finally:
+                lock.release()
+            await self._gc_quietly(key)
+        except DataError as exc:
+            self.log.warning("Dataset %s (%s) failed: %s", name, key, exc.log_message)
+            error = exc
+        except asyncio.CancelledError as exc:
+            error = DataError(f"Fetching dataset '{name}' was stopped.", reason="data_cancelled")
+            job.finish(error)
+            raise exc
+        except Exception as exc:
+            self.log.error("Dataset %s (%s) crashed", name, key, exc_info=exc)
+            error = DataError(
+                f"Dataset '{name}' could not be fetched (internal error).",
+                log_message=f"{type(exc).__name__}: {exc}",
+            )
+        finally:
+            self._jobs.pop(key, None)
+            if not job.done:
+                job.finish(error)
+
+    async def _fetch_locked(
+        self, job: _Job, key: str, name: str, group: list[DataEntry], env_path: Path | None
+    ) -> None:
+        """Fetch every entry of the folder into a temporary tree, then publish it."""
+        tmp = await asyncio.to_thread(self._new_temp, key)
+        data = tmp / "data"
+        loop = asyncio.get_running_loop()
+
+        def emit(event: Fetching) -> None:
+            loop.call_soon_threadsafe(job.push, event)
+
+        ctx = FetchContext(
+            emit=emit,
+            limit=self.max_dataset_bytes,
+            deadline=time.monotonic() + self.timeout,
+            project_name=name,
+            env_path=env_path,
+            read_timeout=self.read_timeout,
+            timeout=self.timeout,
+        )
+        try:
+            for entry in group:
+                ctx.report(f"Fetching dataset {entry.describe()} from {entry.src}", force=True)
+                await self.fetcher_for(entry).fetch(entry, data, ctx)
+            size = await asyncio.to_thread(self._publish, tmp, key, name, group)
+            ctx.report(f"Dataset '{name}' fetched: {human_bytes(size)}.", size, size, force=True)
+        finally:
+            ctx.cancel()
+            await asyncio.to_thread(remove_tree, tmp)
+
+    async def _gc_quietly(self, key: str) -> None:
+        """Run :meth:`gc` after a publish; its failure must not fail the launch."""
+        try:
+            await asyncio.to_thread(self.gc, keep={key})
+        except OSError as exc:
+            self.log.warning("Dataset cache eviction failed: %s", exc)
+
+    def _new_temp(self, key: str) -> Path:
+        """A fresh ``tmp/<key>.<random>/data`` (stale ones of ``key`` removed: we hold its lock)."""
+        tmp_root = self._dir("tmp")
+        for stale in tmp_root.glob(f"{key}.*"):
+            remove_tree(stale)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=tmp_root))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the data from sandboxed sessions
+        (tmp / "data").mkdir()
+        return tmp
+
+    def _publish(self, tmp: Path, key: str, name: str, group: list[DataEntry]) -> int:
+        """Write the completion marker into ``tmp`` and rename it into place; its size."""
+        size = tree_size(tmp / "data")
+        meta = {
+            "key": key,
+            "project_name": name,
+            "sources": [e.src for e in group],
+            "entries": [e.identity() for e in group],
+            "size": size,
+            "created": time.time(),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        tmp.rename(self.dataset_dir(key))
+        return size
+
+    async def aclose(self) -> None:
+        """Cancel the fetches running in this process and wait for their cleanup."""
+        tasks = [job.task for job in self._jobs.values() if job.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- listing and removal ------------------------------------------------
+
+    def list(self) -> builtins.list[CachedDataset]:
+        """The published datasets, least recently used first."""
+        found = []
+        for path in self._dir("datasets").iterdir():
+            meta_path = path / "meta.json"
+            try:
+                meta = json.loads(meta_path.read_text())
+                last_used = meta_path.stat().st_mtime
+            except (OSError, ValueError):
+                continue
+            found.append(
+                CachedDataset(
+                    key=path.name,
+                    project_name=str(meta.get("project_name", "")),
+                    path=path / "data",
+                    size=int(meta.get("size", 0)),
+                    last_used=last_used,
+                    sources=tuple(meta.get("sources", ())),
+                )
+            )
+        return sorted(found, key=lambda d: d.last_used)
+
+    def remove(self, key_or_name: str) -> bool:
+        """Delete the dataset with this key, or every dataset of this projectName.
+
+        Returns whether something was deleted (folders being fetched or held
+        by a session are skipped).  Blocking.
+        """
+        if _KEY.fullmatch(key_or_name) and self.dataset_dir(key_or_name).exists():
+            return self._delete(key_or_name, min_idle=None)
+        removed = False
+        for item in self.list():
+            if item.project_name == key_or_name:
+                removed = self._delete(item.key, min_idle=None) or removed
+        return removed
+
+    def gc(self, keep: set[str] | frozenset[str] = frozenset()) -> builtins.list[str]:
+        """Evict least-recently-used datasets while over :attr:`budget`; returns their keys.
+
+        Also removes stale temporary trees.  Blocking.
+        """
+        for stale in self._dir("tmp").iterdir():
+            key = stale.name.split(".", 1)[0]
+            lock = FileLock.try_acquire(self._dir("locks") / f"{key}.lock")
+            if lock is not None:
+                with lock:
+                    remove_tree(stale)
+        if self.budget <= 0:
+            return []
+        items = self.list()
+        total = sum(item.size for item in items)
+        removed = []
+        for item in items:
+            if total <= self.budget:
+                break
+            if item.key in keep or not self._delete(item.key, min_idle=self.min_idle):
+                continue
+            self.log.info("Evicted dataset %s (%s)", item.project_name, human_bytes(item.size))
+            total -= item.size
+            removed.append(item.key)
+        return removed
+
+    def _delete(self, key: str, *, min_idle: float | None) -> bool:
+        lock = FileLock.try_acquire(self._dir("locks") / f"{key}.lock")
+        if lock is None:
+            return False
+        with lock:
+            use = FileLock.try_acquire(self._dir("locks") / f"{key}.use")
+            if use is None:
+                return False
+            with use:
+                path = self.dataset_dir(key)
+                meta = path / "meta.json"
+                with contextlib.suppress(OSError):
+                    if min_idle is not None and time.time() - meta.stat().st_mtime < min_idle:
+                        return False
+                trash = self._dir("tmp") / f"{key}.deleted-{secrets.token_hex(4)}"
+                try:
+                    path.rename(trash)
+                except FileNotFoundError:
+                    return False
+                remove_tree(trash)
+                return True

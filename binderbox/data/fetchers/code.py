@@ -1,0 +1,199 @@
+"""Python code sources: ``src`` is code (``from nilearn import datasets;
+datasets.fetch_development_fmri(data_dir=_dst, n_subjects=1);``) that
+downloads into the variable ``_dst``.
+
+It is untrusted repository code, so it runs like postBuild does: in a
+bubblewrap sandbox (:class:`~binderbox.sandbox.Sandbox`) with
+
+* the repository's environment read-only at ``/srv/env`` (its interpreter is
+  ``/srv/env/bin/python``; the base interpreter a venv points to, from
+  ``pyvenv.cfg``, is shown read-only too),
+* the dataset's temporary folder as the only writable host path, at
+  ``/home/jovyan/data/<projectName>`` (``_dst`` and the working directory),
+* a private empty home and ``/tmp``, the network shared,
+* a time limit (:attr:`CodeFetcher.timeout`) and the dataset size limit,
+  checked while it runs.
+
+Operators can refuse code sources altogether with
+:attr:`CodeFetcher.allow_code_sources`.  Output lines become progress
+events; a failure is a :class:`DataError` whose message ends with the last
+line of output and whose log message holds the tail of the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+from traitlets import Bool, Float
+
+from ...environments.spec import ENV_PREFIX, HOME
+from ...errors import DataError
+from ...sandbox import Sandbox, passwd_file
+from ..requirement import DataEntry
+from .base import DataFetcher, FetchContext
+
+_CODE = re.compile(r"(^|[;\s])(import\s+\w|from\s+[\w.]+\s+import\s)")
+#: seconds between two size checks of a running code source
+SIZE_CHECK_INTERVAL = 1.0
+
+
+def is_code(src: str) -> bool:
+    """Whether ``src`` is Python code rather than a URL or identifier."""
+    return "://" not in src.split(None, 1)[0] and bool(_CODE.search(src))
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (links not followed)."""
+    total = 0
+    stack = [str(path)]
+    while stack:
+        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
+            for item in it:
+                if item.is_dir(follow_symlinks=False):
+                    stack.append(item.path)
+                elif item.is_file(follow_symlinks=False):
+                    total += item.stat(follow_symlinks=False).st_size
+    return total
+
+
+def base_interpreter(env: Path) -> Path | None:
+    """The prefix of the interpreter a venv was made from (``home`` in pyvenv.cfg)."""
+    cfg = env / "pyvenv.cfg"
+    if not cfg.is_file():
+        return None
+    for line in cfg.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "home" and value.strip():
+            return Path(value.strip()).parent
+    return None
+
+
+class CodeFetcher(DataFetcher):
+    """Runs a code source in the build sandbox; see the module docstring."""
+
+    kind = "code"
+
+    allow_code_sources = Bool(
+        True,
+        help="Run Python code sources of data_requirement.json (sandboxed). False refuses them.",
+    ).tag(config=True)
+    timeout = Float(1800.0, help="Seconds a code source may run before it is stopped.").tag(
+        config=True
+    )
+
+    def matches(self, entry: DataEntry) -> bool:
+        """Sources that are Python code (contain an import statement)."""
+        return is_code(entry.src)
+
+    def sandbox(self, env: Path, dest: Path, inside: str) -> Sandbox:
+        """The sandbox a code source runs in (env read-only, ``dest`` writable)."""
+        box = Sandbox(cwd=inside)
+        base = base_interpreter(env)
+        if base is not None and base.is_dir() and not str(base).startswith("/usr"):
+            box.ro_bind(base)
+        box.ro_bind(env, ENV_PREFIX).tmpfs(HOME).bind(dest, inside)
+        etc = passwd_file(Path(tempfile.gettempdir()) / f"binderbox-etc-{os.getuid()}")
+        box.file(etc / "passwd", "/etc/passwd").file(etc / "group", "/etc/group")
+        box.setenv(
+            {
+                "PATH": f"{ENV_PREFIX}/bin:/usr/bin:/bin",
+                "HOME": HOME,
+                "LANG": "C.UTF-8",
+                "MPLBACKEND": "Agg",
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
+            }
+        )
+        return box
+
+    async def fetch(self, entry: DataEntry, dest: Path, ctx: FetchContext) -> None:
+        """Run the code with ``_dst`` pointing at ``dest`` (seen inside the sandbox)."""
+        if not self.allow_code_sources:
+            raise DataError(
+                f"Dataset {entry.describe()} is Python code, and this server does not run "
+                "code sources.",
+                hint="Publish the data as a file (archive, Zenodo, OSF) instead.",
+                status_code=400,
+                reason="data_code_refused",
+            )
+        if ctx.env_path is None:
+            raise DataError(
+                f"Dataset {entry.describe()} is Python code, but no environment was given "
+                "to run it.",
+                reason="data_code_env",
+            )
+        inside = f"{HOME}/data/{entry.project_name}"
+        script = f"_dst = {inside!r}\n{entry.src}\n"
+        box = self.sandbox(ctx.env_path, dest, inside)
+        argv = box.argv([f"{ENV_PREFIX}/bin/python", "-c", script])
+        before = tree_size(dest)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            limit=1 << 20,
+        )
+        tail: deque[str] = deque(maxlen=20)
+        try:
+            await self._watch(proc, entry, dest, ctx, tail, before)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if proc.returncode != 0:
+            last = next((line for line in reversed(tail) if line.strip()), "no output")
+            raise DataError(
+                f"Dataset {entry.describe()}: its Python code failed (exit code "
+                f"{proc.returncode}): {last}",
+                log_message="Data code source output (tail):\n" + "\n".join(tail),
+                reason="data_code_failed",
+            )
+        ctx.count(tree_size(dest) - before, entry)
+
+    async def _watch(
+        self,
+        proc: asyncio.subprocess.Process,
+        entry: DataEntry,
+        dest: Path,
+        ctx: FetchContext,
+        tail: deque[str],
+        before: int,
+    ) -> None:
+        """Relay output lines until the process ends; stop it on time/size/cancel."""
+        assert proc.stdout is not None
+        deadline = min(ctx.deadline, time.monotonic() + self.timeout)
+        next_size_check = time.monotonic() + SIZE_CHECK_INTERVAL
+        while True:
+            try:
+                raw = await asyncio.wait_for(proc.stdout.readline(), timeout=0.5)
+            except TimeoutError:
+                raw = None
+            except ValueError:  # a line longer than the stream limit: take a piece
+                raw = await proc.stdout.read(1 << 16)
+            if raw == b"":
+                await proc.wait()
+                return
+            if raw:
+                line = raw.decode("utf-8", "replace").rstrip()
+                tail.append(line)
+                ctx.report(f"Dataset {entry.describe()}: {line}", force=True)
+            now = time.monotonic()
+            if ctx.cancelled or now > deadline:
+                raise DataError(
+                    f"Dataset {entry.describe()}: its Python code ran longer than allowed.",
+                    reason="data_timeout",
+                )
+            if now >= next_size_check:
+                next_size_check = now + SIZE_CHECK_INTERVAL
+                if ctx.would_exceed(tree_size(dest) - before):
+                    raise ctx.too_large(entry)

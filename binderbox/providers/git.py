@@ -1,0 +1,310 @@
+"""``git/<url-escaped clone URL>/<ref>``: any repository git can fetch from.
+
+Also the base of the hosted-git providers (``gh``, ``gl``, ``gist``,
+``local``): they only parse their spec into :attr:`GitProvider.clone_url` and
+:attr:`GitProvider.unresolved_ref` and override the display URLs.
+
+Resolving a ref (:meth:`GitProvider.resolve`), in order:
+
+1. a 40-hex ref is taken as is (no network);
+2. ``git ls-remote <url> <ref> <ref>^{}``, preferring ``HEAD`` or an exact
+   ``refs/...`` name, then ``refs/heads/<ref>``, then ``refs/tags/<ref>``
+   (an annotated tag is peeled to its commit), then ``refs/<ref>``;
+3. if nothing matched and the ref looks like an abbreviated commit (4-39 hex
+   digits): a commits-only bare clone (``git clone --bare --filter=tree:0``,
+   all branches and tags; servers without filter support send everything)
+   into a temporary directory, then ``git rev-parse <ref>^{commit}`` there.
+   The temporary clone is deleted; the full sha is what gets fetched.
+
+Fetching (:meth:`GitProvider.fetch`) into an empty directory: ``git init``,
+``git fetch --depth 1 origin <sha>``; if the server refuses a sha it does not
+advertise, a full fetch of branches, tags and HEAD; ``git checkout <sha>``;
+then ``git submodule update --init --recursive --depth 1`` (retried without
+``--depth`` when a submodule commit is not a branch tip).  ``.git`` is kept.
+``file://`` submodules are refused unless the repository itself is local.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from traitlets import Float
+
+from ..errors import FetchError, RefNotFound, RepositoryNotFound, SpecError
+from ..logs import LogFn
+from .base import RepoProvider, Resolved
+from .gitutil import (
+    Failure,
+    GitResult,
+    UrlKind,
+    check_git_url,
+    classify_failure,
+    ls_remote,
+    redact,
+    run_git,
+)
+
+FULL_SHA_RE = re.compile(r"^[0-9a-fA-F]{40}$")
+SHORT_SHA_RE = re.compile(r"^[0-9a-fA-F]{4,39}$")
+_BAD_REF_RE = re.compile(r"(^-)|[\x00-\x20~^:?*\[\\\x7f]|\.\.|@\{")
+
+#: a "HEAD" spelled in the ways people spell it
+DEFAULT_REFS = frozenset({"", "HEAD"})
+
+
+def check_ref(ref: str, spec: str, expected: str) -> str:
+    """Return ``ref`` if git could name a ref or commit that way, else SpecError."""
+    if ref == "HEAD" or (ref and not _BAD_REF_RE.search(ref) and not ref.endswith(("/", "."))):
+        return ref
+    raise SpecError(
+        f"Malformed ref {ref!r}.",
+        hint=f"Expected {expected}; the ref is a branch, tag or commit.",
+    )
+
+
+class GitProvider(RepoProvider):
+    """Any git repository, by URL.  See the module docstring."""
+
+    prefix = "git"
+    display_name = "Git repository"
+    spec_label = "Git repository URL"
+    spec_placeholder = "https://example.org/group/repository.git"
+    expected_form = (
+        "git/<url-escaped clone URL>/<ref>, e.g. git/https%3A%2F%2Fexample.org%2Frepo.git/main"
+    )
+
+    resolve_timeout = Float(
+        60.0,
+        help="Seconds to wait for the git server to list a repository's refs when resolving "
+        "a ref, before reporting the repository as unreachable.",
+    ).tag(config=True)
+    fetch_timeout = Float(
+        900.0,
+        help="Seconds a single git fetch (including submodules) may take before it is killed.",
+    ).tag(config=True)
+
+    #: what git fetches from (may hold credentials: never log it unredacted)
+    clone_url: str
+    _local: bool = False
+    #: the ref as the user gave it (``HEAD`` if none)
+    unresolved_ref: str
+
+    def parse(self, spec: str) -> None:
+        url_part, _, ref = spec.partition("/")
+        url = unquote(url_part)
+        kind = check_git_url(url, self.expected_form)
+        self._local = kind is UrlKind.LOCAL
+        self.clone_url = url
+        self.unresolved_ref = check_ref(unquote(ref) or "HEAD", spec, self.expected_form)
+
+    # -- what subclasses override ---------------------------------------------
+
+    @property
+    def reads_local_disk(self) -> bool:
+        """True when the content comes from this machine's disk (``file://``, paths)."""
+        return self._local
+
+    @property
+    def repo_url(self) -> str:
+        """Where a person can see the repository."""
+        return redact(self.clone_url)
+
+    def ref_url(self, sha: str) -> str:
+        """Where a person can see commit ``sha``."""
+        return self.repo_url
+
+    def persistent_spec(self, sha: str) -> str:
+        """The spec with the ref replaced by ``sha`` (resolves to the same commit)."""
+        return f"{quote(self.clone_url, safe='')}/{sha}"
+
+    # -- resolve ----------------------------------------------------------------
+
+    async def resolve(self) -> Resolved:
+        sha = await self.resolve_ref(self.unresolved_ref)
+        return self.resolved(sha)
+
+    def resolved(self, sha: str) -> Resolved:
+        return Resolved(
+            provider=self.prefix,
+            spec=self.spec,
+            version=sha,
+            persistent_spec=self.persistent_spec(sha),
+            repo_url=self.repo_url,
+            ref_url=self.ref_url(sha),
+            clone_url=self.clone_url,
+        )
+
+    def not_reachable(self, detail: str) -> RepositoryNotFound:
+        return RepositoryNotFound(
+            f"Could not reach {self.repo_url}. Check the URL and that the repository is public.",
+            log_message=f"{self.prefix}: {redact(self.clone_url)}: {detail}",
+        )
+
+    def ref_not_found(self, ref: str, detail: str, hint: str = "") -> RefNotFound:
+        return RefNotFound(
+            f"Could not find {ref!r} in {self.repo_url}.",
+            hint=hint or "Check the branch, tag or commit name, and that the repository is public.",
+            log_message=f"{self.prefix}: {redact(self.clone_url)}: {detail}",
+        )
+
+    async def resolve_ref(self, ref: str) -> str:
+        """The full commit sha ``ref`` names in :attr:`clone_url`."""
+        if FULL_SHA_RE.match(ref):
+            return ref.lower()
+        result, refs = await ls_remote(
+            self.clone_url, [ref, ref + "^{}"], time_limit=self.resolve_timeout
+        )
+        if not result.ok:
+            raise self.not_reachable(result.describe())
+        sha = pick_ref(refs, ref)
+        if sha:
+            return sha
+        if SHORT_SHA_RE.match(ref):
+            return await self._resolve_short_sha(ref)
+        if ref == "HEAD":
+            raise self.ref_not_found(ref, "no HEAD", hint="The repository has no commits yet.")
+        raise self.ref_not_found(ref, f"ls-remote listed no match among {sorted(refs)}")
+
+    async def _resolve_short_sha(self, ref: str) -> str:
+        """Resolve an abbreviated commit sha with a commits-only clone."""
+        with tempfile.TemporaryDirectory(prefix="binderbox-resolve-") as tmp:
+            repo = Path(tmp) / "repo.git"
+            result = await run_git(
+                ["clone", "--bare", "--quiet", "--filter=tree:0", "--", self.clone_url, str(repo)],
+                config=self.fetch_config(),
+                time_limit=self.fetch_timeout,
+            )
+            if not result.ok:
+                raise self.not_reachable(result.describe())
+            found = await run_git(
+                ["rev-parse", "--verify", "--end-of-options", ref + "^{commit}"], cwd=repo
+            )
+        if found.ok:
+            return found.stdout.strip()
+        if "ambiguous" in found.stderr:
+            raise self.ref_not_found(
+                ref, found.describe(), hint="Several commits start with it: give more characters."
+            )
+        raise self.ref_not_found(ref, found.describe())
+
+    # -- fetch -------------------------------------------------------------------
+
+    def fetch_config(self) -> dict[str, str]:
+        """``git -c`` settings for fetching: ``file://`` only for local repositories."""
+        return {
+            "protocol.file.allow": "always" if self.reads_local_disk else "user",
+            "protocol.ext.allow": "never",
+            "advice.detachedHead": "false",
+            "init.defaultBranch": "main",
+        }
+
+    async def fetch(self, resolved: Resolved, dest: Path, log: LogFn) -> None:
+        prepare_dest(dest)
+        try:
+            await self._fetch(resolved, dest, log)
+        except BaseException:
+            clear_dir(dest)
+            raise
+
+    async def _git(self, dest: Path, args: list[str], log: LogFn | None = None) -> GitResult:
+        return await run_git(
+            args, cwd=dest, config=self.fetch_config(), time_limit=self.fetch_timeout, log=log
+        )
+
+    async def _fetch(self, resolved: Resolved, dest: Path, log: LogFn) -> None:
+        sha = resolved.version
+        url = resolved.clone_url or self.clone_url
+        log(f"Fetching {redact(url)} at {sha}")
+        for args in (["init", "--quiet"], ["remote", "add", "--", "origin", url]):
+            result = await self._git(dest, args)
+            if not result.ok:
+                raise FetchError("Could not prepare the checkout.", log_message=result.describe())
+        shallow = await self._git(
+            dest, ["fetch", "--progress", "--no-tags", "--depth", "1", "origin", sha], log
+        )
+        if not shallow.ok:
+            self._raise_unreachable(shallow)
+            log("The server does not serve that commit directly; fetching the whole history")
+            full = await self._git(
+                dest,
+                [
+                    "fetch",
+                    "--progress",
+                    "origin",
+                    "+refs/heads/*:refs/remotes/origin/*",
+                    "+refs/tags/*:refs/tags/*",
+                    "+HEAD:refs/remotes/origin/HEAD",
+                ],
+                log,
+            )
+            self._raise_unreachable(full)
+            if not full.ok:
+                raise FetchError(f"Could not fetch {self.repo_url}.", log_message=full.describe())
+        checkout = await self._git(dest, ["checkout", "--quiet", "--detach", sha + "^{commit}"])
+        if not checkout.ok:
+            raise self.ref_not_found(sha, f"{shallow.describe()}; {checkout.describe()}")
+        log(f"Checked out {sha}")
+        if (dest / ".gitmodules").exists():
+            await self._fetch_submodules(dest, log)
+
+    def _raise_unreachable(self, result: GitResult) -> None:
+        if result.timed_out:
+            raise FetchError(
+                f"Fetching {self.repo_url} took too long.", log_message=result.describe()
+            )
+        if not result.ok and classify_failure(result.stderr) is Failure.REPOSITORY:
+            raise self.not_reachable(result.describe())
+
+    async def _fetch_submodules(self, dest: Path, log: LogFn) -> None:
+        log("Fetching submodules")
+        base = ["submodule", "update", "--init", "--recursive", "--progress"]
+        result = await self._git(dest, [*base, "--depth", "1"], log)
+        if not result.ok and not result.timed_out:
+            log("Retrying the submodules with their full history")
+            result = await self._git(dest, base, log)
+        if not result.ok:
+            raise FetchError(
+                f"Could not fetch the submodules of {self.repo_url}.",
+                hint="Check that every submodule URL is reachable and public.",
+                log_message=result.describe(),
+            )
+
+
+def pick_ref(refs: dict[str, str], ref: str) -> str | None:
+    """The commit ``ref`` names among ``ls-remote`` output (peeled tags first)."""
+    if ref == "HEAD" or ref.startswith("refs/"):
+        candidates = [ref + "^{}", ref]
+    else:
+        candidates = [
+            f"refs/heads/{ref}",
+            f"refs/tags/{ref}^{{}}",
+            f"refs/tags/{ref}",
+            f"refs/{ref}^{{}}",
+            f"refs/{ref}",
+        ]
+    return next((refs[c] for c in candidates if c in refs), None)
+
+
+def prepare_dest(dest: Path) -> None:
+    """Make sure ``dest`` exists and is empty (FetchError otherwise)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise FetchError(
+            "Could not fetch the repository: the target directory is not empty.",
+            log_message=f"fetch target {dest} is not empty",
+        )
+
+
+def clear_dir(dest: Path) -> None:
+    """Remove everything inside ``dest`` (after a failed or cancelled fetch)."""
+    if not dest.is_dir():
+        return
+    for child in dest.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)

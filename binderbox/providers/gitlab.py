@@ -1,0 +1,65 @@
+"""``gl/<url-escaped namespace/project>/<ref>``: a project on GitLab.
+
+For example ``gl/group%2Fsub%2Fproject/main``.  The namespace may be nested
+(``group/sub/project``), a trailing ``.git`` is dropped, a missing ref means
+``HEAD``.  Refs resolve with ``git ls-remote`` against
+``<clone_host>/<namespace>.git`` (see :mod:`binderbox.providers.git`);
+``repo_url`` is ``<host>/<namespace>``, ``ref_url``
+``<host>/<namespace>/-/tree/<sha>``.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+from traitlets import Unicode, default
+
+from ..errors import SpecError
+from .git import GitProvider, check_ref
+from .github import NAME_RE
+
+
+class GitLabProvider(GitProvider):
+    """A GitLab project.  See the module docstring."""
+
+    prefix = "gl"
+    display_name = "GitLab.com"
+    spec_label = "GitLab.com repository or URL"
+    spec_placeholder = "group/project"
+    expected_form = "gl/<url-escaped namespace/project>/<ref>, e.g. gl/group%2Fproject/main"
+
+    host = Unicode(
+        "https://gitlab.com",
+        help="Web address of the GitLab server. The project and commit links shown to "
+        "users are made from it, and so are clone URLs unless clone_host is set.",
+    ).tag(config=True)
+    clone_host = Unicode(
+        help="Base URL that clone URLs are made from: <clone_host>/<namespace>.git. "
+        "Defaults to host; any URL git fetches from works (tests use a local git daemon).",
+    ).tag(config=True)
+
+    @default("clone_host")
+    def _default_clone_host(self) -> str:
+        return self.host
+
+    def parse(self, spec: str) -> None:
+        escaped, _, ref = spec.partition("/")
+        namespace = unquote(escaped).strip("/").removesuffix(".git")
+        segments = namespace.split("/")
+        if len(segments) < 2 or not all(
+            NAME_RE.match(s) and s not in (".", "..") for s in segments
+        ):
+            raise SpecError(f"Malformed spec {spec!r}.", hint=f"Expected {self.expected_form}.")
+        self.namespace = namespace
+        self.unresolved_ref = check_ref(unquote(ref) or "HEAD", spec, self.expected_form)
+        self.clone_url = f"{self.clone_host.rstrip('/')}/{namespace}.git"
+
+    @property
+    def repo_url(self) -> str:
+        return f"{self.host.rstrip('/')}/{self.namespace}"
+
+    def ref_url(self, sha: str) -> str:
+        return f"{self.repo_url}/-/tree/{sha}"
+
+    def persistent_spec(self, sha: str) -> str:
+        return f"{quote(self.namespace, safe='')}/{sha}"

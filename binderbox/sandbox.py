@@ -1,0 +1,169 @@
+"""Bubblewrap sandboxes: the one place that knows bwrap's command line.
+
+Builds (uv installs that may run ``setup.py``, ``postBuild``, data code
+sources) and sessions (``jupyterhub-singleuser``) run repository code we do
+not trust.  They run inside :class:`Sandbox`: a fresh user namespace (uid
+1000 ``jovyan`` inside), own pid/ipc/uts namespaces, a read-only view of the
+system directories, and only the host paths the caller binds.  The process
+dies with its parent.
+
+Usage::
+
+    box = Sandbox(cwd=HOME)
+    box.ro_bind(interpreter_prefix)
+    box.bind(tmp_env_dir, ENV_PREFIX)
+    argv = box.argv(["python", "-c", "print(1)"])
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BinderboxError
+
+#: system directories every sandbox sees read-only (when they exist)
+SYSTEM_DIRS = ("/usr", "/etc/alternatives", "/etc/ssl", "/etc/ca-certificates", "/opt")
+#: single files from /etc a program expects (name resolution, TLS, time zone)
+SYSTEM_FILES = (
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/mime.types",
+    "/etc/gitconfig",
+)
+#: merged-/usr symlinks of Debian
+USR_LINKS = {"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"}
+
+UID = 1000
+GID = 1000
+USER = "jovyan"
+
+
+class SandboxUnavailable(BinderboxError):
+    """bubblewrap is missing or cannot create namespaces here."""
+
+    reason = "sandbox"
+
+
+def bwrap_path() -> str:
+    """The bwrap executable, or a clear error saying how to get it."""
+    path = shutil.which("bwrap")
+    if path is None:
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed.",
+            hint="Install it with `apt-get install bubblewrap` (scripts/setup does).",
+        )
+    return path
+
+
+@dataclass
+class Sandbox:
+    """A bubblewrap command line under construction.  See the module docstring."""
+
+    cwd: str = "/"
+    share_net: bool = True
+    hostname: str = "binder"
+    env: dict[str, str] = field(default_factory=dict)
+    _mounts: list[str] = field(default_factory=list)
+    _files: dict[str, str] = field(default_factory=dict)
+
+    def ro_bind(self, host: str | Path, inside: str | Path | None = None) -> Sandbox:
+        """Show ``host`` read-only at ``inside`` (default: the same path)."""
+        self._mounts += ["--ro-bind", str(host), str(inside or host)]
+        return self
+
+    def bind(self, host: str | Path, inside: str | Path | None = None) -> Sandbox:
+        """Show ``host`` writable at ``inside`` (default: the same path)."""
+        self._mounts += ["--bind", str(host), str(inside or host)]
+        return self
+
+    def tmpfs(self, inside: str) -> Sandbox:
+        """An empty private writable directory at ``inside``."""
+        self._mounts += ["--tmpfs", inside]
+        return self
+
+    def file(self, host: str | Path, inside: str) -> Sandbox:
+        """Show a single host file read-only at ``inside`` (e.g. /etc/passwd)."""
+        self._files[inside] = str(host)
+        return self
+
+    def setenv(self, values: Mapping[str, str]) -> Sandbox:
+        """Set environment variables (the sandbox starts with none)."""
+        self.env.update(values)
+        return self
+
+    def argv(self, command: Sequence[str]) -> list[str]:
+        """The full ``bwrap ... -- command`` argument list."""
+        args = [
+            bwrap_path(),
+            "--unshare-user",
+            "--uid",
+            str(UID),
+            "--gid",
+            str(GID),
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--hostname",
+            self.hostname,
+            "--die-with-parent",
+            "--new-session",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/var/tmp",
+        ]
+        if not self.share_net:
+            args.append("--unshare-net")
+        args += _system_mounts()
+        for inside, host in sorted(self._files.items()):
+            args += ["--ro-bind", host, inside]
+        args += self._mounts
+        args += ["--chdir", self.cwd, "--clearenv"]
+        for name, value in sorted(self.env.items()):
+            args += ["--setenv", name, value]
+        return [*args, "--", *command]
+
+
+def _system_mounts() -> list[str]:
+    args: list[str] = []
+    for link, target in USR_LINKS.items():
+        if Path(link).is_symlink():
+            args += ["--symlink", target, link]
+        elif Path(link).is_dir():
+            args += ["--ro-bind", link, link]
+    for path in SYSTEM_DIRS + SYSTEM_FILES:
+        if Path(path).exists():
+            args += ["--ro-bind", path, path]
+    return args
+
+
+def passwd_file(directory: Path) -> Path:
+    """Write (once) an /etc/passwd + /etc/group pair naming uid 1000 ``jovyan``.
+
+    Returns the directory holding ``passwd`` and ``group``; bind each with
+    :meth:`Sandbox.file`.  Programs that look up their user (git, pip, Jupyter)
+    need an entry for the uid they run as.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    passwd = directory / "passwd"
+    group = directory / "group"
+    home = "/home/jovyan"
+    passwd_text = f"root:x:0:0:root:/root:/bin/sh\n{USER}:x:{UID}:{GID}:{USER}:{home}:/bin/bash\n"
+    group_text = f"root:x:0:\n{USER}:x:{GID}:\n"
+    for path, text in ((passwd, passwd_text), (group, group_text)):
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.rename(path)
+    return directory

@@ -1,0 +1,6 @@
+"""The environment store: content-addressed, atomic, LRU-evicted (see store.py)."""
+
+from .locks import FileLock
+from .store import BuildFn, Env, SharedBuild, Store
+
+__all__ = ["BuildFn", "Env", "FileLock", "SharedBuild", "Store"]

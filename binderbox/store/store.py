@@ -1,0 +1,595 @@
+"""The environment store: content-addressed, atomic, shared between processes.
+
+Layout under :attr:`Store.root`::
+
+    envs/<key>/            published environments (what a session mounts)
+    tmp/<key>.<random>/    builds in progress (and trees being deleted)
+    logs/<key>.log         the log of the last build of <key>
+    locks/<key>.lock       held (flock) by whoever builds or deletes <key>
+    locks/<key>.use        held shared by users of <key>; see Store.hold
+    store.sqlite           metadata (see metadata.py)
+
+Guarantees:
+
+* **Atomic publish.**  A build runs in ``tmp/<key>.<random>``; only after the
+  build function finished successfully is it renamed to ``envs/<key>`` and
+  then its metadata row inserted.  An exception or cancellation deletes the
+  temporary tree; after a crash (SIGKILL) the tree stays behind until the
+  next build of that key or :meth:`Store.gc` finds its lock free and deletes
+  it.  Nothing under ``envs/`` is ever partial.  (A crash between the rename
+  and the insert leaves a complete tree without a row: the next build of the
+  key adopts it, :meth:`Store.gc` deletes it.)
+* **One build per key.**  In one process, concurrent :meth:`Store.build`
+  calls share one asyncio task.  Across processes, ``locks/<key>.lock`` is
+  held for the whole build; a process that finds it held tails the other
+  process's log until the lock is free, then returns the published
+  environment or raises the failure the other process recorded.  If the
+  other process died without a verdict, the waiter builds the key itself.
+* **Size** is the number of bytes that deleting the tree would free: every
+  inode is counted once (``st_blocks``), and only when all its hard links
+  are inside the tree.  Files hard-linked from uv's cache therefore count
+  nothing: evicting the environment does not free them.
+* **Eviction** (:meth:`Store.gc`) removes least-recently-used environments
+  until the total size is under :attr:`Store.budget`, skipping environments
+  being built, held by a user (:meth:`Store.hold`), or used (``get``) less
+  than :attr:`Store.min_idle` seconds ago -- the grace that covers the time
+  between ``get()`` and the session starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from traitlets import Float, Integer, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from ..errors import BinderboxError, BuildError
+from .files import LogTail, disk_usage, new_log, remove_tree
+from .locks import FileLock
+from .metadata import BuildState, EnvRecord, Metadata
+
+#: given an empty directory, build into it; yields log lines; raises
+#: :class:`~binderbox.errors.BinderboxError` on failure
+BuildFn = Callable[[Path], AsyncIterator[str]]
+
+_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: log lines kept in memory per running build (for followers)
+_BUFFER_LINES = 10_000
+
+
+@dataclass(frozen=True)
+class Env:
+    """A published environment."""
+
+    key: str
+    path: Path
+    spec: dict[str, Any]
+    source: str
+    size: int
+    created: float
+    last_used: float
+
+
+class _Run:
+    """One build (or wait for another process's build) of one key in this process."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.lines: deque[str] = deque(maxlen=_BUFFER_LINES)
+        self.count = 0
+        self.done = False
+        self._wake = asyncio.Event()
+        self.task: asyncio.Task[Env] | None = None
+
+    def emit(self, line: str) -> None:
+        self.lines.append(line)
+        self.count += 1
+        self._notify()
+
+    def finish(self) -> None:
+        self.done = True
+        self._notify()
+
+    def _notify(self) -> None:
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def lines_from(self, index: int) -> AsyncIterator[str]:
+        while True:
+            first = self.count - len(self.lines)
+            index = max(index, first)
+            if index < self.count:
+                line = self.lines[index - first]
+                index += 1
+                yield line
+            elif self.done:
+                return
+            else:
+                await self._wake.wait()
+
+
+class SharedBuild:
+    """A caller's handle on a build that may be shared with other callers.
+
+    ``joined`` is true when the build was already running (in this process or
+    another one) when this caller asked for it.
+    """
+
+    def __init__(self, run: _Run, *, joined: bool, start: int) -> None:
+        self._run = run
+        self._start = start
+        self.joined = joined
+
+    @property
+    def key(self) -> str:
+        return self._run.key
+
+    def follow(self) -> AsyncIterator[str]:
+        """The build's log lines, ending when the build ends.
+
+        A joiner first gets the recent tail of the log, then live lines.
+        Leaving the iteration early does not stop the build.
+        """
+        return self._run.lines_from(self._start)
+
+    async def wait(self) -> Env:
+        """The published environment, or the build's :class:`BinderboxError`.
+
+        Cancelling the caller does not cancel the build (others may share
+        it); use :meth:`cancel` for that.
+        """
+        task = self._run.task
+        assert task is not None
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current and current.cancelling()):
+                raise BuildError("The build was stopped before it finished.") from None
+            raise
+
+    def cancel(self) -> None:
+        """Stop the build for every caller sharing it (its temp tree is deleted)."""
+        if self._run.task is not None:
+            self._run.task.cancel()
+
+
+class Store(LoggingConfigurable):
+    """Content-addressed store of built environments.  See the module docstring."""
+
+    root = Unicode(
+        help="""Directory holding the environments, their logs and metadata.
+
+        Defaults to ``$XDG_DATA_HOME/binderbox/envs-store``.
+        """
+    ).tag(config=True)
+
+    @default("root")
+    def _default_root(self) -> str:
+        data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return str(Path(data) / "binderbox" / "envs-store")
+
+    budget = Integer(
+        0,
+        help="""Disk budget in bytes for all environments; 0 = unlimited.
+
+        ``gc()`` evicts least-recently-used environments until the total is
+        under it.  Sizes count bytes freed by deleting an environment (files
+        hard-linked from uv's cache count nothing).
+        """,
+    ).tag(config=True)
+
+    min_idle = Float(
+        600.0,
+        help="""Seconds after its last use (``get()``) during which gc never evicts an
+        environment, whatever the budget: the time a session may need to start
+        after its launch looked the environment up.
+        """,
+    ).tag(config=True)
+
+    log_max_age = Float(
+        7 * 24 * 3600.0,
+        help="Seconds to keep the log and failure record of a key that has no published "
+        "environment (a failed build) before gc deletes them.",
+    ).tag(config=True)
+
+    join_tail = Integer(
+        100,
+        help="How many recent log lines a caller joining a running build receives first.",
+    ).tag(config=True)
+
+    poll_interval = Float(
+        0.1,
+        help="Seconds between checks of another process's build (its log and its lock).",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._runs: dict[str, _Run] = {}
+        self._metadata: Metadata | None = None
+
+    # -- paths ----------------------------------------------------------
+
+    @property
+    def _root(self) -> Path:
+        return Path(self.root)
+
+    @property
+    def metadata(self) -> Metadata:
+        """The metadata database (created, with the directories, on first use)."""
+        return self._ensure_root()
+
+    def _ensure_root(self) -> Metadata:
+        if self._metadata is None:
+            for sub in ("envs", "tmp", "logs", "locks"):
+                (self._root / sub).mkdir(parents=True, exist_ok=True)
+            self._metadata = Metadata(self._root / "store.sqlite")
+        return self._metadata
+
+    def env_path(self, key: str) -> Path:
+        """Where the environment of ``key`` is (or will be) published."""
+        return self._root / "envs" / _checked(key)
+
+    def log_path(self, key: str) -> Path:
+        """The log of the last build of ``key``."""
+        return self._root / "logs" / f"{_checked(key)}.log"
+
+    def _lock_path(self, key: str) -> Path:
+        return self._root / "locks" / f"{key}.lock"
+
+    def _use_path(self, key: str) -> Path:
+        return self._root / "locks" / f"{key}.use"
+
+    # -- lookups --------------------------------------------------------
+
+    def get(self, key: str) -> Env | None:
+        """The published environment of ``key`` (marking it used now), or ``None``."""
+        if not _KEY.fullmatch(key) or self.metadata.get(key) is None:
+            return None
+        path = self.env_path(key)
+        # shared use-lock: gc holds it exclusively while deleting the key
+        with FileLock.acquire(self._use_path(key), shared=True):
+            record = self.metadata.get(key)
+            if record is None:
+                return None
+            if not path.is_dir():
+                self.log.warning("Environment %s vanished from %s; forgetting it", key, path)
+                self.metadata.delete(key)
+                return None
+            now = time.time()
+            self.metadata.touch(key, now)
+        return self._env(record, last_used=now)
+
+    def list(self) -> builtins.list[Env]:
+        """All published environments, most recently used first."""
+        records = self.metadata.records()
+        found = [self._env(r) for r in records if self.env_path(r.key).is_dir()]
+        return sorted(found, key=lambda env: env.last_used, reverse=True)
+
+    def hold(self, key: str) -> FileLock | None:
+        """Protect the environment of ``key`` from eviction while the result is held.
+
+        Returns a shared lock (release it, or let the process holding its
+        descriptor exit; it can be passed to a child with ``pass_fds``), or
+        ``None`` if ``key`` is not published.  Blocks briefly if gc is deleting
+        ``key`` right now.
+        """
+        if not _KEY.fullmatch(key) or self.metadata.get(key) is None:
+            return None
+        lock = FileLock.acquire(self._use_path(key), shared=True)
+        if self.metadata.get(key) is None or not self.env_path(key).is_dir():
+            lock.release()
+            return None
+        return lock
+
+    def _env(self, record: EnvRecord, *, last_used: float | None = None) -> Env:
+        return Env(
+            key=record.key,
+            path=self.env_path(record.key),
+            spec=record.spec,
+            source=record.source,
+            size=record.size,
+            created=record.created,
+            last_used=record.last_used if last_used is None else last_used,
+        )
+
+    # -- building -------------------------------------------------------
+
+    def build(self, key: str, build: BuildFn, *, spec: dict[str, Any], source: str) -> SharedBuild:
+        """Start building ``key`` with ``build``, or join the build already running.
+
+        ``key`` must be a plain name (letters, digits, ``_``, ``-``), else
+        ``ValueError``; ``get``, ``hold`` and ``remove`` treat such keys as absent.
+
+        Must be called with an asyncio loop running.  The build runs in a task
+        of its own; it continues when callers stop following or waiting.  If
+        ``key`` is already published, :meth:`SharedBuild.wait` returns it
+        without building.
+        """
+        _checked(key)
+        loop = asyncio.get_running_loop()
+        run = self._runs.get(key)
+        if run is not None:
+            return SharedBuild(run, joined=True, start=max(0, run.count - self.join_tail))
+        self._ensure_root()
+        lock = FileLock.try_acquire(self._lock_path(key))
+        run = _Run(key)
+        run.task = loop.create_task(
+            self._execute(run, lock, build, spec, source), name=f"binderbox build {key}"
+        )
+        run.task.add_done_callback(_retrieve)
+        self._runs[key] = run
+        return SharedBuild(run, joined=lock is None, start=0)
+
+    async def _execute(
+        self,
+        run: _Run,
+        lock: FileLock | None,
+        build: BuildFn,
+        spec: dict[str, Any],
+        source: str,
+    ) -> Env:
+        key = run.key
+        try:
+            if lock is None:
+                lock = await self._wait_for_other(run)
+                env = self.get(key)
+                if env is not None:
+                    return env
+                status = self.metadata.status(key)
+                if status is not None and status.state is BuildState.FAILED:
+                    raise status.error()
+                if status is not None and status.state is not BuildState.READY:
+                    run.emit("The other build of this environment stopped; building it here.")
+            env = self.get(key)
+            if env is not None:
+                return env
+            return await self._build_locked(run, build, spec, source)
+        finally:
+            if lock is not None:
+                lock.release()
+            if self._runs.get(key) is run:
+                del self._runs[key]
+            run.finish()
+
+    async def _wait_for_other(self, run: _Run) -> FileLock:
+        """Tail another process's build of ``run.key`` until its lock is free; take it."""
+        tail = LogTail(self.log_path(run.key))
+        try:
+            for line in tail.read()[-self.join_tail :]:
+                run.emit(line)
+            while True:
+                lock = FileLock.try_acquire(self._lock_path(run.key))
+                for line in tail.read():
+                    run.emit(line)
+                if lock is not None:
+                    return lock
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            tail.close()
+
+    async def _build_locked(
+        self, run: _Run, build: BuildFn, spec: dict[str, Any], source: str
+    ) -> Env:
+        """Build and publish ``run.key``; the caller holds its lock."""
+        key = run.key
+        self._remove_temp(key)
+        if self.env_path(key).is_dir():
+            # a complete build whose metadata insert was interrupted
+            self.log.info("Adopting environment %s published without metadata", key)
+            return self._publish(key, None, spec, source, await _size_of(self.env_path(key)))
+        self.metadata.set_status(key, BuildState.BUILDING)
+        tmp = self._new_temp(key)
+        try:
+            with new_log(self.log_path(key)) as log:
+                await self._run_build(run, build, tmp, log)
+            size = await _size_of(tmp)
+            # no await from here on: a cancellation cannot split rename and insert
+            return self._publish(key, tmp, spec, source, size)
+        except BaseException as exc:
+            remove_tree(tmp)
+            self._record_failure(key, exc)
+            raise
+
+    async def _run_build(self, run: _Run, build: BuildFn, tmp: Path, log: IO[str]) -> None:
+        lines = build(tmp)
+        try:
+            async for line in lines:
+                line = line.rstrip("\n")
+                log.write(line + "\n")
+                log.flush()
+                run.emit(line)
+        finally:
+            aclose = getattr(lines, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    def _publish(
+        self, key: str, tmp: Path | None, spec: dict[str, Any], source: str, size: int
+    ) -> Env:
+        if tmp is not None:
+            tmp.rename(self.env_path(key))
+        now = time.time()
+        record = EnvRecord(key, spec, source, size, created=now, last_used=now)
+        self.metadata.publish(record)
+        self.log.info("Published environment %s (%d bytes)", key, size)
+        return self._env(record)
+
+    def _record_failure(self, key: str, exc: BaseException) -> None:
+        if isinstance(exc, BinderboxError):
+            self.log.info("Build of %s failed: %s", key, exc.log_message)
+            self.metadata.set_status(
+                key,
+                BuildState.FAILED,
+                message=exc.message,
+                hint=exc.hint,
+                reason=exc.reason,
+                status_code=exc.status_code,
+            )
+        elif isinstance(exc, Exception):
+            self.log.error("Build of %s crashed", key, exc_info=exc)
+            self.metadata.set_status(
+                key, BuildState.FAILED, message="The environment build failed unexpectedly."
+            )
+        else:
+            self.log.info("Build of %s stopped (%s)", key, type(exc).__name__)
+            self.metadata.set_status(key, BuildState.CANCELLED)
+
+    def _new_temp(self, key: str) -> Path:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self._root / "tmp"))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the env from sandboxed sessions
+        return tmp
+
+    def _remove_temp(self, key: str) -> None:
+        """Delete ``tmp/<key>.*`` (the caller holds the key's lock: all are stale)."""
+        for entry in (self._root / "tmp").glob(f"{key}.*"):
+            self.log.info("Removing stale temporary tree %s", entry)
+            remove_tree(entry)
+
+    async def aclose(self) -> None:
+        """Cancel the builds running in this process and wait for their cleanup."""
+        tasks = [run.task for run in self._runs.values() if run.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- removal --------------------------------------------------------
+
+    def remove(self, key: str) -> bool:
+        """Delete the environment of ``key`` now.
+
+        Returns ``False`` when there is nothing to delete or ``key`` is being
+        built or held (:meth:`hold`).  Blocking: call it from a thread in
+        async code.
+        """
+        return bool(_KEY.fullmatch(key)) and self._delete(key, min_idle=None)
+
+    def gc(self) -> builtins.list[str]:
+        """Collect garbage; returns the keys whose environment tree was deleted.
+
+        Deletes stale temporary trees (their key's lock is free), trees under
+        ``envs/`` without metadata, then least-recently-used environments
+        while over :attr:`budget` (see the module docstring for what is
+        never evicted), then logs and failure records of unpublished keys
+        older than :attr:`log_max_age`.  Blocking: call it from a thread in
+        async code.
+        """
+        self._gc_temp()
+        removed = self._gc_orphans()
+        removed += self._gc_budget()
+        self._gc_logs()
+        return removed
+
+    def _gc_temp(self) -> None:
+        for entry in sorted((self._root / "tmp").iterdir()):
+            key = entry.name.split(".", 1)[0]
+            if not _KEY.fullmatch(key):
+                continue
+            with _try_lock(self._lock_path(key)) as lock:
+                if lock is not None:
+                    self.log.info("Removing stale temporary tree %s", entry)
+                    remove_tree(entry)
+
+    def _gc_orphans(self) -> builtins.list[str]:
+        records = {r.key for r in self.metadata.records()}
+        removed = []
+        for entry in sorted((self._root / "envs").iterdir()):
+            orphan = entry.name not in records and _KEY.fullmatch(entry.name)
+            if orphan and self._delete(entry.name, min_idle=None):
+                removed.append(entry.name)
+        return removed
+
+    def _gc_budget(self) -> builtins.list[str]:
+        if self.budget <= 0:
+            return []
+        records = self.metadata.records()
+        total = sum(r.size for r in records)
+        removed = []
+        for record in records:
+            if total <= self.budget:
+                break
+            if self._delete(record.key, min_idle=self.min_idle):
+                self.log.info("Evicted environment %s (%d bytes)", record.key, record.size)
+                total -= record.size
+                removed.append(record.key)
+        return removed
+
+    def _gc_logs(self) -> None:
+        now = time.time()
+        published = {r.key for r in self.metadata.records()}
+        for entry in sorted((self._root / "logs").glob("*.log")):
+            key = entry.stem
+            if key in published or not _KEY.fullmatch(key):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat().st_mtime < self.log_max_age:
+                    continue
+            with _try_lock(self._lock_path(key)) as lock:
+                if lock is not None and self.metadata.get(key) is None:
+                    entry.unlink(missing_ok=True)
+                    self.metadata.delete(key)
+                    lock.unlink()
+
+    def _delete(self, key: str, *, min_idle: float | None) -> bool:
+        """Delete ``key``'s tree and metadata if it is not built, held or recently used."""
+        lock = FileLock.try_acquire(self._lock_path(key))
+        if lock is None:
+            return False
+        with lock:
+            use = FileLock.try_acquire(self._use_path(key))
+            if use is None:
+                return False
+            with use:
+                record = self.metadata.get(key)
+                if record and min_idle is not None and time.time() - record.last_used < min_idle:
+                    return False
+                trash = self._root / "tmp" / f"{key}.deleted-{secrets.token_hex(4)}"
+                self.metadata.delete(key)
+                try:
+                    self.env_path(key).rename(trash)
+                except FileNotFoundError:
+                    return False
+                use.unlink()
+            remove_tree(trash)
+            self.log_path(key).unlink(missing_ok=True)
+            lock.unlink()
+        return True
+
+
+@contextlib.contextmanager
+def _try_lock(path: Path) -> Iterator[FileLock | None]:
+    """The lock on ``path`` if free now (released on exit), else ``None``."""
+    lock = FileLock.try_acquire(path)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _checked(key: str) -> str:
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"invalid environment key {key!r}")
+    return key
+
+
+def _retrieve(task: asyncio.Task[Env]) -> None:
+    """Mark a build's exception as retrieved: callers may all have gone."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _size_of(path: Path) -> int:
+    return await asyncio.to_thread(disk_usage, path)

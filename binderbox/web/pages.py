@@ -1,0 +1,155 @@
+"""HTML pages, redirects and badges.
+
+``/``                       home page: a form that makes launch links and badges
+``/v2/<provider>/<spec>``   launch page: follows ``/build`` live, then opens the session
+``/repo/<user>/<repo>[/p]`` legacy Binder links: redirect to ``/v2/gh/...``
+``/user/<name>/...``        a session that is not running: "this session ended"
+``/about``                  about text and versions
+``/badge.svg``, ``/badge_logo.svg``
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote
+
+from tornado.httputil import url_concat
+from tornado.web import HTTPError
+
+from .base import STATIC, BaseHandler, LaunchPipelineProtocol, SessionIndex, Site
+from .ratelimit import LaunchTokens
+
+
+class PageHandler(BaseHandler):
+    """Base of HTML handlers: errors are rendered as pages."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = self._reason
+        exc_info = kwargs.get("exc_info")
+        if exc_info is not None:
+            error = exc_info[1]
+            if isinstance(error, HTTPError) and error.log_message and status_code < 500:
+                message = error.log_message
+        self.render_page("error.html", status_code=status_code, message=message)
+
+
+class HomePageHandler(PageHandler):
+    """``GET /``: the form that builds launch links and badge markup."""
+
+    def get(self) -> None:
+        self.render_page(
+            "home.html",
+            launch_host=self.launch_host,
+            about_text=self.config.about_text,
+        )
+
+
+class ApiOnlyHomeHandler(PageHandler):
+    """``GET /`` in API-only mode: a minimal page naming the API."""
+
+    def get(self) -> None:
+        self.render_page("api_only.html")
+
+
+class AboutPageHandler(PageHandler):
+    """``GET /about``: the operator's about text and the versions."""
+
+    def initialize(self, site: Site, pipeline: LaunchPipelineProtocol) -> None:  # type: ignore[override]
+        super().initialize(site)
+        self.pipeline = pipeline
+
+    def get(self) -> None:
+        versions = self.pipeline.versions()
+        self.render_page(
+            "about.html",
+            about_text=self.config.about_text,
+            about_html=self.config.about_html,
+            builder=versions.get("builder", ""),
+        )
+
+
+class LaunchPageHandler(PageHandler):
+    """``GET /v2/<provider>/<spec>``: the page that follows a launch live.
+
+    The page's script opens ``/build/<provider>/<spec>`` with the page's query
+    (minus ``urlpath``/``labpath``/``filepath``) plus a launch token that
+    exempts it from the rate limit, then sends the browser to the session.
+    """
+
+    def initialize(self, site: Site, tokens: LaunchTokens) -> None:  # type: ignore[override]
+        super().initialize(site)
+        self.tokens = tokens
+
+    def get(self, provider: str, _spec: str) -> None:
+        providers = self.site.provider_classes()
+        if provider not in providers:
+            raise HTTPError(404, f"No repository provider is called {provider!r}.")
+        spec = self.raw_spec("v2")
+        display_name = getattr(providers[provider], "display_name", "") or provider
+        self.render_page(
+            "launch.html",
+            provider=provider,
+            provider_name=display_name,
+            display_spec=unquote(spec),
+            build_url=f"{self.base_url}build/{provider}/{spec}",
+            build_token=self.tokens.issue(f"{provider}/{spec}"),
+        )
+
+
+class LegacyRedirectHandler(PageHandler):
+    """``GET /repo/<user>/<repo>[/<path>]``: old Binder links, as BinderHub redirects them."""
+
+    def get(self, user: str, repo: str, path: str | None = None) -> None:
+        target = f"{self.base_url}v2/gh/{user}/{repo}/master"
+        if path is not None and path.strip("/"):
+            target = url_concat(target, {"urlpath": path})
+        self.redirect(target)
+
+
+class EndedSessionHandler(PageHandler):
+    """``/user/<name>/...`` reaching us: the server is not running (ended or culled).
+
+    Browsers get a 404 page that offers to launch the same repository again
+    when the :class:`SessionIndex` knows it; other clients get JSON.
+    """
+
+    def initialize(self, site: Site, sessions: SessionIndex) -> None:  # type: ignore[override]
+        super().initialize(site)
+        self.sessions = sessions
+
+    def get(self, name: str, _rest: str | None = None) -> None:
+        origin = self.sessions.lookup(name)
+        relaunch = f"{self.base_url}{origin}" if origin and not self.config.api_only else None
+        self.set_status(404)
+        if "text/html" not in self.request.headers.get("Accept", ""):
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            body = {"status_code": 404, "message": "This session has ended.", "relaunch": relaunch}
+            self.finish(json.dumps(body))
+            return
+        self.render_page(
+            "ended.html",
+            name=name,
+            relaunch_url=relaunch,
+            relaunch_spec=unquote(origin.removeprefix("v2/")) if origin else "",
+        )
+
+    post = put = patch = delete = get  # an API call from a dead session gets the same 404
+
+
+class NotFoundHandler(PageHandler):
+    """Every other URL: a 404 page."""
+
+    def prepare(self) -> None:
+        raise HTTPError(404, "There is nothing at this address.")
+
+
+class BadgeHandler(BaseHandler):
+    """``GET /badge.svg`` and ``/badge_logo.svg``: the launch badges."""
+
+    cors_enabled = True
+
+    def get(self, name: str) -> None:
+        self.set_header("Content-Type", "image/svg+xml")
+        self.set_header("Cache-Control", "public, max-age=86400")
+        self.finish((STATIC / f"{name}.svg").read_bytes())

@@ -1,0 +1,605 @@
+"""Datasets: data_requirement.json parsing, fetchers and the cache, against real servers.
+
+Every remote is a real HTTP server on 127.0.0.1 (tests/data_helpers.py);
+Zenodo, OSF, S3 and Google Drive answers are recorded responses in their real
+shapes (tests/data/recorded/).  Code sources run in a real bubblewrap sandbox
+with a real virtualenv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tarfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from data_helpers import (
+    RECORDED,
+    FileServer,
+    Route,
+    code_env,
+    md5,
+    tar_bytes,
+    tar_members,
+    zip_bytes,
+)
+
+from binderbox.data import DataCache, DataConfigError, DataEntry, read_requirements
+from binderbox.data.fetchers.code import CodeFetcher
+from binderbox.data.fetchers.gdrive import GoogleDriveFetcher
+from binderbox.data.fetchers.osf import OsfFetcher
+from binderbox.data.fetchers.s3 import S3Fetcher
+from binderbox.data.fetchers.zenodo import ZenodoFetcher
+from binderbox.data.requirement import parse_requirements
+from binderbox.errors import DataError
+from binderbox.events import Event, Fetching
+
+# -- fixtures -------------------------------------------------------------------
+
+
+@pytest.fixture
+def server() -> Iterator[FileServer]:
+    srv = FileServer()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+async def cache(tmp_path: Path, server: FileServer) -> AsyncIterator[DataCache]:
+    c = DataCache(root=str(tmp_path / "cache"), min_idle=0.0)
+    c.fetchers  # noqa: B018 - instantiate, then point the API fetchers at the local server
+    for fetcher in c.fetchers:
+        if isinstance(fetcher, ZenodoFetcher):
+            fetcher.api_url = server.url("/api")
+        elif isinstance(fetcher, OsfFetcher):
+            fetcher.api_url = server.base
+        elif isinstance(fetcher, S3Fetcher):
+            fetcher.endpoint = server.base
+        elif isinstance(fetcher, GoogleDriveFetcher):
+            fetcher.base_url = server.base
+    yield c
+    await c.aclose()
+
+
+def entries_of(obj: object) -> list[DataEntry]:
+    return parse_requirements(json.dumps(obj))
+
+
+async def ensure(cache: DataCache, entries: list[DataEntry], **kw: object) -> list[Event]:
+    return [event async for event in cache.ensure(entries, **kw)]  # type: ignore[arg-type]
+
+
+def files_under(path: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def assert_no_leftovers(cache: DataCache) -> None:
+    root = Path(cache.root)
+    assert list((root / "datasets").iterdir()) == []
+    assert list((root / "tmp").iterdir()) == []
+
+
+# -- parsing --------------------------------------------------------------------
+
+
+def test_read_requirements_precedence_and_shapes(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "binder").mkdir(parents=True)
+    (repo / "data_requirement.json").write_text('{"src": "https://x/a.zip", "projectName": "root"}')
+    assert read_requirements(repo) == []  # a binder/ folder is the only place looked at
+    (repo / "binder" / "data_requirement.json").write_text(
+        json.dumps(
+            {
+                "atlas": {"src": "https://x/a.zip", "dst": "../../data", "projectName": "atlas"},
+                "scores": {
+                    "src": "10.5281/zenodo.1",
+                    "dst": "/data",
+                    "projectName": "atlas",
+                    "version": 2,
+                },
+            }
+        )
+    )
+    entries = read_requirements(repo)
+    assert [(e.label, e.project_name) for e in entries] == [("atlas", "atlas"), ("scores", "atlas")]
+    assert entries[1].get("version") == 2 and entries[0].get("dst") == "../../data"
+    (repo / ".binder").mkdir()
+    with pytest.raises(DataConfigError, match=r"both a binder/ and a \.binder/"):
+        read_requirements(repo)
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "data_requirement.json").write_text('{"src": "s3://b/p", "projectName": "ds"}')
+    assert [e.project_name for e in read_requirements(single)] == ["ds"]
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("../../etc", "slash"),
+        ("..", "not a folder"),
+        (".", "not a folder"),
+        ("a/b", "slash"),
+        ("a\nb", "control"),
+        ("x" * 200, "longer"),
+        ("", "no projectName"),
+    ],
+)
+def test_unsafe_project_names_are_refused(name: str, problem: str) -> None:
+    with pytest.raises(DataConfigError, match=problem) as info:
+        entries_of({"evil": {"src": "https://x/a.zip", "projectName": name}})
+    assert "'evil'" in info.value.message
+
+
+def test_identity_ignores_label_but_not_other_keys() -> None:
+    a = entries_of({"one": {"src": "https://x/a", "projectName": "p", "version": 1}})[0]
+    b = entries_of({"two": {"src": "https://x/a", "projectName": "p", "version": 1}})[0]
+    c = entries_of({"one": {"src": "https://x/a", "projectName": "p", "version": 2}})[0]
+    assert a.identity_hash() == b.identity_hash() != c.identity_hash()
+
+
+def test_malformed_files_fail_plainly() -> None:
+    with pytest.raises(DataConfigError, match="not valid JSON"):
+        parse_requirements("{nope")
+    with pytest.raises(DataConfigError, match="no src"):
+        entries_of({"x": {"projectName": "p"}})
+
+
+# -- http sources, the cache ------------------------------------------------------------
+
+
+def serve_three(server: FileServer) -> list[DataEntry]:
+    server.add("/rel/atlas.tar.gz", tar_bytes({"atlas/a.txt": b"A", "atlas/sub/b.txt": b"B"}))
+    server.add("/dl/course.zip", zip_bytes({"notes/n1.txt": b"N1", "top.txt": b"T"}))
+    server.add("/files/scores.csv", b"id,score\n1,2\n")
+    return entries_of(
+        {
+            "atlas": {
+                "src": server.url("/rel/atlas.tar.gz"),
+                "dst": "../../data",
+                "projectName": "atlas",
+            },
+            "course": {
+                "src": server.url("/dl/course.zip"),
+                "dst": "/data",
+                "projectName": "course",
+            },
+            "scores": {
+                "src": server.url("/files/scores.csv"),
+                "dst": "./data",
+                "projectName": "course",
+            },
+        }
+    )
+
+
+async def test_entries_land_in_their_project_folders(cache: DataCache, server: FileServer) -> None:
+    entries = serve_three(server)
+    events = await ensure(cache, entries)
+    mounts = cache.mounts(entries)
+    assert set(mounts) == {"atlas", "course"}
+    assert files_under(mounts["atlas"]) == {"atlas/a.txt": b"A", "atlas/sub/b.txt": b"B"}
+    assert files_under(mounts["course"]) == {
+        "notes/n1.txt": b"N1",
+        "top.txt": b"T",
+        "scores.csv": b"id,score\n1,2\n",
+    }
+    assert all(isinstance(e, Fetching) for e in events)
+    progress = [e for e in events if isinstance(e, Fetching) and e.total]
+    assert any("course.zip" in e.message and server.base in e.message for e in progress)
+    assert any(e.done == e.total and "100%" in e.message for e in progress)
+    assert not (Path(cache.root) / "tmp").exists() or not list((Path(cache.root) / "tmp").iterdir())
+
+
+async def test_cached_datasets_are_not_downloaded_again(
+    cache: DataCache, server: FileServer, tmp_path: Path
+) -> None:
+    entries = serve_three(server)
+    await ensure(cache, entries)
+    hits = dict(server.hits)
+    await ensure(cache, entries)
+    # another commit of the repository: same file, other labels and order
+    repo = tmp_path / "repo2"
+    (repo / ".binder").mkdir(parents=True)
+    raw = {
+        e.label + "-renamed": {
+            "src": e.src,
+            "projectName": e.project_name,
+            **{k: json.loads(v) for k, v in e.extra},
+        }
+        for e in reversed(entries)
+    }
+    (repo / ".binder" / "data_requirement.json").write_text(json.dumps(raw))
+    other = read_requirements(repo)
+    await ensure(cache, other)
+    assert dict(server.hits) == hits
+    assert cache.mounts(other) == cache.mounts(entries)
+    # a changed version means new content: downloaded again (only that folder)
+    bumped = entries_of(
+        {
+            "atlas": {
+                "src": entries[0].src,
+                "dst": "../../data",
+                "projectName": "atlas",
+                "version": "2",
+            }
+        }
+    )
+    await ensure(cache, bumped)
+    assert server.hits["/rel/atlas.tar.gz"] == hits["/rel/atlas.tar.gz"] + 1
+    assert cache.mounts(bumped)["atlas"] != cache.mounts(entries)["atlas"]
+
+
+async def test_concurrent_ensures_download_once(cache: DataCache, server: FileServer) -> None:
+    server.add("/big.tar", tar_bytes({f"f{i}.bin": bytes(200_000) for i in range(20)}, ""))
+    entries = entries_of({"src": server.url("/big.tar"), "projectName": "big"})
+    results = await asyncio.gather(*(ensure(cache, entries) for _ in range(10)))
+    assert server.hits["/big.tar"] == 1
+    assert all(any("ready" in e.message for e in events) for events in results)
+    assert len(files_under(cache.mounts(entries)["big"])) == 20
+
+
+async def test_two_caches_on_one_root_share_the_download(
+    cache: DataCache, server: FileServer
+) -> None:
+    # a second cache object stands for a second process (flock on the same files)
+    server.add("/shared.tar", tar_bytes({"x.bin": bytes(3_000_000)}, ""))
+    entries = entries_of({"src": server.url("/shared.tar"), "projectName": "shared"})
+    other = DataCache(root=cache.root)
+    await asyncio.gather(ensure(cache, entries), ensure(other, entries))
+    assert server.hits["/shared.tar"] == 1
+    assert cache.mounts(entries) == other.mounts(entries)
+
+
+def _failing_cases(server: FileServer) -> dict[str, tuple[Route, str, str]]:
+    body = tar_bytes({"a.txt": b"x" * 100_000})
+    return {
+        "missing": (Route(b"nope", status=404), "/m/data.tar.gz", "answered 404"),
+        "reset": (Route(body, failure="reset"), "/r/data.tar.gz", "broke off"),
+        "truncated": (Route(b"abcdef" * 1000, failure="truncate"), "/t/plain.bin", "incomplete"),
+        "zipslip": (Route(zip_bytes({"../../evil.txt": b"x"})), "/z/slip.zip", "climbs out"),
+        "abs": (Route(tar_bytes({"/etc/evil": b"x"})), "/a/abs.tar.gz", "absolute path"),
+        "chain": (
+            Route(
+                tar_members(
+                    ("deep", tarfile.SYMTYPE, "."),
+                    ("l", tarfile.SYMTYPE, "deep/.."),
+                    ("l/evil.txt", tarfile.REGTYPE, "x"),
+                )
+            ),
+            "/c/chain.tar.gz",
+            "outside the folder",
+        ),
+        "corrupt": (Route(b"not gzip at all" * 100), "/g/bad.tar.gz", "not valid gz data"),
+        "device": (
+            Route(tar_members(("null", tarfile.CHRTYPE, ""))),
+            "/d/dev.tar.gz",
+            "device file",
+        ),
+        "symlink": (
+            Route(tar_bytes({"ok.txt": b"1"}, link="../../../etc")),
+            "/s/link.tar.gz",
+            "outside the folder",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "reset", "truncated", "zipslip", "abs", "symlink", "chain", "device", "corrupt"],
+)
+async def test_failures_leave_no_entry_and_recover(
+    cache: DataCache, server: FileServer, tmp_path: Path, case: str
+) -> None:
+    route, path, message = _failing_cases(server)[case]
+    server.routes[path] = route
+    entries = entries_of({"d": {"src": server.url(path), "projectName": "d", "dst": "../.."}})
+    with pytest.raises(DataError, match=message) as info:
+        await ensure(cache, entries)
+    assert "\n" not in info.value.message and "'d'" in info.value.message
+    assert_no_leftovers(cache)
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
+    with pytest.raises(DataError, match="not been fetched"):
+        cache.mounts(entries)
+    # the author (or the server) fixes the source: the next ensure succeeds
+    server.routes[path] = Route(
+        zip_bytes({"good.txt": b"ok"})
+        if path.endswith(".zip")
+        else tar_bytes({"good.txt": b"ok"})
+        if path.endswith(".tar.gz")
+        else b"good"
+    )
+    await ensure(cache, entries)
+    published = files_under(cache.mounts(entries)["d"])
+    assert published in ({"good.txt": b"ok"}, {"plain.bin": b"good"})
+
+
+async def test_stalled_servers_time_out(cache: DataCache, server: FileServer) -> None:
+    server.add("/slow.bin", bytes(100_000), failure="stall")
+    entries = entries_of({"src": server.url("/slow.bin"), "projectName": "slow"})
+    cache.timeout = 1.0
+    with pytest.raises(DataError, match="took longer than allowed"):
+        await ensure(cache, entries)
+    assert_no_leftovers(cache)
+    cache.timeout, cache.read_timeout = 60.0, 0.5
+    with pytest.raises(DataError, match="sent nothing for"):
+        await ensure(cache, entries)
+    assert_no_leftovers(cache)
+
+
+async def test_checksum_mismatch_fails(cache: DataCache, server: FileServer) -> None:
+    url = server.add("/c/file.txt", b"content")
+    bad = entries_of({"src": url, "projectName": "c", "md5": md5(b"other")})
+    with pytest.raises(DataError, match="checksum mismatch"):
+        await ensure(cache, bad)
+    assert_no_leftovers(cache)
+    good = entries_of({"src": url, "projectName": "c", "md5": md5(b"content")})
+    await ensure(cache, good)
+    assert files_under(cache.mounts(good)["c"]) == {"file.txt": b"content"}
+
+
+async def test_over_limit_dataset_is_stopped_early(cache: DataCache, server: FileServer) -> None:
+    cache.max_dataset_bytes = 1_000_000
+    # compressed it is small, so the limit must bite while extracting
+    server.add("/huge.tar.gz", tar_bytes({f"part{i}": bytes(400_000) for i in range(10)}))
+    entries = entries_of({"src": server.url("/huge.tar.gz"), "projectName": "huge"})
+    with pytest.raises(DataError, match="larger than the limit") as info:
+        await ensure(cache, entries)
+    assert info.value.status_code == 413
+    assert_no_leftovers(cache)
+    server.add("/plain.bin", bytes(2_000_000))  # announced by Content-Length: refused at once
+    entries = entries_of({"src": server.url("/plain.bin"), "projectName": "plain"})
+    with pytest.raises(DataError, match="larger than the limit"):
+        await ensure(cache, entries)
+    cache.max_dataset_bytes = 10_000_000
+    await ensure(cache, entries)
+    assert cache.mounts(entries)["plain"].joinpath("plain.bin").stat().st_size == 2_000_000
+
+
+async def test_content_disposition_names_and_gz(cache: DataCache, server: FileServer) -> None:
+    import gzip
+
+    server.add(
+        "/download", b"a,b\n", headers={"Content-Disposition": 'attachment; filename="t.csv"'}
+    )
+    server.add("/x/series.csv.gz", gzip.compress(b"1,2,3\n"))
+    entries = entries_of(
+        {
+            "one": {"src": server.url("/download?id=3"), "projectName": "p"},
+            "two": {"src": server.url("/x/series.csv.gz"), "projectName": "p"},
+        }
+    )
+    await ensure(cache, entries)
+    assert files_under(cache.mounts(entries)["p"]) == {"t.csv": b"a,b\n", "series.csv": b"1,2,3\n"}
+
+
+async def test_git_sources_are_refused(cache: DataCache) -> None:
+    entries = entries_of(
+        {"ds": {"src": "https://github.com/OpenNeuroDatasets/ds000001.git", "projectName": "ds"}}
+    )
+    with pytest.raises(DataError, match="not supported yet") as info:
+        await ensure(cache, entries)
+    assert "'ds'" in info.value.message
+
+
+async def test_budget_evicts_least_recently_used(cache: DataCache, server: FileServer) -> None:
+    cache.budget = 2_500_000
+    made = []
+    for name in ("one", "two", "three"):
+        server.add(f"/{name}.bin", bytes(1_000_000))
+        made.append(entries_of({"src": server.url(f"/{name}.bin"), "projectName": name}))
+        await ensure(cache, made[-1])
+        await asyncio.sleep(0.02)
+    assert sorted(d.project_name for d in cache.list()) == ["three", "two"]
+    # a running session holds its dataset: neither eviction nor removal touch it
+    locks = cache.hold(made[1])
+    server.add("/four.bin", bytes(1_000_000))
+    await ensure(cache, entries_of({"src": server.url("/four.bin"), "projectName": "four"}))
+    assert sorted(d.project_name for d in cache.list()) == ["four", "two"]
+    assert not cache.remove("two")
+    for lock in locks:
+        lock.release()
+    assert cache.remove("two") and [d.project_name for d in cache.list()] == ["four"]
+
+
+# -- API sources ------------------------------------------------------------------
+
+
+async def test_zenodo_doi_fetches_every_file(cache: DataCache, server: FileServer) -> None:
+    server.add_recorded("/api/records/6941758", "zenodo-record-6941758.json")
+    for name in ("atlas.zip", "scores.csv"):
+        body = (RECORDED / "zenodo-6941758" / name).read_bytes()
+        server.add(f"/api/records/6941758/files/{name}/content", body)
+    for src in (
+        "10.5281/zenodo.6941758",
+        "https://doi.org/10.5281/zenodo.6941758",
+        "https://zenodo.org/records/6941758",
+    ):
+        entries = entries_of({"src": src, "projectName": "zen", "dst": "../data"})
+        await ensure(cache, entries)
+        assert files_under(cache.mounts(entries)["zen"]) == {
+            "atlas/labels.tsv": b"index\tname\n1\tcortex\n2\tcerebellum\n",
+            "atlas/README.txt": b"Toy atlas for tests\n",
+            "scores.csv": (RECORDED / "zenodo-6941758" / "scores.csv").read_bytes(),
+        }
+    # a file whose bytes differ from the record's checksum fails the dataset
+    server.add("/api/records/6941758/files/scores.csv/content", b"tampered")
+    entries = entries_of({"src": "10.5281/zenodo.6941758", "projectName": "zen2"})
+    with pytest.raises(DataError, match="checksum mismatch"):
+        await ensure(cache, entries)
+
+
+async def test_osf_project_with_pages_and_folders(cache: DataCache, server: FileServer) -> None:
+    pages = {
+        p: (RECORDED / f"osf-t8h9c-root-page{p}.json").read_text().replace("{base}", server.base)
+        for p in ("1", "2")
+    }
+    json_type = {"Content-Type": "application/vnd.api+json"}
+    server.routes["/v2/nodes/t8h9c/files/osfstorage/"] = Route(
+        fn=lambda q: (200, json_type, pages[q.get("page", ["1"])[0]].encode())
+    )
+    server.add_recorded(
+        "/v2/nodes/t8h9c/files/osfstorage/5f3a1c2b9e1d4a0012a1f001/", "osf-t8h9c-derivatives.json"
+    )
+    server.add_recorded(
+        "/v2/nodes/t8h9c/files/osfstorage/5f3a1c2b9e1d4a0012a1f002/", "osf-t8h9c-maps.json"
+    )
+    for item in (RECORDED / "osf-t8h9c").iterdir():
+        server.add(f"/download/{item.name}/", item.read_bytes())
+    entries = entries_of({"src": "https://osf.io/t8h9c/", "projectName": "osf"})
+    await ensure(cache, entries)
+    assert files_under(cache.mounts(entries)["osf"]) == {
+        "README.md": b"# Toy OSF project\n",
+        "derivatives/scores.tsv": b"sub\tscore\nsub-01\t0.5\n",
+        "derivatives/maps/map1.txt": b"0 1 2 3\n",
+    }
+    only = entries_of(
+        {
+            "src": "https://osf.io/t8h9c",
+            "projectName": "osf-maps",
+            "remote_filepath": "derivatives/maps",
+        }
+    )
+    await ensure(cache, only)
+    assert files_under(cache.mounts(only)["osf-maps"]) == {
+        "derivatives/maps/map1.txt": b"0 1 2 3\n"
+    }
+
+
+def _s3_listing(keys: list[tuple[str, bytes]], prefix: str, token: str | None) -> bytes:
+    start = int(token or 0)
+    page = [(k, d) for k, d in keys if k.startswith(prefix)][start : start + 2]
+    more = start + 2 < len([k for k, _ in keys if k.startswith(prefix)])
+    contents = "".join(
+        f"<Contents><Key>{k}</Key><LastModified>2020-05-01T10:00:00.000Z</LastModified>"
+        f"<ETag>&quot;{md5(d)}&quot;</ETag><Size>{len(d)}</Size>"
+        "<StorageClass>STANDARD</StorageClass></Contents>"
+        for k, d in page
+    )
+    nxt = f"<NextContinuationToken>{start + 2}</NextContinuationToken>" if more else ""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<Name>openneuro.org</Name><Prefix>{prefix}</Prefix><KeyCount>{len(page)}</KeyCount>"
+        f"<MaxKeys>2</MaxKeys><IsTruncated>{'true' if more else 'false'}</IsTruncated>"
+        f"{'<ContinuationToken>' + token + '</ContinuationToken>' if token else ''}{nxt}"
+        f"{contents}</ListBucketResult>"
+    ).encode()
+
+
+async def test_s3_prefix_with_continuation(cache: DataCache, server: FileServer) -> None:
+    keys = [
+        ("ds001037/dataset_description.json", b'{"Name": "toy"}'),
+        ("ds001037/participants.tsv", b"participant_id\nsub-01\n"),
+        ("ds001037/sub-01/anat/sub-01_T1w.nii.gz", b"\x1f\x8b not really nifti"),
+        ("ds0010370/other.txt", b"not this dataset"),
+    ]
+
+    def listing(q: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+        token = q.get("continuation-token", [None])[0]
+        body = _s3_listing(keys, q["prefix"][0], token)
+        return 200, {"Content-Type": "application/xml"}, body
+
+    server.routes["/openneuro.org/"] = Route(fn=listing)
+    for key, data in keys:
+        server.add(f"/openneuro.org/{key}", data)
+    entries = entries_of({"src": "s3://openneuro.org/ds001037", "projectName": "ds001037"})
+    await ensure(cache, entries)
+    assert files_under(cache.mounts(entries)["ds001037"]) == {
+        k.removeprefix("ds001037/"): d for k, d in keys[:3]
+    }
+    assert server.hits["/openneuro.org/"] == 2  # two listing pages
+
+
+async def test_google_drive_confirmation_page(cache: DataCache, server: FileServer) -> None:
+    fid = "1AbCdEfGhIjKlMnOpQrStUvWxYz012345"
+    page = (RECORDED / "gdrive-confirm.html").read_text().replace("{base}", server.base)
+    payload = tar_bytes({"big/data.txt": b"large file"})
+
+    def download(q: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+        if q.get("confirm") == ["t"] and q.get("uuid") and q.get("id") == [fid]:
+            disposition = 'attachment; filename="bigdata.tar.gz"'
+            return 200, {"Content-Disposition": disposition}, payload
+        return 403, {}, b"denied"
+
+    server.routes["/uc"] = Route(
+        page.encode(), headers={"Content-Type": "text/html; charset=utf-8"}
+    )
+    server.routes["/download"] = Route(fn=download)
+    entries = entries_of(
+        {"src": f"https://drive.google.com/file/d/{fid}/view?usp=sharing", "projectName": "gd"}
+    )
+    await ensure(cache, entries)
+    assert files_under(cache.mounts(entries)["gd"]) == {"big/data.txt": b"large file"}
+    # a page that is not a confirmation (file not shared) fails plainly
+    server.routes["/uc"] = Route(b"<html>Sign in</html>", headers={"Content-Type": "text/html"})
+    other = entries_of({"src": "https://drive.google.com/uc?id=other", "projectName": "gd2"})
+    with pytest.raises(DataError, match="web page instead of the file"):
+        await ensure(cache, other)
+    assert not (Path(cache.root) / "datasets").exists() or len(cache.list()) == 1
+
+
+# -- code sources -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env() -> Path:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    return code_env()
+
+
+async def test_code_source_writes_only_its_folder(
+    cache: DataCache, server: FileServer, env: Path, tmp_path: Path
+) -> None:
+    url = server.add("/remote/values.txt", b"42\n")
+    outside = tmp_path / "outside.txt"
+    code = (
+        "import pathlib, urllib.request; "
+        f"urllib.request.urlretrieve({url!r}, _dst + '/values.txt'); "
+        "tries = {}; "
+        f"paths = [{str(outside)!r}, '/srv/env/evil.txt', _dst + '/../escape.txt', "
+        f"{str(Path(cache.root) / 'evil.txt')!r}]; "
+        'exec(\'for p in paths:\\n try:\\n  pathlib.Path(p).write_text("x"); tries[p] = "ok"\\n'
+        " except OSError as e:\\n  tries[p] = type(e).__name__'); "
+        "pathlib.Path(_dst, 'tries.txt').write_text(repr(tries)); print('done');"
+    )
+    entries = entries_of({"nilearn": {"src": code, "projectName": "code", "dst": "../data"}})
+    events = await ensure(cache, entries, env_path=env, env_key="env-1")
+    folder = cache.mounts(entries, env_key="env-1")["code"]
+    assert (folder / "values.txt").read_bytes() == b"42\n"
+    tries = (folder / "tries.txt").read_text()
+    assert "'/srv/env/evil.txt': 'OSError'" in tries or "/srv/env/evil.txt': 'Read" in tries
+    assert not outside.exists() and not (env / "evil.txt").exists()
+    assert not (Path(cache.root) / "evil.txt").exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["tries.txt", "values.txt"]
+    assert any("done" in e.message for e in events)
+    # the key includes the environment: another env key fetches again
+    await ensure(cache, entries, env_path=env, env_key="env-1")
+    assert server.hits["/remote/values.txt"] == 1
+    await ensure(cache, entries, env_path=env, env_key="env-2")
+    assert server.hits["/remote/values.txt"] == 2
+
+
+async def test_failing_code_source_reports_its_output(cache: DataCache, env: Path) -> None:
+    code = "import sys; print('fetching...'); raise RuntimeError('no such subject: sub-99');"
+    entries = entries_of({"bad": {"src": code, "projectName": "bad"}})
+    with pytest.raises(DataError, match="RuntimeError: no such subject: sub-99") as info:
+        await ensure(cache, entries, env_path=env, env_key="k")
+    assert "fetching..." in info.value.log_message
+    assert_no_leftovers(cache)
+
+
+async def test_code_sources_can_be_turned_off(cache: DataCache, env: Path) -> None:
+    for fetcher in cache.fetchers:
+        if isinstance(fetcher, CodeFetcher):
+            fetcher.allow_code_sources = False
+    entries = entries_of({"src": "import os; os.mkdir(_dst + '/x');", "projectName": "c"})
+    with pytest.raises(DataError, match="does not run code sources"):
+        await ensure(cache, entries, env_path=env, env_key="k")
