@@ -1,0 +1,460 @@
+"""JupyterHub and the Node proxy as managed child processes.
+
+:class:`ManagedHub` owns, for one data directory, the two long-running
+children of ``binderbox serve``:
+
+* the Node ``configurable-http-proxy`` (public ip/port; REST API on
+  127.0.0.1), started by us so it is independent of the hub;
+* JupyterHub (``python -m jupyterhub -f <data>/hub/jupyterhub_config.py``),
+  which talks to that proxy and spawns sessions with
+  :class:`~binderbox.sessions.spawner.BinderSpawner`;
+* ``jupyterhub-idle-culler`` (an external service of the hub, see
+  :mod:`binderbox.hub.config` for why it is not hub-managed).
+
+Contract:
+
+* :meth:`ManagedHub.start` writes the config, starts the proxy, registers
+  the web app's route (``/`` -> ``http://127.0.0.1:<web_port>``, when
+  ``web_port`` is set), starts the hub and returns once ``/hub/api``
+  answers.  Failures raise :class:`~binderbox.errors.BinderboxError` with the
+  tail of the child's log in ``log_message``; nothing is left running.
+* :meth:`ManagedHub.stop` stops the culler, the hub, then the proxy.  Sessions are
+  never stopped: they run under their own supervisors (see
+  ``binderbox/sessions/spawner.py``), and starting again with the same data
+  directory finds them (the hub re-adds their routes to the new proxy).
+* :meth:`ManagedHub.stop_on_signals` installs SIGTERM/SIGINT handlers that
+  do a clean :meth:`stop`.  The children also get SIGTERM if binderbox
+  dies without stopping them (``PR_SET_PDEATHSIG``).
+
+Secrets (the proxy's token, binderbox's hub API token) are generated once
+per data directory, kept in mode-0600 files under ``<data>/hub`` and passed
+to the children through environment variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Dict, Float, Int, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from ..errors import BinderboxError
+from ..sessions.limits import limits_status
+from .config import (
+    CULLER_TOKEN_ENV,
+    PROXY_TOKEN_ENV,
+    SERVICE_TOKEN_ENV,
+    HubParams,
+    culler_command,
+    render_config,
+)
+
+#: how often readiness is polled while a child starts
+POLL = 0.1
+
+
+class HubError(BinderboxError):
+    """The hub or the proxy cannot be started."""
+
+    reason = "hub"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """preexec: SIGTERM this child when binderbox dies (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _secret_file(path: Path) -> str:
+    """Read a secret from ``path``, creating it (mode 0600) the first time."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    tmp.rename(path)
+    return value
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class ManagedHub(LoggingConfigurable):
+    """JupyterHub + configurable-http-proxy for one data dir.  See the module docstring."""
+
+    data_dir = Unicode(
+        help="The service's data directory; the hub's files go to <data_dir>/hub, "
+        "session homes to <data_dir>/homes, logs to <data_dir>/logs."
+    ).tag(config=True)
+    public_ip = Unicode("", help="Address the proxy listens on ('' = all interfaces).").tag(
+        config=True
+    )
+    public_port = Int(8000, help="Public port of the proxy (the service's URL).").tag(config=True)
+    hub_port = Int(
+        8081,
+        help="Port of the hub on 127.0.0.1.  Keep it stable: running sessions know it "
+        "(0 = pick a free one at start, only for throw-away hubs).",
+    ).tag(config=True)
+    proxy_api_port = Int(
+        8001, help="Port of the proxy's REST API on 127.0.0.1 (0 = pick a free one at start)."
+    ).tag(config=True)
+    web_port = Int(
+        0, help="Port of binderbox's web app on 127.0.0.1; routed at '/' when non-zero."
+    ).tag(config=True)
+    base_url = Unicode("/", help="Base URL of the whole service (hub under <base_url>hub/).").tag(
+        config=True
+    )
+    proxy_command = Unicode(
+        help="The configurable-http-proxy executable (default: node_modules/.bin in the "
+        "source tree, then PATH)."
+    ).tag(config=True)
+    cull_timeout = Int(600, help="Idle seconds after which a session is culled.").tag(config=True)
+    cull_max_age = Int(0, help="Maximum age of a session in seconds (0 = unlimited).").tag(
+        config=True
+    )
+    cull_every = Int(
+        0, help="Seconds between culler runs (0 = the culler's default, timeout/2)."
+    ).tag(config=True)
+    session_mem_limit = Unicode(
+        "2G",
+        help="Memory limit of each session (e.g. '2G'; '' = none).  Enforced where "
+        "cgroups allow it (see binderbox.sessions.limits), advisory otherwise.",
+    ).tag(config=True)
+    session_cpu_limit = Float(
+        1.0, help="CPU limit of each session in cores (0 = none); enforced like memory."
+    ).tag(config=True)
+    spawner_config = Dict(
+        help="Extra BinderSpawner traits for the hub's config (JSON-serialisable values)."
+    ).tag(config=True)
+    hub_log_level = Unicode("INFO", help="The hub's log level.").tag(config=True)
+    extra_config = Unicode("", help="Python appended to the generated jupyterhub_config.py.").tag(
+        config=True
+    )
+    start_timeout = Int(60, help="Seconds to wait for the proxy and the hub to answer.").tag(
+        config=True
+    )
+
+    @default("proxy_command")
+    def _default_proxy_command(self) -> str:
+        tree = Path(__file__).resolve().parents[2] / "node_modules" / ".bin"
+        found = tree / "configurable-http-proxy"
+        if found.exists():
+            return str(found)
+        import shutil
+
+        return shutil.which("configurable-http-proxy") or ""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hub_proc: asyncio.subprocess.Process | None = None
+        self.culler_proc: asyncio.subprocess.Process | None = None
+        self.proxy_proc: asyncio.subprocess.Process | None = None
+
+    # -- paths and secrets ------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        """The data directory as a Path (must be set)."""
+        if not self.data_dir:
+            raise HubError("ManagedHub.data_dir is not set.")
+        return Path(self.data_dir).resolve()
+
+    @property
+    def hub_dir(self) -> Path:
+        """Where the hub's database, cookie secret and config live."""
+        return self.root / "hub"
+
+    @property
+    def api_token(self) -> str:
+        """binderbox's hub API token (the ``binderbox`` service)."""
+        return _secret_file(self.hub_dir / "service_token")
+
+    @property
+    def culler_token(self) -> str:
+        """The idle culler's hub API token."""
+        return _secret_file(self.hub_dir / "culler_token")
+
+    @property
+    def proxy_token(self) -> str:
+        """The token of the proxy's REST API."""
+        return _secret_file(self.hub_dir / "proxy_token")
+
+    @property
+    def hub_api_url(self) -> str:
+        """The hub's REST API, e.g. ``http://127.0.0.1:8081/hub/api/``."""
+        return f"http://127.0.0.1:{self.hub_port}{self._base}hub/api/"
+
+    @property
+    def proxy_api_url(self) -> str:
+        """The proxy's REST API root."""
+        return f"http://127.0.0.1:{self.proxy_api_port}/api/"
+
+    @property
+    def public_url(self) -> str:
+        """The proxy's public URL as seen from this machine."""
+        host = self.public_ip if self.public_ip not in ("", "0.0.0.0") else "127.0.0.1"
+        return f"http://{host}:{self.public_port}{self._base}"
+
+    @property
+    def _base(self) -> str:
+        return self.base_url if self.base_url.endswith("/") else self.base_url + "/"
+
+    def _spawner_config(self) -> dict[str, object]:
+        config: dict[str, object] = {}
+        if self.session_mem_limit:
+            config["mem_limit"] = self.session_mem_limit
+        if self.session_cpu_limit:
+            config["cpu_limit"] = self.session_cpu_limit
+        config.update(self.spawner_config)
+        return config
+
+    def write_config(self) -> Path:
+        """Write ``<data>/hub/jupyterhub_config.py`` (ports chosen first) and return it."""
+        params = self.params()
+        self.hub_dir.mkdir(parents=True, exist_ok=True)
+        path = self.hub_dir / "jupyterhub_config.py"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(render_config(params))
+        tmp.rename(path)
+        return path
+
+    def params(self) -> HubParams:
+        """The generated config's parameters (free ports are chosen here when 0)."""
+        if not self.hub_port:
+            self.hub_port = free_port()
+        if not self.proxy_api_port:
+            self.proxy_api_port = free_port()
+        return HubParams(
+            data_dir=self.root,
+            public_ip=self.public_ip,
+            public_port=self.public_port,
+            hub_port=self.hub_port,
+            proxy_api_port=self.proxy_api_port,
+            base_url=self._base,
+            cull_timeout=self.cull_timeout,
+            cull_max_age=self.cull_max_age,
+            cull_every=self.cull_every,
+            spawner_config=self._spawner_config(),
+            log_level=self.hub_log_level,
+            extra_config=self.extra_config,
+        )
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start proxy and hub; return when the hub API answers.  See the module docstring."""
+        config = self.write_config()
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            await self._start_proxy()
+            if self.web_port:
+                await self.add_route("/", f"http://127.0.0.1:{self.web_port}")
+            await self._start_hub(config)
+            await self._start_culler()
+        except BaseException:
+            await self.stop()
+            raise
+        self.log.info("hub ready at %s, proxy at %s", self.hub_api_url, self.public_url)
+        status = limits_status()
+        self.log.info(
+            "session limits %s (%s): %s", status["mode"], status["backend"], status["reason"]
+        )
+
+    def _check_proxy_command(self) -> None:
+        if not self.proxy_command or not Path(self.proxy_command).exists():
+            raise HubError(
+                "The Node configurable-http-proxy is not installed.",
+                hint="Run scripts/setup or `npm install configurable-http-proxy`.",
+            )
+
+    async def _start_proxy(self) -> None:
+        self._check_proxy_command()
+        log = self.root / "logs" / "proxy.log"
+        cmd = [
+            self.proxy_command,
+            "--ip",
+            self.public_ip,
+            "--port",
+            str(self.public_port),
+            "--api-ip",
+            "127.0.0.1",
+            "--api-port",
+            str(self.proxy_api_port),
+            "--error-target",
+            f"http://127.0.0.1:{self.hub_port}{self._base}hub/error",
+            "--log-level",
+            "warn",
+        ]
+        self.proxy_proc = await self._spawn(cmd, log)
+        await self._wait_ready(self.proxy_proc, log, "proxy", self._proxy_answers)
+
+    async def _start_hub(self, config: Path) -> None:
+        log = self.root / "logs" / "hub.log"
+        cmd = [sys.executable, "-m", "jupyterhub", "-f", str(config)]
+        self.hub_proc = await self._spawn(cmd, log, cwd=self.hub_dir)
+        await self._wait_ready(self.hub_proc, log, "hub", self._hub_answers)
+
+    async def _start_culler(self) -> None:
+        cmd = culler_command(self.params(), self.hub_api_url.rstrip("/"))
+        env = {"JUPYTERHUB_API_TOKEN": self.culler_token}
+        self.culler_proc = await self._spawn(cmd, self.root / "logs" / "culler.log", env=env)
+
+    async def _spawn(
+        self,
+        cmd: list[str],
+        log: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> asyncio.subprocess.Process:
+        if env is None:
+            env = {
+                PROXY_TOKEN_ENV: self.proxy_token,
+                SERVICE_TOKEN_ENV: self.api_token,
+                CULLER_TOKEN_ENV: self.culler_token,
+            }
+        env = {**os.environ, **env}
+        with log.open("ab") as out:
+            return await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    async def _wait_ready(
+        self,
+        proc: asyncio.subprocess.Process,
+        log: Path,
+        what: str,
+        answers: Callable[[], Any],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.start_timeout
+        while loop.time() < deadline:
+            if proc.returncode is not None:
+                raise HubError(
+                    f"The session {what} could not be started.",
+                    hint=f"See {log}.",
+                    log_message=f"{what} exited with {proc.returncode}:\n{_tail(log)}",
+                )
+            if await answers():
+                return
+            await asyncio.sleep(POLL)
+        raise HubError(
+            f"The session {what} did not start in {self.start_timeout} s.",
+            hint=f"See {log}.",
+            log_message=f"{what} not answering:\n{_tail(log)}",
+        )
+
+    async def _proxy_answers(self) -> bool:
+        try:
+            await self._proxy_request("GET", "routes")
+        except (OSError, HTTPClientError):
+            return False
+        return True
+
+    async def _hub_answers(self) -> bool:
+        try:
+            await AsyncHTTPClient().fetch(self.hub_api_url, request_timeout=2)
+        except (OSError, HTTPClientError):
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Stop the culler, the hub, then the proxy (never the sessions)."""
+        for attr in ("culler_proc", "hub_proc", "proxy_proc"):
+            proc = getattr(self, attr)
+            if proc is not None:
+                await _terminate(proc)
+                setattr(self, attr, None)
+
+    def status(self) -> dict[str, bool]:
+        """Which managed children are running (for /health and the log)."""
+        children = (
+            ("proxy", self.proxy_proc),
+            ("hub", self.hub_proc),
+            ("culler", self.culler_proc),
+        )
+        return {name: proc is not None and proc.returncode is None for name, proc in children}
+
+    def stop_on_signals(self, then: Callable[[], None] | None = None) -> None:
+        """On SIGTERM/SIGINT: :meth:`stop`, then call ``then`` (e.g. stop the loop)."""
+        loop = asyncio.get_running_loop()
+
+        async def _stop() -> None:
+            await self.stop()
+            if then is not None:
+                then()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(_stop()))
+
+    # -- proxy routes -----------------------------------------------------------
+
+    async def _proxy_request(self, method: str, path: str, body: Any = None) -> Any:
+        request = HTTPRequest(
+            self.proxy_api_url + path.lstrip("/"),
+            method=method,
+            headers={"Authorization": f"token {self.proxy_token}"},
+            body=None if body is None else json.dumps(body),
+            request_timeout=5,
+            allow_nonstandard_methods=True,
+        )
+        response = await AsyncHTTPClient().fetch(request)
+        return json.loads(response.body) if response.body else None
+
+    async def add_route(self, routespec: str, target: str) -> None:
+        """Route ``routespec`` (e.g. ``/``) to ``target`` on the proxy.
+
+        The route carries no ``jupyterhub`` data marker, so the hub's route
+        check leaves it alone.
+        """
+        await self._proxy_request("POST", "routes" + routespec, {"target": target})
+
+    async def routes(self) -> dict[str, Any]:
+        """The proxy's routing table (routespec -> {target, data...})."""
+        result: dict[str, Any] = await self._proxy_request("GET", "routes")
+        return result
+
+
+async def _terminate(proc: asyncio.subprocess.Process, grace: float = 10) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()

@@ -1,0 +1,200 @@
+"""Per-session memory and CPU limits with cgroups, where this host allows it.
+
+What is enforceable depends on the host, so it is detected, not assumed:
+
+* **cgroup v2** with delegated controllers: ``/sys/fs/cgroup`` (or the
+  ``unified`` mount) is a cgroup2 file system whose ``cgroup.controllers``
+  lists ``memory`` (and ``cpu``) and where we may create a child group.
+  Limits are ``memory.max`` and ``cpu.max``.
+* **cgroup v1** as root: the ``memory`` (and ``cpu``) hierarchies are
+  mounted and writable.  Limits are ``memory.limit_in_bytes`` (plus
+  ``memory.memsw.limit_in_bytes`` when present, so swap does not dodge it)
+  and ``cpu.cfs_quota_us``/``cpu.cfs_period_us``.
+
+Each session gets ``<hierarchy>/binderbox/<session>``; the session's
+supervisor writes its own pid into ``cgroup.procs`` of each before it
+starts bubblewrap, so everything in the sandbox is accounted.  When neither
+works, limits are *advisory*: ``MEM_LIMIT``/``CPU_LIMIT`` are still passed
+to the server (jupyter-resource-usage shows them) but nothing enforces them,
+and :func:`limits_status` says so and why.  Never claim enforcement that
+isn't there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: the folder under each hierarchy holding the sessions' groups
+GROUP = "binderbox"
+CFS_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class LimitsStatus:
+    """What :class:`CgroupLimits` can enforce on this host, and why."""
+
+    mode: str  #: "enforced" or "advisory"
+    backend: str  #: "cgroup-v2", "cgroup-v1" or "none"
+    memory: bool  #: memory limits are enforced
+    cpu: bool  #: CPU limits are enforced
+    reason: str  #: plain words: what was found
+
+    def to_json(self) -> dict[str, Any]:
+        """The status as a JSON-ready dict (for /health)."""
+        return asdict(self)
+
+
+def _safe_name(session: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", session)
+    if not name or name.startswith("."):
+        raise ValueError(f"bad session name {session!r}")
+    return name
+
+
+def _writable_group(parent: Path) -> Path | None:
+    """Create ``parent/binderbox`` if possible; None when we may not."""
+    group = parent / GROUP
+    try:
+        group.mkdir(exist_ok=True)
+    except OSError:
+        return None
+    return group if os.access(group / "cgroup.procs", os.W_OK) else None
+
+
+def _v2_root() -> Path | None:
+    for root in (CGROUP_ROOT, CGROUP_ROOT / "unified"):
+        controllers = root / "cgroup.controllers"
+        if controllers.exists() and "memory" in controllers.read_text().split():
+            return root
+    return None
+
+
+class CgroupLimits:
+    """Creates, fills and removes the cgroups of sessions.  See the module docstring."""
+
+    def __init__(self, root: Path = CGROUP_ROOT) -> None:
+        self.root = root
+        self.v2: Path | None = None
+        self.memory_dir: Path | None = None
+        self.cpu_dir: Path | None = None
+        self.status = self._detect()
+
+    def _detect(self) -> LimitsStatus:
+        v2 = _v2_root() if self.root == CGROUP_ROOT else None
+        if v2 is not None:
+            group = _writable_group(v2)
+            if group is not None:
+                enabled = _enable_v2_controllers(v2, group)
+                if "memory" in enabled:
+                    self.v2 = group
+                    return LimitsStatus(
+                        "enforced",
+                        "cgroup-v2",
+                        True,
+                        "cpu" in enabled,
+                        f"cgroup v2 at {v2} with controllers {' '.join(sorted(enabled))}",
+                    )
+        self.memory_dir = _writable_group(self.root / "memory")
+        self.cpu_dir = _writable_group(self.root / "cpu")
+        if self.memory_dir is not None:
+            cpu = self.cpu_dir is not None
+            return LimitsStatus(
+                "enforced",
+                "cgroup-v1",
+                True,
+                cpu,
+                "cgroup v1 memory" + (" and cpu" if cpu else "") + " controllers are writable",
+            )
+        return LimitsStatus(
+            "advisory",
+            "none",
+            False,
+            False,
+            "no cgroup v2 with a delegated memory controller and no writable cgroup v1 "
+            "memory hierarchy (run as root, or delegate a cgroup v2 subtree to this user)",
+        )
+
+    def create(self, session: str, mem_bytes: int, cpu: float) -> list[Path]:
+        """Make the session's groups with its limits; return the dirs to join.
+
+        ``mem_bytes``/``cpu`` of 0 mean unlimited.  Returns ``[]`` when limits
+        are advisory here (or both are unlimited).
+        """
+        if self.status.mode != "enforced" or (not mem_bytes and not cpu):
+            return []
+        name = _safe_name(session)
+        if self.v2 is not None:
+            group = self.v2 / name
+            group.mkdir(exist_ok=True)
+            if mem_bytes:
+                (group / "memory.max").write_text(str(mem_bytes))
+                with contextlib.suppress(OSError):
+                    (group / "memory.swap.max").write_text("0")
+            if cpu and self.status.cpu:
+                quota = max(1000, int(cpu * CFS_PERIOD_US))
+                (group / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
+            return [group]
+        dirs: list[Path] = []
+        if mem_bytes and self.memory_dir is not None:
+            group = self.memory_dir / name
+            group.mkdir(exist_ok=True)
+            (group / "memory.limit_in_bytes").write_text(str(mem_bytes))
+            memsw = group / "memory.memsw.limit_in_bytes"
+            if memsw.exists():
+                with contextlib.suppress(OSError):
+                    memsw.write_text(str(mem_bytes))
+            dirs.append(group)
+        if cpu and self.cpu_dir is not None:
+            group = self.cpu_dir / name
+            group.mkdir(exist_ok=True)
+            (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(max(1000, int(cpu * CFS_PERIOD_US))))
+            dirs.append(group)
+        return dirs
+
+    def remove(self, session: str) -> None:
+        """Remove the session's groups (they must be empty; errors are ignored)."""
+        name = _safe_name(session)
+        for parent in (self.v2, self.memory_dir, self.cpu_dir):
+            if parent is not None:
+                with contextlib.suppress(OSError):
+                    (parent / name).rmdir()
+
+
+def _enable_v2_controllers(root: Path, group: Path) -> set[str]:
+    """Enable memory/cpu for children of ``group``; return what got enabled."""
+    enabled: set[str] = set()
+    for controller in ("memory", "cpu"):
+        for parent in (root, group):
+            with contextlib.suppress(OSError):
+                (parent / "cgroup.subtree_control").write_text(f"+{controller}")
+        try:
+            if controller in (group / "cgroup.subtree_control").read_text().split():
+                enabled.add(controller)
+        except OSError:
+            pass
+    return enabled
+
+
+def join(dirs: list[Path], pid: int) -> None:
+    """Move ``pid`` into each group of ``dirs`` (called by the supervisor for itself)."""
+    for group in dirs:
+        (group / "cgroup.procs").write_text(str(pid))
+
+
+@functools.cache
+def default_limits() -> CgroupLimits:
+    """The process-wide :class:`CgroupLimits` (detection runs once)."""
+    return CgroupLimits()
+
+
+def limits_status() -> dict[str, Any]:
+    """What is enforced here, for /health and the startup log."""
+    return default_limits().status.to_json()
