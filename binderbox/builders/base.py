@@ -21,7 +21,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import ClassVar
 
@@ -42,6 +42,6 @@ class Builder(LoggingConfigurable):
         """The interpreter identity for ``spec`` (e.g. ``cpython-3.10.13``)."""
         raise NotImplementedError
 
-    def build(self, spec: EnvSpec, content: Path | None, prefix: Path) -> AsyncIterator[str]:
+    def build(self, spec: EnvSpec, content: Path | None, prefix: Path) -> AsyncGenerator[str, None]:
         """Build ``spec`` into ``prefix``; yields log lines.  See the module docstring."""
         raise NotImplementedError

@@ -1,0 +1,83 @@
+"""Build-speed figures: uv cold / warm / cache hit against venv + pip.
+
+Run: .venv/bin/python benchmarks/build.py   (needs PyPI; takes a few minutes)
+
+One repository shape (numpy, pandas, matplotlib in requirements.txt) is
+built four ways on this machine, in one run, and the figures printed:
+
+* cold      -- an empty uv package cache, a new environment key
+* warm      -- a new key (one extra small requirement), packages cached
+* cache hit -- the same commit again: the store already has the key
+* pip       -- ``python -m venv`` + ``pip install --no-cache-dir`` of the same
+               packages (the environment repo2docker-style builds make)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from binderbox.app import BinderboxApp
+from binderbox.builders.python import SESSION_PACKAGES
+from binderbox.events import Built, Event
+from binderbox.pipeline import LaunchRequest
+from tests.repos import commit, make_repo
+
+REQUIREMENTS = "numpy\npandas\nmatplotlib\n"
+
+
+async def timed_build(app: BinderboxApp, repo: Path) -> tuple[float, Built]:
+    pipeline = app.make_pipeline(allow_local=True)
+    started = time.perf_counter()
+    last: Event | None = None
+    async for event in pipeline.launch(LaunchRequest(provider="", spec=str(repo), build_only=True)):
+        last = event
+    elapsed = time.perf_counter() - started
+    if not isinstance(last, Built):
+        raise SystemExit(f"build failed: {last.to_wire() if last else 'no events'}")
+    return elapsed, last
+
+
+def pip_baseline(work: Path) -> float:
+    python = shutil.which("python3.10") or sys.executable
+    started = time.perf_counter()
+    subprocess.run([python, "-m", "venv", str(work / "pipenv")], check=True)
+    pip = work / "pipenv" / "bin" / "pip"
+    packages = [*REQUIREMENTS.split(), *SESSION_PACKAGES]
+    subprocess.run(
+        [str(pip), "install", "-q", "--no-cache-dir", "--disable-pip-version-check", *packages],
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
+async def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="binderbox-bench-"))
+    try:
+        app = BinderboxApp(data_dir=str(work / "data"))
+        repo = make_repo(work / "repo", {"requirements.txt": REQUIREMENTS})
+        cold, env = await timed_build(app, repo)
+        commit(repo, {"requirements.txt": REQUIREMENTS + "six\n"})
+        warm, env2 = await timed_build(app, repo)
+        assert env2.image_name != env.image_name and not env2.cached
+        hit, env3 = await timed_build(app, repo)
+        assert env3.cached
+        pip = pip_baseline(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("environment: numpy + pandas + matplotlib + the Jupyter session packages")
+    print(f"pip (venv + pip install, no cache): {pip:7.2f} s")
+    print(f"uv cold (empty cache):              {cold:7.2f} s   {pip / cold:5.1f}x faster than pip")
+    print(f"uv warm (new key, cached packages): {warm:7.2f} s   {pip / warm:5.1f}x faster than pip")
+    print(f"cache hit (same environment):       {hit:7.3f} s   {pip / hit:5.0f}x faster than pip")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,5 @@
+"""``python -m binderbox``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,92 @@
+"""The composition root: configuration, data directory, and the parts built from it.
+
+``binderbox`` is a traitlets :class:`~traitlets.config.Application` like
+JupyterHub: settings come from a config file (``binderbox_config.py``,
+written by ``binderbox generate-config``), then environment variables read
+by ``@default`` methods, then command-line flags.  Every part (store,
+builder, pipeline, web app, hub) takes its settings from its own class
+section, e.g. ``c.Store.budget`` or ``c.LaunchPipeline.build_timeout``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from traitlets import Unicode, default
+from traitlets.config import Application
+
+from . import __version__
+from .builders.python import PythonBuilder
+from .content import ContentCache
+from .pipeline import LaunchPipeline
+from .store import Store
+
+
+class BinderboxApp(Application):
+    """Common settings of every ``binderbox`` command."""
+
+    name = "binderbox"
+    version = __version__
+    description = "A Binder service on one machine: repositories to live Jupyter environments."
+
+    data_dir = Unicode(
+        help="""Directory for all state: environments, caches, hub database, session homes.
+
+        Default: $BINDERBOX_DATA_DIR, else ~/.local/share/binderbox.""",
+    ).tag(config=True)
+    config_file = Unicode(
+        "binderbox_config.py", help="The configuration file to load (if it exists)."
+    ).tag(config=True)
+
+    aliases = {
+        "data-dir": "BinderboxApp.data_dir",
+        "config": "BinderboxApp.config_file",
+        "log-level": "Application.log_level",
+    }
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        env = os.environ.get("BINDERBOX_DATA_DIR")
+        if env:
+            return env
+        return str(Path.home() / ".local" / "share" / "binderbox")
+
+    def load_config_files(self) -> None:
+        """Load ``config_file`` from the working directory when it exists."""
+        path = Path(self.config_file)
+        if path.is_file():
+            self.load_config_file(path.name, path=str(path.parent.resolve()))
+
+    @property
+    def data_path(self) -> Path:
+        """The data directory, created on first use."""
+        path = Path(self.data_dir).expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def make_store(self) -> Store:
+        """The environment store under the data directory."""
+        return Store(parent=self, root=str(self.data_path / "store"))
+
+    def make_pipeline(self, *, allow_local: bool) -> LaunchPipeline:
+        """A pipeline with every part configured from this application."""
+        data = self.data_path
+        builder = PythonBuilder(parent=self)
+        if "cache_dir" not in self.config.PythonBuilder:
+            builder.cache_dir = str(_mkdir(data / "uv-cache"))
+        pipeline = LaunchPipeline(
+            parent=self,
+            store=self.make_store(),
+            builder=builder,
+            content=ContentCache(parent=self, root=str(data / "content")),
+        )
+        if allow_local:
+            pipeline.allow_local = True
+        pipeline.work_dir = pipeline.work_dir or str(_mkdir(data / "work"))
+        return pipeline
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

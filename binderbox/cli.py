@@ -1,0 +1,194 @@
+"""The ``binderbox`` command: subcommands over :class:`~binderbox.app.BinderboxApp`.
+
+Only this module exits the process.  Errors a user can act on
+(:class:`~binderbox.errors.BinderboxError`) print one plain line and exit
+non-zero; nothing prints a traceback unless ``--log-level=DEBUG``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TextIO
+
+from traitlets import Bool, Unicode
+
+from .app import BinderboxApp
+from .errors import BinderboxError
+from .events import Built, Event, Failed, Phase, Ready
+from .pipeline import LaunchRequest
+
+
+class Command(BinderboxApp):
+    """Base of subcommands: loads the config file, runs ``run()``, maps errors to exits."""
+
+    def initialize(self, argv: Any = None) -> None:
+        super().initialize(argv)
+        self.load_config_files()
+        self.update_config(self.cli_config)
+
+    def start(self) -> None:
+        try:
+            code = self.run()
+        except BinderboxError as exc:
+            print(f"error: {exc.user_message}", file=sys.stderr)
+            self.log.debug("details: %s", exc.log_message)
+            code = 1
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            code = 130
+        self.exit(code)
+
+    def run(self) -> int:
+        """Do the work; return the exit code."""
+        raise NotImplementedError
+
+
+class ProgressPrinter:
+    """Renders pipeline events for a person (or as JSON lines with ``json_lines``)."""
+
+    def __init__(self, out: TextIO, *, json_lines: bool) -> None:
+        self.out = out
+        self.json_lines = json_lines
+        self.phase: Phase | None = None
+        self.started = time.monotonic()
+
+    def show(self, event: Event) -> None:
+        if self.json_lines:
+            self.out.write(json.dumps(event.to_wire()) + "\n")
+            self.out.flush()
+            return
+        if event.phase != self.phase and event.phase != Phase.FAILED:
+            self.phase = event.phase
+            elapsed = time.monotonic() - self.started
+            self.out.write(f"[{elapsed:6.1f}s] {event.phase.value}\n")
+        if isinstance(event, Failed):
+            self.out.write(f"error: {event.message}\n")
+        elif isinstance(event, Built):
+            state = "cached" if event.cached else "built"
+            self.out.write(f"  environment {event.image_name} ({state})\n  path: {event.path}\n")
+        elif isinstance(event, Ready):
+            self.out.write(f"  {event.url}?token={event.token}\n")
+        elif event.message:
+            for line in event.message.rstrip("\n").splitlines():
+                self.out.write(f"  {line}\n")
+        self.out.flush()
+
+
+async def _consume(events: AsyncIterator[Event], printer: ProgressPrinter) -> Event | None:
+    last: Event | None = None
+    async for event in events:
+        printer.show(event)
+        last = event
+    return last
+
+
+class BuildCommand(Command):
+    """binderbox build SPEC [--ref REF] [--json]: build (or reuse) an environment."""
+
+    name = "binderbox-build"
+    description = """Build the environment of a repository, or reuse it when already built.
+
+    SPEC is a local directory, a git URL (https://, file://, ssh://), a
+    https://github.com/<owner>/<repo> URL, or a BinderHub spec such as
+    gh/<owner>/<repo>/<ref> or git/<escaped url>/<ref>."""
+    examples = "binderbox build gh/binder-examples/requirements/HEAD\nbinderbox build ./myrepo"
+
+    ref = Unicode(
+        "", help="The branch, tag or commit to build (default: the spec's, else HEAD)."
+    ).tag(config=True)
+    json_lines = Bool(
+        False, help="Print one JSON event a line (the /build event-stream schema)."
+    ).tag(config=True)
+    aliases = {**BinderboxApp.aliases, "ref": "BuildCommand.ref"}
+    flags = {"json": ({"BuildCommand": {"json_lines": True}}, "Print JSON events, one a line.")}
+
+    def run(self) -> int:
+        if len(self.extra_args) != 1:
+            print("usage: binderbox build SPEC [--ref REF] [--json]", file=sys.stderr)
+            return 2
+        pipeline = self.make_pipeline(allow_local=True)
+        request = LaunchRequest(
+            provider="", spec=self.extra_args[0], build_only=True, ref=self.ref or None
+        )
+        printer = ProgressPrinter(
+            sys.stdout if self.json_lines else sys.stderr, json_lines=self.json_lines
+        )
+        last = asyncio.run(_consume(pipeline.launch(request), printer))
+        return 0 if isinstance(last, Built) else 1
+
+
+class EnvsCommand(Command):
+    """binderbox envs list | show KEY | rm KEY... | gc"""
+
+    name = "binderbox-envs"
+    description = "List, inspect, remove and garbage-collect built environments."
+    examples = "binderbox envs list\nbinderbox envs rm 3f2a...\nbinderbox envs gc"
+
+    def run(self) -> int:
+        store = self.make_store()
+        action, *args = self.extra_args or ["list"]
+        if action == "list":
+            envs = store.list()
+            for env in envs:
+                used = time.strftime("%Y-%m-%d %H:%M", time.localtime(env.last_used))
+                print(f"{env.key}  {_size(env.size):>9}  {used}  {env.source}")
+            print(f"{len(envs)} environments, {_size(sum(e.size for e in envs))}", file=sys.stderr)
+            return 0
+        if action == "show" and len(args) == 1:
+            found = store.get(args[0])
+            if found is None:
+                raise BinderboxError(
+                    f"No environment with key {args[0]}.", hint="See `binderbox envs list`."
+                )
+            info = {k: getattr(found, k) for k in ("key", "source", "size", "created", "last_used")}
+            print(json.dumps({**info, "path": str(found.path), "spec": found.spec}, indent=2))
+            return 0
+        if action == "rm" and args:
+            missing = [key for key in args if not store.remove(key)]
+            for key in missing:
+                print(
+                    f"error: cannot remove {key}: no such environment, or in use", file=sys.stderr
+                )
+            return 1 if missing else 0
+        if action == "gc" and not args:
+            removed = store.gc()
+            print(f"removed {len(removed)} environments", file=sys.stderr)
+            return 0
+        print("usage: binderbox envs list | show KEY | rm KEY... | gc", file=sys.stderr)
+        return 2
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
+class Main(BinderboxApp):
+    """The top-level ``binderbox`` command."""
+
+    subcommands = {
+        "build": (BuildCommand, BuildCommand.description.splitlines()[0]),
+        "envs": (EnvsCommand, EnvsCommand.description),
+    }
+
+    def start(self) -> None:
+        if self.subapp is None:
+            self.print_help()
+            self.exit(2)
+        else:
+            self.subapp.start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``binderbox`` console script."""
+    app = Main.instance()
+    app.initialize(argv)
+    app.start()

@@ -1,0 +1,121 @@
+"""Fetched repository content, kept once per resolved version.
+
+Every launch of a commit needs that commit's files: the builder (when the
+environment depends on them) and each session's home start from them.  The
+:class:`ContentCache` fetches a :class:`~binderbox.providers.base.Resolved`
+version once, into a temporary directory published by rename, so a fetch that
+fails or is killed never leaves a partial tree that a later launch would use.
+Concurrent requests for the same version in one process share one fetch; two
+processes racing both fetch and the first rename wins (the loser's copy is
+discarded), which is correct without a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from traitlets import Unicode
+from traitlets.config import LoggingConfigurable
+
+from .errors import BinderboxError, FetchError
+from .events import Event, Fetching
+from .providers.base import RepoProvider, Resolved
+
+
+class ContentCache(LoggingConfigurable):
+    """Repository content by resolved version, fetched once."""
+
+    root = Unicode(
+        help="Directory holding fetched repository content (one folder per version)."
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._running: dict[str, asyncio.Future[Path]] = {}
+
+    def path_for(self, resolved: Resolved) -> Path:
+        """Where the content of ``resolved`` lives once fetched."""
+        ident = (
+            f"{resolved.provider}\0{resolved.clone_url or resolved.repo_url}\0{resolved.version}"
+        )
+        digest = hashlib.sha256(ident.encode()).hexdigest()[:24]
+        return Path(self.root) / "trees" / digest
+
+    async def ensure(self, provider: RepoProvider, resolved: Resolved) -> AsyncIterator[Event]:
+        """Fetch ``resolved`` unless present; yields ``fetching`` events."""
+        final = self.path_for(resolved)
+        if final.is_dir():
+            os.utime(final)
+            yield Fetching(message=f"Using the content of {resolved.version[:12]} already fetched")
+            return
+        running = self._running.get(str(final))
+        if running is not None:
+            yield Fetching(message="Waiting for the same content being fetched by another launch")
+            await asyncio.shield(running)
+            return
+        future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        self._running[str(final)] = future
+        try:
+            async for event in self._fetch(provider, resolved, final):
+                yield event
+            future.set_result(final)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else FetchError("cancelled"))
+            future.exception()  # mark retrieved: joiners re-raise it themselves
+            raise
+        finally:
+            self._running.pop(str(final), None)
+
+    async def _fetch(
+        self, provider: RepoProvider, resolved: Resolved, final: Path
+    ) -> AsyncIterator[Event]:
+        tmp = Path(self.root) / "tmp" / f"{final.name}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                await provider.fetch(resolved, tmp, lines.put_nowait)
+            finally:
+                lines.put_nowait(None)
+
+        yield Fetching(message=f"Fetching {resolved.repo_url} at {resolved.version[:12]}")
+        task = asyncio.create_task(run())
+        try:
+            while (line := await lines.get()) is not None:
+                yield Fetching(message=line)
+            await task
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                tmp.rename(final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+        except BinderboxError:
+            raise
+        except OSError as exc:
+            raise FetchError(
+                f"Could not store the content of {resolved.repo_url}.", log_message=repr(exc)
+            ) from exc
+        finally:
+            if not task.done():
+                task.cancel()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def gc(self, max_age: float) -> int:
+        """Remove fetched trees unused for ``max_age`` seconds; returns how many."""
+        trees = Path(self.root) / "trees"
+        removed = 0
+        now = time.time()
+        for tree in trees.glob("*") if trees.is_dir() else ():
+            if now - tree.stat().st_mtime > max_age:
+                shutil.rmtree(tree, ignore_errors=True)
+                removed += 1
+        return removed

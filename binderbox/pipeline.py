@@ -1,0 +1,254 @@
+"""The launch flow in one place: spec -> resolved -> environment -> session.
+
+:class:`LaunchPipeline` yields typed events (``binderbox.events``) and knows
+nothing about HTTP.  The web handler streams them as server-sent events, the
+CLI renders them, tests consume them directly::
+
+    spec ─ provider.resolve ─ content.ensure ─ detect ─ key ─ store
+           (fetching)         (fetching)                      │ cached ─ built
+                                                              │ else build ─ building… ─ built
+         ─ datasets (fetching) ─ launcher.launch (launching…) ─ ready
+
+A launch never raises a :class:`~binderbox.errors.BinderboxError`: it ends
+with a ``failed`` event carrying the user message and status code.  Anything
+else escaping a stage is a bug: it is logged with its traceback and the user
+gets a generic ``failed`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Float, Instance, Unicode
+from traitlets.config import LoggingConfigurable
+
+from . import __version__, metrics
+from .builders.base import Builder
+from .content import ContentCache
+from .environments import EnvSpec
+from .environments.detect import detect
+from .errors import BinderboxError, BuildTimeout
+from .events import Building, Built, Event, Failed, Fetching, Waiting
+from .providers import make_provider
+from .providers.base import RepoProvider, Resolved
+from .store import Env, Store
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """One request to build (and launch) a repository.
+
+    ``provider``
+        the BinderHub prefix (``gh``, ``git``...)
+    ``spec``
+        the spec as asked, e.g. ``owner/repo/main``
+    ``launch_host``
+        the public base URL of the service, e.g. ``http://host:8000/``
+    ``build_only``
+        build without launching (``/build?build_only=true``)
+    ``client_ip``
+        the requester's address (logs, rate limits)
+    ``ref``
+        a ref given apart from the spec (the CLI's ``--ref``)
+    """
+
+    provider: str
+    spec: str
+    launch_host: str = ""
+    build_only: bool = False
+    client_ip: str = ""
+    ref: str | None = None
+
+
+@dataclass
+class LaunchState:
+    """What one run of the pipeline has learnt so far (for the later stages)."""
+
+    provider: RepoProvider
+    resolved: Resolved | None = None
+    content: Path | None = None
+    spec: EnvSpec | None = None
+    env: Env | None = None
+
+
+class LaunchPipeline(LoggingConfigurable):
+    """Resolve, fetch, detect, build or reuse, then launch.  See the module docstring."""
+
+    allow_local = Bool(
+        False,
+        help="""Accept local paths and file:// URLs as repositories.
+
+        Off for the web service: they would let any visitor read repositories
+        on the server's disk.  The CLI, run by the operator, turns it on.""",
+    ).tag(config=True)
+    build_timeout = Float(
+        3600.0, help="Seconds a build may run before it is stopped and fails."
+    ).tag(config=True)
+    default_python = Unicode(
+        "3.10", help="Python version for repositories that name none (repo2docker's default)."
+    ).tag(config=True)
+    allow_default_environment = Bool(
+        True, help="Build a default environment for repositories with no environment files."
+    ).tag(config=True)
+
+    work_dir = Unicode(
+        "", help="Scratch directory for build copies of repository content (default: system temp)."
+    ).tag(config=True)
+
+    store = Instance(Store)
+    builder = Instance(Builder)
+    content = Instance(ContentCache)
+
+    def launch(self, request: LaunchRequest) -> AsyncIterator[Event]:
+        """Run the whole flow for ``request``; ends with ``built``/``ready`` or ``failed``."""
+        return self._guarded(request, self._flow)
+
+    async def _guarded(
+        self,
+        request: LaunchRequest,
+        flow: Callable[[LaunchRequest], AsyncIterator[Event]],
+    ) -> AsyncIterator[Event]:
+        try:
+            async for event in flow(request):
+                yield event
+        except BinderboxError as exc:
+            self.log.info(
+                "launch of %s/%s failed: %s", request.provider, request.spec, exc.log_message
+            )
+            yield exc.to_event()
+        except Exception:
+            self.log.exception("unexpected error launching %s/%s", request.provider, request.spec)
+            yield Failed(
+                message="Internal error: the launch failed unexpectedly."
+                " The operator's log has the details.",
+                status_code=500,
+                reason="internal",
+            )
+
+    async def _flow(self, request: LaunchRequest) -> AsyncIterator[Event]:
+        state = LaunchState(provider=self.provider_for(request))
+        async for event in self._resolve_and_fetch(state):
+            yield event
+        async for event in self._environment(state):
+            yield event
+
+    def provider_for(self, request: LaunchRequest) -> RepoProvider:
+        """The provider for the request (raises SpecError/UnknownProvider/SpecNotAllowed)."""
+        spec = f"{request.provider}/{request.spec}" if request.provider else request.spec
+        return make_provider(spec, request.ref, parent=self, allow_local=self.allow_local)
+
+    async def _resolve_and_fetch(self, state: LaunchState) -> AsyncIterator[Event]:
+        yield Fetching(message=f"Resolving {state.provider.spec}")
+        state.resolved = resolved = await state.provider.resolve()
+        yield Fetching(message=f"Resolved to {resolved.version}")
+        async for event in self.content.ensure(state.provider, resolved):
+            yield event
+        state.content = self.content.path_for(resolved)
+
+    async def _environment(self, state: LaunchState) -> AsyncIterator[Event]:
+        assert state.content is not None and state.resolved is not None
+        spec = await asyncio.to_thread(
+            detect,
+            state.content,
+            default_python=self.default_python,
+            allow_default=self.allow_default_environment,
+        )
+        state.spec = spec
+        key = spec.key(
+            interpreter=self.builder.interpreter(spec), builder_version=self.builder.version
+        )
+        env = self.store.get(key)
+        if env is not None:
+            metrics.CACHE_HITS.inc()
+            state.env = env
+            yield Built(
+                message="Found built environment, launching...",
+                image_name=key,
+                path=str(env.path),
+                cached=True,
+            )
+            return
+        async for event in self._build(state, key):
+            yield event
+
+    async def _build(self, state: LaunchState, key: str) -> AsyncIterator[Event]:
+        assert state.spec is not None and state.resolved is not None
+        spec, content = state.spec, state.content
+        shared = self.store.build(
+            key,
+            lambda prefix: self._run_builder(spec, content, prefix),
+            spec=spec.to_json(),
+            source=state.resolved.binder_persistent_request,
+        )
+        if shared.joined:
+            yield Waiting(message="Joining a build of the same environment already running")
+        started = time.monotonic()
+        metrics.BUILDS_INPROGRESS.inc()
+        status = "failure"
+        try:
+            async for line in shared.follow():
+                yield Building(message=line)
+            state.env = env = await shared.wait()
+            status = "success"
+        finally:
+            metrics.BUILDS_INPROGRESS.dec()
+            if not shared.joined:
+                metrics.BUILD_TIME.labels(status=status).observe(time.monotonic() - started)
+                metrics.BUILD_COUNT.labels(
+                    status=status, provider=state.resolved.provider, repo=state.resolved.repo_url
+                ).inc()
+        yield Built(message="Built environment, launching...", image_name=key, path=str(env.path))
+
+    async def _run_builder(
+        self, spec: EnvSpec, content: Path | None, prefix: Path
+    ) -> AsyncIterator[str]:
+        """The store's build function: a private copy of the content, a deadline."""
+        workdir = Path(tempfile.mkdtemp(prefix="binderbox-build-", dir=self.work_dir or None))
+        try:
+            copy: Path | None = None
+            if content is not None:
+                copy = workdir / "content"
+                await asyncio.to_thread(shutil.copytree, content, copy, symlinks=True)
+            lines = self.builder.build(spec, copy, prefix)
+            deadline = asyncio.get_running_loop().time() + self.build_timeout
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            line = await anext(lines)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        raise BuildTimeout(
+                            f"The build took longer than {self.build_timeout:g} seconds"
+                            " and was stopped.",
+                            hint="Ask the operator to raise the build time limit,"
+                            " or make the environment smaller.",
+                        ) from None
+                    yield line
+            finally:
+                await lines.aclose()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def health(self) -> list[dict[str, Any]]:
+        """Health checks of the parts the pipeline owns."""
+        root = Path(self.store.root)
+        usage = shutil.disk_usage(root if root.exists() else root.parent)
+        return [{"service": "Store", "ok": usage.free > 0, "free_bytes": usage.free}]
+
+    def versions(self) -> dict[str, Any]:
+        """The ``/versions`` payload (BinderHub's keys plus ours)."""
+        return {
+            "binderhub": f"binderbox {__version__}",
+            "binderbox": __version__,
+            "builder": f"{type(self.builder).__name__} {self.builder.version}",
+            "builder_info": {"name": type(self.builder).__name__, "version": self.builder.version},
+        }
