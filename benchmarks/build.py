@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from binderbox.app import BinderboxApp
-from binderbox.builders.python import SESSION_PACKAGES
+from binderbox.builders.python import PythonBuilder
 from binderbox.events import Built, Event
 from binderbox.pipeline import LaunchRequest
 from tests.repos import commit, make_repo
@@ -46,11 +46,18 @@ async def timed_build(app: BinderboxApp, repo: Path) -> tuple[float, Built]:
 
 
 def pip_baseline(work: Path) -> float:
-    python = shutil.which("python3.10") or sys.executable
+    python = str(Path.home() / ".pyenv/versions/3.10.13/bin/python3.10")
+    if not Path(python).exists():
+        python = shutil.which("python3.10") or sys.executable
     started = time.perf_counter()
     subprocess.run([python, "-m", "venv", str(work / "pipenv")], check=True)
     pip = work / "pipenv" / "bin" / "pip"
-    packages = [*REQUIREMENTS.split(), *SESSION_PACKAGES]
+    builder = PythonBuilder()
+    packages = [
+        *REQUIREMENTS.split(),
+        *builder.session_packages,
+        f"jupyterhub=={builder.jupyterhub_version}",
+    ]
     subprocess.run(
         [str(pip), "install", "-q", "--no-cache-dir", "--disable-pip-version-check", *packages],
         check=True,

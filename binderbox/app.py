@@ -72,6 +72,10 @@ class BinderboxApp(Application):
     def make_pipeline(self, *, allow_local: bool) -> LaunchPipeline:
         """A pipeline with every part configured from this application."""
         data = self.data_path
+        if allow_local:
+            # the operator's own command: their disk, their network, their ssh keys
+            for trait in ("allow_private_hosts", "allow_ssh"):
+                self.config.RepoProvider.setdefault(trait, True)
         builder = PythonBuilder(parent=self)
         if "cache_dir" not in self.config.PythonBuilder:
             builder.cache_dir = str(_mkdir(data / "uv-cache"))

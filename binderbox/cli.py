@@ -171,12 +171,94 @@ def _size(n: int) -> str:
     return f"{value:.1f} TB"
 
 
+class ServeCommand(Command):
+    """binderbox serve [--ip IP] [--port PORT] [--data-dir DIR]"""
+
+    name = "binderbox-serve"
+    description = """Start the Binder service: web app, JupyterHub, proxy and idle culler.
+
+    Open http://<ip>:<port>/ for the home page; launch links are
+    /v2/<provider>/<spec> as on mybinder.org.  SIGINT/SIGTERM stop the service;
+    running sessions survive and are found again by the next start."""
+    examples = "binderbox serve --ip 0.0.0.0 --port 8000 --data-dir /srv/binderbox"
+
+    aliases = {
+        **BinderboxApp.aliases,
+        "ip": "ManagedHub.public_ip",
+        "port": "ManagedHub.public_port",
+        "hub-port": "ManagedHub.hub_port",
+        "proxy-api-port": "ManagedHub.proxy_api_port",
+        "base-url": "WebApp.base_url",
+    }
+
+    def run(self) -> int:
+        from .serve import serve
+
+        pipeline = self.make_pipeline(allow_local=False)
+        asyncio.run(serve(self, pipeline))
+        return 0
+
+
+class GenerateConfigCommand(Command):
+    """binderbox generate-config [--output FILE]: write a commented config file."""
+
+    name = "binderbox-generate-config"
+    description = "Write a commented binderbox_config.py with every setting and its help."
+    output = Unicode("binderbox_config.py", help="Where to write the file.").tag(config=True)
+    force = Bool(False, help="Overwrite an existing file.").tag(config=True)
+    aliases = {**BinderboxApp.aliases, "output": "GenerateConfigCommand.output"}
+    flags = {"force": ({"GenerateConfigCommand": {"force": True}}, "Overwrite the file.")}
+
+    def run(self) -> int:
+        from pathlib import Path
+
+        path = Path(self.output)
+        if path.exists() and not self.force:
+            raise BinderboxError(f"{path} exists.", hint="Use --force to overwrite it.")
+        self.classes = configurable_classes()
+        path.write_text(self.generate_config_file())
+        print(f"wrote {path}", file=sys.stderr)
+        return 0
+
+
+def configurable_classes() -> list[type]:
+    """Every class whose settings a config file may set (for generate-config)."""
+    from .builders.python import PythonBuilder
+    from .content import ContentCache
+    from .data import DataCache
+    from .data.fetchers import default_fetcher_classes
+    from .hub import ManagedHub
+    from .pipeline import LaunchPipeline
+    from .providers import PROVIDERS
+    from .serve import Maintenance
+    from .sessions import SessionLauncher
+    from .store import Store
+    from .web import WebApp
+
+    return [
+        BinderboxApp,
+        LaunchPipeline,
+        PythonBuilder,
+        Store,
+        ContentCache,
+        DataCache,
+        *default_fetcher_classes(),
+        ManagedHub,
+        SessionLauncher,
+        WebApp,
+        Maintenance,
+        *PROVIDERS.values(),
+    ]
+
+
 class Main(BinderboxApp):
     """The top-level ``binderbox`` command."""
 
     subcommands = {
         "build": (BuildCommand, BuildCommand.description.splitlines()[0]),
         "envs": (EnvsCommand, EnvsCommand.description),
+        "serve": (ServeCommand, ServeCommand.description.splitlines()[0]),
+        "generate-config": (GenerateConfigCommand, GenerateConfigCommand.description),
     }
 
     def start(self) -> None:

@@ -86,7 +86,6 @@ class ContentCache(LoggingConfigurable):
             finally:
                 lines.put_nowait(None)
 
-        yield Fetching(message=f"Fetching {resolved.repo_url} at {resolved.version[:12]}")
         task = asyncio.create_task(run())
         try:
             while (line := await lines.get()) is not None:

@@ -22,9 +22,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from traitlets import Bool, Float, Instance, Unicode
 from traitlets.config import LoggingConfigurable
@@ -32,12 +33,15 @@ from traitlets.config import LoggingConfigurable
 from . import __version__, metrics
 from .builders.base import Builder
 from .content import ContentCache
+from .data import DataCache, read_requirements
 from .environments import EnvSpec
 from .environments.detect import detect
-from .errors import BinderboxError, BuildTimeout
-from .events import Building, Built, Event, Failed, Fetching, Waiting
+from .errors import BinderboxError, BuildTimeout, DataError, LaunchError
+from .events import Building, Built, Event, Failed, Fetching, Ready, Waiting
 from .providers import make_provider
 from .providers.base import RepoProvider, Resolved
+from .providers.policy import enforce_policy
+from .sessions import SessionLauncher, SessionRequest
 from .store import Env, Store
 
 
@@ -76,6 +80,7 @@ class LaunchState:
     content: Path | None = None
     spec: EnvSpec | None = None
     env: Env | None = None
+    data_mounts: dict[str, Path] = field(default_factory=dict)
 
 
 class LaunchPipeline(LoggingConfigurable):
@@ -105,6 +110,8 @@ class LaunchPipeline(LoggingConfigurable):
     store = Instance(Store)
     builder = Instance(Builder)
     content = Instance(ContentCache)
+    data = Instance(DataCache, allow_none=True)
+    launcher = Instance(SessionLauncher, allow_none=True)
 
     def launch(self, request: LaunchRequest) -> AsyncIterator[Event]:
         """Run the whole flow for ``request``; ends with ``built``/``ready`` or ``failed``."""
@@ -134,9 +141,16 @@ class LaunchPipeline(LoggingConfigurable):
 
     async def _flow(self, request: LaunchRequest) -> AsyncIterator[Event]:
         state = LaunchState(provider=self.provider_for(request))
+        await enforce_policy(state.provider)
         async for event in self._resolve_and_fetch(state):
             yield event
         async for event in self._environment(state):
+            yield event
+        if request.build_only:
+            return
+        async for event in self._datasets(state):
+            yield event
+        async for event in self._launch(state, request):
             yield event
 
     def provider_for(self, request: LaunchRequest) -> RepoProvider:
@@ -145,7 +159,7 @@ class LaunchPipeline(LoggingConfigurable):
         return make_provider(spec, request.ref, parent=self, allow_local=self.allow_local)
 
     async def _resolve_and_fetch(self, state: LaunchState) -> AsyncIterator[Event]:
-        yield Fetching(message=f"Resolving {state.provider.spec}")
+        yield Fetching(message=f"Resolving {unquote(state.provider.spec)}")
         state.resolved = resolved = await state.provider.resolve()
         yield Fetching(message=f"Resolved to {resolved.version}")
         async for event in self.content.ensure(state.provider, resolved):
@@ -237,6 +251,56 @@ class LaunchPipeline(LoggingConfigurable):
                 await lines.aclose()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _datasets(self, state: LaunchState) -> AsyncIterator[Event]:
+        """Fetch the repository's ``data_requirement.json`` datasets (once, cached)."""
+        assert state.content is not None and state.env is not None
+        entries = await asyncio.to_thread(read_requirements, state.content)
+        if not entries:
+            return
+        if self.data is None:
+            raise DataError(
+                "This repository asks for datasets (data_requirement.json),"
+                " but this service does not provide datasets."
+            )
+        env_path, env_key = state.env.path, state.env.key
+        async for event in self.data.ensure(entries, env_path=env_path, env_key=env_key):
+            yield event
+        state.data_mounts = self.data.mounts(entries, env_key=env_key)
+
+    async def _launch(self, state: LaunchState, request: LaunchRequest) -> AsyncIterator[Event]:
+        """Start a session on the built environment; ends with ``ready``."""
+        assert state.resolved is not None and state.env is not None and state.content
+        if self.launcher is None:
+            raise LaunchError(
+                "This service builds environments but does not launch them (no hub).",
+                hint="Use /build/...?build_only=true, or ask the operator.",
+            )
+        session = SessionRequest(
+            env_key=state.env.key,
+            env_path=state.env.path,
+            content_path=state.content,
+            resolved=state.resolved,
+            start_script=state.spec.start if state.spec else None,
+            launch_host=request.launch_host,
+            data_mounts=state.data_mounts,
+        )
+        started = time.monotonic()
+        status = "failure"
+        metrics.LAUNCHES_INPROGRESS.inc()
+        try:
+            async for event in self.launcher.launch(session):
+                if isinstance(event, Ready):
+                    status = "success"
+                yield event
+        finally:
+            metrics.LAUNCHES_INPROGRESS.dec()
+            metrics.LAUNCH_TIME.labels(status=status, retries="0").observe(
+                time.monotonic() - started
+            )
+            metrics.LAUNCH_COUNT.labels(
+                status=status, provider=state.resolved.provider, repo=state.resolved.repo_url
+            ).inc()
 
     async def health(self) -> list[dict[str, Any]]:
         """Health checks of the parts the pipeline owns."""

@@ -15,17 +15,27 @@ e.g. ``owner/repo/main`` for ``gh``) and answers three questions:
 Subclasses set ``prefix`` and ``display_name`` and implement ``parse``,
 ``resolve`` and ``fetch``.  Configuration (hosts, API base URLs) lives on the
 subclass as traits, so tests point ``gh/...`` at a git server on localhost.
+
+Operator policy (BinderHub's names, per provider class, e.g.
+``c.GitHubProvider.banned_specs``) is here too: ``banned_specs``,
+``allowed_specs``, ``high_quota_specs``, ``allow_private_hosts`` and
+``allow_ssh``.  :func:`binderbox.providers.policy.enforce_policy` applies them.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
+from traitlets import Bool, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
+from ..errors import SpecNotAllowed
 from ..logs import LogFn
+from .gitutil import redact
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,52 @@ class RepoProvider(LoggingConfigurable):
     #: True when the ref part of the spec is meaningful (git providers)
     has_ref: ClassVar[bool] = True
 
+    banned_specs = List(
+        Unicode(),
+        help="Regular expressions of specs that may not launch (BinderHub's banned_specs). "
+        "Each is matched with re.match, ignoring case, against the spec as asked (the part "
+        "after the provider prefix, e.g. 'owner/repo/ref' for gh) and against its "
+        "url-unescaped form, so 'group/project' patterns also catch 'group%2Fproject'.",
+    ).tag(config=True)
+    allowed_specs = List(
+        Unicode(),
+        help="When not empty, only specs matching one of these regular expressions may "
+        "launch (BinderHub's allowed_specs; e.g. ['^roboneurolibre/.*']). Matched like "
+        "banned_specs; banned_specs still apply to allowed specs. Specs whose unescaped "
+        "form has '.' or '..' path segments are then refused. Note: set on GitProvider, it "
+        "also applies to its subclasses (gh, gl, gist); set it on each class you mean.",
+    ).tag(config=True)
+    high_quota_specs = List(
+        Unicode(),
+        help="Regular expressions of specs that get the higher per-repository session quota "
+        "(BinderHub's high_quota_specs). Matched like banned_specs.",
+    ).tag(config=True)
+    allow_private_hosts = Bool(
+        False,
+        help="Launch from repository hosts the visitor names (git/ URLs) even when they "
+        "resolve to private, loopback, link-local, multicast or reserved addresses. Off for "
+        "a public service: it would let visitors probe the operator's internal network. "
+        "Hosts set in the operator's own config (e.g. GitHubProvider.clone_host) are not "
+        "checked.",
+    ).tag(config=True)
+    allow_ssh = Bool(
+        False,
+        help="Accept ssh URLs (ssh://..., user@host:path) that visitors give. Off by "
+        "default: git would authenticate with the service's own ssh keys.",
+    ).tag(config=True)
+
+    @validate("banned_specs", "allowed_specs", "high_quota_specs")
+    def _check_patterns(self, proposal: Any) -> list[str]:
+        patterns: list[str] = proposal["value"]
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise TraitError(
+                    f"{proposal['trait'].name}: bad regular expression {pattern!r}: {e}"
+                ) from None
+        return patterns
+
     def __init__(self, spec: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec = spec
@@ -88,6 +144,52 @@ class RepoProvider(LoggingConfigurable):
     def parse(self, spec: str) -> None:
         """Split ``spec`` into this provider's parts; raise SpecError if malformed."""
         raise NotImplementedError
+
+    # -- operator policy ----------------------------------------------------------
+
+    def spec_forms(self) -> list[str]:
+        """The spellings of the spec that patterns are matched against: as asked,
+        and url-unescaped (when different)."""
+        unescaped = unquote(self.spec)
+        return [self.spec] if unescaped == self.spec else [self.spec, unescaped]
+
+    def matches(self, patterns: list[str]) -> bool:
+        """True when one of ``patterns`` ``re.match``-es a spelling of the spec (any case)."""
+        forms = self.spec_forms()
+        return any(re.match(p, form, re.IGNORECASE) for p in patterns for form in forms)
+
+    def is_banned(self) -> bool:
+        """True when ``banned_specs`` matches the spec."""
+        return self.matches(self.banned_specs)
+
+    def is_allowed(self) -> bool:
+        """True unless ``allowed_specs`` is set and does not match the spec (or the
+        spec has dot path segments, which could step outside an allowed prefix)."""
+        if not self.allowed_specs:
+            return True
+        segments = re.split(r"[/\\]", unquote(self.spec))
+        if "." in segments or ".." in segments:
+            return False
+        return self.matches(self.allowed_specs)
+
+    def is_high_quota(self) -> bool:
+        """True when ``high_quota_specs`` matches the spec (the sessions quota asks)."""
+        return self.matches(self.high_quota_specs)
+
+    def check_spec_allowed(self) -> None:
+        """Raise SpecNotAllowed (403) if ``banned_specs`` or ``allowed_specs`` refuse the spec."""
+        shown = redact(unquote(self.spec))
+        if self.is_banned():
+            raise SpecNotAllowed(
+                f"Sorry, {shown} has been temporarily disabled from launching. "
+                "Please contact admins for more info!",
+                log_message=f"{self.prefix}/{shown} matches banned_specs",
+            )
+        if not self.is_allowed():
+            raise SpecNotAllowed(
+                f"{shown} is not allowed on this service.",
+                log_message=f"{self.prefix}/{shown} does not match allowed_specs",
+            )
 
     async def resolve(self) -> Resolved:
         """Resolve the spec to an immutable version (no content transfer)."""

@@ -81,6 +81,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, List, Unicode, default
 
+from ..builders.python import apply_home_overlay, env_interpreter_prefixes
 from ..environments.spec import ENV_PREFIX, HOME
 from ..sandbox import UID, USER, Sandbox, passwd_file
 from .limits import default_limits
@@ -105,19 +106,6 @@ def process_start_time(pid: int) -> int | None:
     if fields[0] in ("Z", "X"):
         return None
     return int(fields[19])
-
-
-def interpreter_home(env: Path) -> Path | None:
-    """The base interpreter prefix of a venv (``pyvenv.cfg`` ``home`` minus ``bin``)."""
-    cfg = env / "pyvenv.cfg"
-    if not cfg.exists():
-        return None
-    for line in cfg.read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "home":
-            home = Path(value.strip())
-            return home.parent if home.name == "bin" else home
-    return None
 
 
 class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
@@ -253,7 +241,7 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def _prepare_home(self, content: Path | None, start_script: str | None) -> None:
+    def _prepare_home(self, env_path: Path, content: Path | None, start_script: str | None) -> None:
         home = self.home_path
         if home.exists():
             shutil.rmtree(home)
@@ -266,6 +254,7 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
             )
         else:
             home.mkdir()
+        apply_home_overlay(env_path, home)
         home.chmod(0o700)
         if start_script:
             script = home / start_script
@@ -276,9 +265,9 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
         box = Sandbox(cwd=HOME, hostname="binder")
         etc = passwd_file(Path(self.data_dir) / "sessions-etc")
         box.file(etc / "passwd", "/etc/passwd").file(etc / "group", "/etc/group")
-        interp = interpreter_home(env_path)
-        if interp is not None and interp.exists():
-            box.ro_bind(interp)
+        for prefix in env_interpreter_prefixes(env_path):
+            if prefix.exists():
+                box.ro_bind(prefix)
         box.ro_bind(env_path, ENV_PREFIX)
         box.bind(self.home_path, HOME)
         for name, host in sorted(mounts.items()):
@@ -341,7 +330,7 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
         if self.port == 0:  # type: ignore[has-type]
             self.port = random_port()
         self._report(10, "Copying the repository into a private home")
-        await asyncio.to_thread(self._prepare_home, content_path, start_script)
+        await asyncio.to_thread(self._prepare_home, env_path, content_path, start_script)
         if start_script and not (self.home_path / start_script).is_file():
             start_script = None
         limits = default_limits()
