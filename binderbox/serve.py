@@ -70,6 +70,7 @@ class Maintenance(LoggingConfigurable):
             await asyncio.sleep(self.interval)
             try:
                 await asyncio.to_thread(pipeline.store.gc)
+                await asyncio.to_thread(pipeline.builder.gc)
                 if pipeline.data is not None:
                     await asyncio.to_thread(pipeline.data.gc)
                 await asyncio.to_thread(pipeline.content.gc, self.content_max_age)

@@ -17,13 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+from repos import commit, make_repo, notebook
 
 from binderbox.app import BinderboxApp
-from binderbox.builders.python import run_in_env
+from binderbox.builders import run_in_env
 from binderbox.events import Building, Built, Event, Failed, Phase
 from binderbox.pipeline import LaunchPipeline, LaunchRequest
-
-from repos import commit, make_repo, notebook
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +89,10 @@ async def test_pinned_requirements_and_runtime(pipeline: LaunchPipeline, tmp_pat
     assert jupyter.returncode == 0 and jupyter.stdout.strip()
     singleuser = run_in_env(Path(env.path), ["jupyterhub-singleuser", "--version"])
     assert singleuser.returncode == 0, singleuser.stderr
+    # the read-only environment carries bytecode that the interpreter accepts
+    verbose = run_in_env(Path(env.path), ["python", "-v", "-c", "import six, idna.core"])
+    for module in ("six", "idna/core"):
+        assert f"__pycache__/{module.split('/')[-1]}.cpython-310.pyc matches" in verbose.stderr
 
     # a new commit that edits only the notebook reuses the environment
     commit(repo, {"index.ipynb": notebook("2 + 2")})

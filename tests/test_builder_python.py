@@ -20,13 +20,9 @@ from pathlib import Path
 import jupyterhub
 import pytest
 
+from binderbox.builders import apply_home_overlay, run_in_env
 from binderbox.builders.interpreters import Interpreter
-from binderbox.builders.python import (
-    PythonBuilder,
-    apply_home_overlay,
-    requirement_name,
-    run_in_env,
-)
+from binderbox.builders.python import PythonBuilder, requirement_name
 from binderbox.environments import EnvSpec
 from binderbox.errors import (
     BuildError,

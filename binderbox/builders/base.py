@@ -45,3 +45,6 @@ class Builder(LoggingConfigurable):
     def build(self, spec: EnvSpec, content: Path | None, prefix: Path) -> AsyncGenerator[str, None]:
         """Build ``spec`` into ``prefix``; yields log lines.  See the module docstring."""
         raise NotImplementedError
+
+    def gc(self) -> None:
+        """Drop cache entries no environment needs any more (default: nothing)."""

@@ -14,7 +14,7 @@ Every step runs in a :class:`~binderbox.sandbox.Sandbox` (uid 1000
   the network (packages are downloaded).
 
 Steps: ``uv venv --seed`` (pip is present for postBuild scripts), then ONE
-``uv pip install --compile-bytecode -r requirements.txt`` whose file holds,
+``uv pip install -r requirements.txt`` whose file holds,
 in this order, the repository's normalised requirement lines, what a session
 needs (:attr:`PythonBuilder.session_packages` and ``jupyterhub``), and ``.``
 when ``spec.install_repo`` (``pip install .`` semantics, from the home).
@@ -52,17 +52,12 @@ rule, the layout of ``.binderbox/``).  Upgrading uv does not bump it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import stat
-import subprocess
-import tempfile
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import ClassVar
@@ -74,19 +69,19 @@ from traitlets import Bool, List, Unicode, default
 
 from ..environments import ENV_PREFIX, HOME, EnvSpec
 from ..errors import BuildError, PostBuildFailed, PythonVersionUnavailable
-from ..sandbox import UID, USER, Sandbox, passwd_file
+from ..sandbox import Sandbox
 from . import interpreters, uvlog
 from .base import Builder
+from .bytecode import BytecodeCache
 from .interpreters import Interpreter
+from .layout import META, base_sandbox, capture_overlay, session_environment, snapshot
+from .process import StepProcess
 
-#: the folder inside an environment holding binderbox's own files
-META = ".binderbox"
 #: where uv's binary and cache appear inside build sandboxes
 UV_INSIDE = "/run/binderbox/uv"
 CACHE_INSIDE = "/run/binderbox/uv-cache"
 #: lines of a failing step's output kept for its error
 TAIL = 20
-_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 # fmt: off
 _PASS_ENV = (
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
@@ -128,6 +123,11 @@ class PythonBuilder(Builder):
     cache_dir = Unicode(
         help="""uv's package cache (shared by all builds, writable inside build sandboxes).
         Default: $XDG_CACHE_HOME/binderbox/uv or ~/.cache/binderbox/uv."""
+    ).tag(config=True)
+    bytecode_dir = Unicode(
+        help="""Compiled modules shared between environments (see builders/bytecode.py).
+        Default: a 'bytecode' folder beside cache_dir.  Keep it on the store's filesystem
+        so environments hard-link their .pyc files from it."""
     ).tag(config=True)
     link_mode = Unicode(
         "copy",
@@ -177,6 +177,10 @@ class PythonBuilder(Builder):
     def _default_cache_dir(self) -> str:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
         return str(Path(base) / "binderbox" / "uv")
+
+    @default("bytecode_dir")
+    def _default_bytecode_dir(self) -> str:
+        return str(Path(self.cache_dir).parent / "bytecode")
 
     @default("jupyterhub_version")
     def _default_jupyterhub_version(self) -> str:
@@ -243,6 +247,8 @@ class PythonBuilder(Builder):
         if spec.postbuild and content is not None:
             async for line in self._postbuild(spec.postbuild, interp, content, prefix):
                 yield line
+        async for line in self._bytecode(interp, prefix):
+            yield line
         self._write_metadata(spec, interp, prefix)
         (prefix / ".lock").unlink(missing_ok=True)  # uv's, world-writable
         yield "Environment complete."
@@ -268,7 +274,7 @@ class PythonBuilder(Builder):
             needs = f"{self.jupyterhub_version} needs Python {self.jupyterhub_requires_python}"
             yield f"jupyterhub {needs}; installing the newest that runs on Python {interp.version}"
         yield f"Installing: {' '.join(wanted)}"
-        install = [UV_INSIDE, "pip", "install", "--no-config", "--compile-bytecode", "--python"]
+        install = [UV_INSIDE, "pip", "install", "--no-config", "--python"]
         install += [f"{ENV_PREFIX}/bin/python", "-r", f"{ENV_PREFIX}/{META}/requirements.txt"]
         what = "Installing the requirements"
         async for line in self._step(interp, content, prefix, install, what=what):
@@ -302,7 +308,7 @@ class PythonBuilder(Builder):
         ``uv``: also show uv and its cache (not to postBuild: a shared cache must
         not be writable by a script that does not need it).
         """
-        box = _base_sandbox(interp_prefixes(interp), content and content.resolve())
+        box = base_sandbox(interp_prefixes(interp), content and content.resolve())
         if uv:
             box.ro_bind(Path(self.uv_path).resolve(), UV_INSIDE)
             box.bind(Path(self.cache_dir).resolve(), CACHE_INSIDE)
@@ -331,7 +337,7 @@ class PythonBuilder(Builder):
             }
         )
         tail: deque[str] = deque(maxlen=200)
-        async with _Process.start(box.argv(command)) as proc:
+        async with StepProcess.start(box.argv(command)) as proc:
             async for line in proc.lines():
                 tail.append(line)
                 yield line
@@ -356,7 +362,7 @@ class PythonBuilder(Builder):
         before = await asyncio.to_thread(snapshot, content)
         yield f"Running {script}"
         tail: deque[str] = deque(maxlen=TAIL)
-        async with _Process.start(box.argv(command)) as proc:
+        async with StepProcess.start(box.argv(command)) as proc:
             async for line in proc.lines():
                 tail.append(line)
                 yield line
@@ -373,6 +379,30 @@ class PythonBuilder(Builder):
         changed, deleted = await asyncio.to_thread(capture_overlay, content, before, overlay)
         (prefix / META / "home-deleted.json").write_text(json.dumps(deleted))
         yield f"postBuild changed {changed} file(s) and deleted {len(deleted)} in the home."
+
+    async def _bytecode(self, interp: Interpreter, prefix: Path) -> AsyncIterator[str]:
+        """Link cached .pyc files into the env; compile the sources never seen before."""
+        tag = f"{interp.implementation}-{interp.minor.replace('.', '')}"
+        cache = BytecodeCache(Path(self.bytecode_dir), tag)
+        plan = await asyncio.to_thread(cache.plan, prefix)
+        yield f"Bytecode: {plan.reused} modules already compiled, {len(plan.jobs)} to compile"
+        if not plan.jobs:
+            return
+        argv = await asyncio.to_thread(cache.compile_argv, interp.path, plan)
+        try:
+            async with StepProcess.start(argv) as proc:
+                async for line in proc.lines():
+                    yield line
+                await proc.wait()
+        finally:
+            await asyncio.to_thread(cache.finish, plan)
+
+    def gc(self) -> None:
+        """Drop compiled modules that no environment uses any more."""
+        root = Path(self.bytecode_dir)
+        for tag in root.iterdir() if root.is_dir() else ():
+            if tag.name != "tmp":
+                BytecodeCache(root, tag.name).gc()
 
     def _write_metadata(self, spec: EnvSpec, interp: Interpreter, prefix: Path) -> None:
         info = {
@@ -404,182 +434,3 @@ def requirement_name(line: str) -> str | None:
 def interp_prefixes(interp: Interpreter) -> list[Path]:
     """The host directories an interpreter needs (bound read-only)."""
     return list(dict.fromkeys([interp.prefix, interp.exec_prefix]))
-
-
-# -- processes --------------------------------------------------------------
-
-
-class _Process:
-    """A subprocess in its own session; leaving ``start``'s context kills its group."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def start(cls, argv: Sequence[str]) -> AsyncIterator[_Process]:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            limit=1 << 20,
-        )
-        try:
-            yield cls(proc)
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await asyncio.shield(proc.wait())
-
-    async def lines(self) -> AsyncIterator[str]:
-        """Merged stdout+stderr, line by line, as it comes."""
-        assert self.proc.stdout is not None
-        while True:
-            try:
-                raw = await self.proc.stdout.readline()
-            except ValueError:  # a line longer than the limit (dropped by asyncio)
-                yield "[an over-long output line was cut]"
-                continue
-            if not raw:
-                return
-            yield raw.decode(errors="replace").rstrip("\r\n")
-
-    async def wait(self) -> int:
-        return await self.proc.wait()
-
-
-# -- the session layout (also used by tests and the CLI) --------------------
-
-
-def session_environment() -> dict[str, str]:
-    """Variables a session (and postBuild) sees (reference: environment-files.md)."""
-    return {
-        "PATH": f"{ENV_PREFIX}/bin:{_BASE_PATH}",
-        "HOME": HOME,
-        "USER": USER,
-        "NB_USER": USER,
-        "NB_UID": str(UID),
-        "NB_PYTHON_PREFIX": ENV_PREFIX,
-        "REPO_DIR": HOME,
-        "LANG": "C.UTF-8",
-        "SHELL": "/bin/bash",
-    }
-
-
-def _etc_dir() -> Path:
-    return passwd_file(Path(tempfile.gettempdir()) / f"binderbox-{os.getuid()}" / "etc")
-
-
-def _base_sandbox(prefixes: Iterable[Path], content: Path | None) -> Sandbox:
-    box = Sandbox(cwd=HOME)
-    etc = _etc_dir()
-    box.file(etc / "passwd", "/etc/passwd").file(etc / "group", "/etc/group")
-    for path in prefixes:
-        box.ro_bind(path)
-    if content is not None:
-        box.bind(content, HOME)
-    else:
-        box.tmpfs(HOME)
-    return box.setenv(session_environment())
-
-
-def env_interpreter_prefixes(env_path: Path) -> list[Path]:
-    """The interpreter directories a built environment needs bound read-only."""
-    info = env_path / META / "build.json"
-    if info.is_file():
-        return [Path(p) for p in json.loads(info.read_text())["interpreter_prefixes"]]
-    for line in (env_path / "pyvenv.cfg").read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "home":
-            return [Path(value.strip()).parent]
-    raise FileNotFoundError(f"{env_path} is not a built environment")
-
-
-def env_sandbox(env_path: Path, content: Path | None = None) -> Sandbox:
-    """The session layout: env read-only at /srv/env, content writable at the home."""
-    box = _base_sandbox(env_interpreter_prefixes(env_path), content and content.resolve())
-    return box.ro_bind(env_path.resolve(), ENV_PREFIX)
-
-
-def run_in_env(
-    env_path: Path,
-    argv: Sequence[str],
-    *,
-    content: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    timeout: float | None = 300,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` inside a built environment's session layout; output captured."""
-    box = env_sandbox(env_path, content)
-    if env:
-        box.setenv(env)
-    return subprocess.run(
-        box.argv(argv), capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-# -- postBuild's home changes -----------------------------------------------
-
-_Entry = tuple[str, int, int, str]
-
-
-def snapshot(root: Path) -> dict[str, _Entry]:
-    """Relative path -> (type, size, mtime_ns, link target) of everything under ``root``."""
-    entries: dict[str, _Entry] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            info = path.lstat()
-            kind = _kind(info.st_mode)
-            target = str(path.readlink()) if kind == "l" else ""
-            entries[str(path.relative_to(root))] = (kind, info.st_size, info.st_mtime_ns, target)
-    return entries
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "l"
-    if stat.S_ISDIR(mode):
-        return "d"
-    return "f" if stat.S_ISREG(mode) else "o"
-
-
-def capture_overlay(root: Path, before: dict[str, _Entry], overlay: Path) -> tuple[int, list[str]]:
-    """Copy what changed under ``root`` since ``before`` into ``overlay``.
-
-    Returns the number of files/links copied and the deleted relative paths.
-    """
-    after = snapshot(root)
-    changed = 0
-    for rel, entry in sorted(after.items()):
-        if (before.get(rel) == entry and entry[0] != "d") or entry[0] == "o":
-            continue
-        if entry[0] == "d":
-            if rel not in before:
-                (overlay / rel).mkdir(parents=True, exist_ok=True)
-            continue
-        target = overlay / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / rel, target, follow_symlinks=False)
-        changed += 1
-    deleted = sorted(rel for rel in before if rel not in after)
-    return changed, deleted
-
-
-def apply_home_overlay(env_path: Path, home: Path) -> None:
-    """Replay postBuild's home changes (if any) onto a session's copy of the content."""
-    meta = env_path / META
-    deleted = meta / "home-deleted.json"
-    if deleted.is_file():
-        for rel in json.loads(deleted.read_text()):
-            path = home / rel
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-    overlay = meta / "home-overlay"
-    if overlay.is_dir():
-        shutil.copytree(overlay, home, symlinks=True, dirs_exist_ok=True)

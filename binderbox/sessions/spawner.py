@@ -14,6 +14,15 @@ described entirely by ``user_options`` (set by
                     (it must end with ``exec "$@"``); or null
 ``data_mounts``     ``{name: host dir}``, bound read-only at
                     ``/home/jovyan/data/<name>``
+``hold_files``      host paths of use-lock files (``<store>/locks/<key>.use``
+                    of the environment, ``<datasets>/locks/<key>.use`` of each
+                    dataset; see :meth:`Store.hold <binderbox.store.Store.hold>`
+                    and :meth:`DataCache.hold <binderbox.data.DataCache.hold>`).
+                    ``start`` takes a shared ``flock`` on each and hands the
+                    descriptors to the session's supervisor (``pass_fds``), then
+                    closes its own copies: the locks live exactly as long as the
+                    session, across hub restarts, so eviction (which needs the
+                    lock exclusively) never removes what a session uses.
 ``token``           the launch token.  It is a hub API token of the user
                     (scope ``access:servers!user=<name>``); the server gets
                     ``JUPYTERHUB_ALLOW_TOKEN_IN_URL=1`` so ``?token=<token>``
@@ -81,9 +90,10 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, List, Unicode, default
 
-from ..builders.python import apply_home_overlay, env_interpreter_prefixes
+from ..builders.layout import apply_home_overlay, env_interpreter_prefixes
 from ..environments.spec import ENV_PREFIX, HOME
 from ..sandbox import UID, USER, Sandbox, passwd_file
+from ..store.locks import FileLock
 from .limits import default_limits
 
 #: user_options keys that become BINDER_* variables
@@ -306,6 +316,35 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
             mounts[name] = self._checked_path(host, f"data_mounts.{name}")
         return env_path, content_path, start, mounts
 
+    def _hold_paths(self) -> list[Path]:
+        """``user_options.hold_files``, checked: ``locks/*.use`` files in allowed directories."""
+        raw = (self.user_options or {}).get("hold_files") or []
+        if not isinstance(raw, list):
+            raise web.HTTPError(400, "user_options.hold_files must be a list of paths")
+        paths = []
+        for value in raw:
+            if not isinstance(value, str) or not value.endswith(".use"):
+                raise web.HTTPError(400, "user_options.hold_files must name *.use lock files")
+            path = Path(value)
+            folder = self._checked_path(str(path.parent), "hold_files")
+            if folder.name != "locks":
+                raise web.HTTPError(400, "user_options.hold_files must lie in a locks/ folder")
+            paths.append(folder / path.name)
+        return paths
+
+    @staticmethod
+    def _take_holds(paths: list[Path]) -> list[FileLock]:
+        """Shared use-locks on ``paths`` (blocks briefly while an eviction finishes)."""
+        holds: list[FileLock] = []
+        try:
+            for path in paths:
+                holds.append(FileLock.acquire(path, shared=True))
+        except BaseException:
+            for hold in holds:
+                hold.release()
+            raise
+        return holds
+
     def _report(self, progress: int, message: str) -> None:
         if not hasattr(self, "_messages"):
             self._messages = []
@@ -324,6 +363,14 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
     async def start(self) -> tuple[str, int]:
         """Start the sandboxed server; return (ip, port) once it answers HTTP."""
         self._messages = []
+        holds = await asyncio.to_thread(self._take_holds, self._hold_paths())
+        try:
+            return await self._start_holding(holds)
+        finally:
+            for hold in holds:  # the supervisor has its own copies of the descriptors
+                hold.release()
+
+    async def _start_holding(self, holds: list[FileLock]) -> tuple[str, int]:
         env_path, content_path, start_script, mounts = self._launch_options()
         if not (env_path / "bin" / "jupyterhub-singleuser").exists():
             raise web.HTTPError(400, "the environment has no jupyterhub-singleuser")
@@ -340,7 +387,7 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
         for group in cgroups:
             supervise += ["--cgroup", str(group)]
         self._report(30, "Starting the sandboxed Jupyter server")
-        self.proc = self._spawn([*supervise, "--", *argv])
+        self.proc = self._spawn([*supervise, "--", *argv], [h.fileno() for h in holds])
         self.pid = self.proc.pid
         self.start_ticks = process_start_time(self.pid) or 0
         self.log.info("Started session %s (supervisor pid %d)", self.session_name, self.pid)
@@ -352,7 +399,7 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
         """Where the session's output goes."""
         return Path(self.data_dir) / "logs" / "sessions" / f"{self.session_name}.log"
 
-    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: list[str], pass_fds: list[int]) -> subprocess.Popen[bytes]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             return subprocess.Popen(
@@ -361,6 +408,7 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=pass_fds,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             )
 

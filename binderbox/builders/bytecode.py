@@ -1,0 +1,147 @@
+"""Bytecode for read-only environments, compiled once per source file.
+
+Environments are mounted read-only in sessions, so Python cannot write the
+``.pyc`` files it would otherwise create on first import: without them every
+session start recompiles what Jupyter imports (about 2 s).  Compiling
+everything in every build is the slowest step of a build, though (about 7 s
+for numpy + pandas + matplotlib + JupyterLab on 2 cores), and nearly all of
+it is the same work again: the same package files, in the same place.
+
+Every environment is built *at* ``/srv/env``, so the bytecode of a module
+depends only on the interpreter (its cache tag, e.g. ``cpython-310``), the
+file's path under ``/srv/env`` (it is embedded as ``co_filename``) and the
+source bytes.  :class:`BytecodeCache` keeps compiled files under
+``<root>/<cache tag>/`` keyed by a hash of path and source, and links them
+into each new environment (a hard link when on one filesystem, else a
+copy); only files it has never seen are compiled, in parallel, by the
+environment's own interpreter (``py_compile`` parses and compiles; it does
+not run the code).
+
+The files are *checked-hash* pycs (PEP 552): the interpreter verifies the
+source's hash on import instead of its timestamp, so a copied or re-dated
+source is still matched, and a source changed after the build (by a
+postBuild that edits an installed file in place) is never paired with stale
+bytecode.  :meth:`BytecodeCache.gc` drops entries no environment links to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..environments import ENV_PREFIX
+
+#: compiles the jobs listed in a JSON file: [[source, dfile, cfile], ...]
+COMPILER = """
+import concurrent.futures, json, multiprocessing, os, py_compile, sys
+
+def one(job):
+    try:
+        py_compile.compile(job[0], cfile=job[2], dfile=job[1], doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        return 1
+    except Exception:
+        return 0
+
+with open(sys.argv[1]) as f:
+    jobs = json.load(f)
+context = multiprocessing.get_context("fork")
+with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=context) as pool:
+    done = sum(pool.map(one, jobs, chunksize=64))
+print("compiled %d of %d files" % (done, len(jobs)))
+"""
+
+
+@dataclass
+class Plan:
+    """What one environment needs: links already made, sources still to compile."""
+
+    reused: int = 0
+    #: (source on the host, path inside the sandbox, pyc target in the env, cache entry)
+    jobs: list[tuple[Path, str, Path, Path]] = field(default_factory=list)
+    workdir: Path | None = None
+
+
+class BytecodeCache:
+    """Compiled modules shared between environments.  See the module docstring."""
+
+    def __init__(self, root: Path, cache_tag: str) -> None:
+        self.root = root / cache_tag
+        self.cache_tag = cache_tag
+
+    def plan(self, prefix: Path) -> Plan:
+        """Link every cached pyc into ``prefix``; list the sources still to compile."""
+        plan = Plan()
+        lib = prefix / "lib"
+        for source in _sources(lib):
+            rel = source.relative_to(prefix).as_posix()
+            digest = hashlib.sha256(rel.encode() + b"\0" + source.read_bytes()).hexdigest()
+            entry = self.root / digest[:2] / f"{digest}.pyc"
+            target = source.parent / "__pycache__" / f"{source.stem}.{self.cache_tag}.pyc"
+            if entry.is_file():
+                _link(entry, target)
+                plan.reused += 1
+            else:
+                plan.jobs.append((source, f"{ENV_PREFIX}/{rel}", target, entry))
+        return plan
+
+    def compile_argv(self, python: Path, plan: Plan) -> list[str]:
+        """The command that compiles ``plan``'s jobs (run it, then :meth:`finish`)."""
+        plan.workdir = self.root.parent / "tmp" / uuid.uuid4().hex
+        plan.workdir.mkdir(parents=True)
+        jobs = [
+            [str(source), dfile, str(plan.workdir / entry.name)]
+            for source, dfile, _target, entry in plan.jobs
+        ]
+        jobs_file = plan.workdir / "jobs.json"
+        jobs_file.write_text(json.dumps(jobs))
+        return [str(python), "-I", "-c", COMPILER, str(jobs_file)]
+
+    def finish(self, plan: Plan) -> int:
+        """Move compiled files into the cache and link them into the env; returns how many."""
+        assert plan.workdir is not None
+        done = 0
+        try:
+            for _source, _dfile, target, entry in plan.jobs:
+                compiled = plan.workdir / entry.name
+                if not compiled.is_file():
+                    continue  # did not compile (Python 2 syntax in a test folder...)
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                if not entry.exists():
+                    compiled.replace(entry)
+                _link(entry, target)
+                done += 1
+        finally:
+            shutil.rmtree(plan.workdir, ignore_errors=True)
+        return done
+
+    def gc(self) -> int:
+        """Delete cached pycs no environment links to; returns how many."""
+        removed = 0
+        for entry in self.root.glob("*/*.pyc") if self.root.is_dir() else ():
+            if entry.stat().st_nlink == 1:
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def _sources(lib: Path) -> list[Path]:
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(lib):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        found += [Path(dirpath) / name for name in filenames if name.endswith(".py")]
+    return found
+
+
+def _link(entry: Path, target: Path) -> None:
+    target.parent.mkdir(exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(entry, target)
+    except OSError:
+        shutil.copyfile(entry, target)

@@ -1,0 +1,158 @@
+"""The layout of a built environment, shared by builds, sessions, tests and the CLI.
+
+An environment is a directory built *at* ``/srv/env`` inside a sandbox;
+binderbox's own files are in its ``.binderbox/`` folder (:data:`META`):
+``requirements.txt`` (what was installed), ``build.json`` (interpreter and
+builder), and postBuild's home changes (``home-overlay/`` and
+``home-deleted.json``), which :func:`apply_home_overlay` replays onto each
+session's fresh copy of the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from ..environments import ENV_PREFIX, HOME
+from ..sandbox import UID, USER, Sandbox, passwd_file
+
+#: the folder inside an environment holding binderbox's own files
+META = ".binderbox"
+_BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def session_environment() -> dict[str, str]:
+    """Variables a session (and postBuild) sees (reference: environment-files.md)."""
+    return {
+        "PATH": f"{ENV_PREFIX}/bin:{_BASE_PATH}",
+        "HOME": HOME,
+        "USER": USER,
+        "NB_USER": USER,
+        "NB_UID": str(UID),
+        "NB_PYTHON_PREFIX": ENV_PREFIX,
+        "REPO_DIR": HOME,
+        "LANG": "C.UTF-8",
+        "SHELL": "/bin/bash",
+    }
+
+
+def _etc_dir() -> Path:
+    return passwd_file(Path(tempfile.gettempdir()) / f"binderbox-{os.getuid()}" / "etc")
+
+
+def base_sandbox(prefixes: Iterable[Path], content: Path | None) -> Sandbox:
+    box = Sandbox(cwd=HOME)
+    etc = _etc_dir()
+    box.file(etc / "passwd", "/etc/passwd").file(etc / "group", "/etc/group")
+    for path in prefixes:
+        box.ro_bind(path)
+    if content is not None:
+        box.bind(content, HOME)
+    else:
+        box.tmpfs(HOME)
+    return box.setenv(session_environment())
+
+
+def env_interpreter_prefixes(env_path: Path) -> list[Path]:
+    """The interpreter directories a built environment needs bound read-only."""
+    info = env_path / META / "build.json"
+    if info.is_file():
+        return [Path(p) for p in json.loads(info.read_text())["interpreter_prefixes"]]
+    for line in (env_path / "pyvenv.cfg").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "home":
+            return [Path(value.strip()).parent]
+    raise FileNotFoundError(f"{env_path} is not a built environment")
+
+
+def env_sandbox(env_path: Path, content: Path | None = None) -> Sandbox:
+    """The session layout: env read-only at /srv/env, content writable at the home."""
+    box = base_sandbox(env_interpreter_prefixes(env_path), content and content.resolve())
+    return box.ro_bind(env_path.resolve(), ENV_PREFIX)
+
+
+def run_in_env(
+    env_path: Path,
+    argv: Sequence[str],
+    *,
+    content: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` inside a built environment's session layout; output captured."""
+    box = env_sandbox(env_path, content)
+    if env:
+        box.setenv(env)
+    return subprocess.run(
+        box.argv(argv), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+# -- postBuild's home changes -----------------------------------------------
+
+_Entry = tuple[str, int, int, str]
+
+
+def snapshot(root: Path) -> dict[str, _Entry]:
+    """Relative path -> (type, size, mtime_ns, link target) of everything under ``root``."""
+    entries: dict[str, _Entry] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            info = path.lstat()
+            kind = _kind(info.st_mode)
+            target = str(path.readlink()) if kind == "l" else ""
+            entries[str(path.relative_to(root))] = (kind, info.st_size, info.st_mtime_ns, target)
+    return entries
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "l"
+    if stat.S_ISDIR(mode):
+        return "d"
+    return "f" if stat.S_ISREG(mode) else "o"
+
+
+def capture_overlay(root: Path, before: dict[str, _Entry], overlay: Path) -> tuple[int, list[str]]:
+    """Copy what changed under ``root`` since ``before`` into ``overlay``.
+
+    Returns the number of files/links copied and the deleted relative paths.
+    """
+    after = snapshot(root)
+    changed = 0
+    for rel, entry in sorted(after.items()):
+        if (before.get(rel) == entry and entry[0] != "d") or entry[0] == "o":
+            continue
+        if entry[0] == "d":
+            if rel not in before:
+                (overlay / rel).mkdir(parents=True, exist_ok=True)
+            continue
+        target = overlay / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, target, follow_symlinks=False)
+        changed += 1
+    deleted = sorted(rel for rel in before if rel not in after)
+    return changed, deleted
+
+
+def apply_home_overlay(env_path: Path, home: Path) -> None:
+    """Replay postBuild's home changes (if any) onto a session's copy of the content."""
+    meta = env_path / META
+    deleted = meta / "home-deleted.json"
+    if deleted.is_file():
+        for rel in json.loads(deleted.read_text()):
+            path = home / rel
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    overlay = meta / "home-overlay"
+    if overlay.is_dir():
+        shutil.copytree(overlay, home, symlinks=True, dirs_exist_ok=True)

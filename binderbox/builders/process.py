@@ -1,0 +1,57 @@
+"""Build steps as subprocesses that die with the step.
+
+:class:`StepProcess` starts a command in its own session (process group);
+leaving its ``start`` context kills the whole group, so cancelling a build
+never leaves a uv, compiler or postBuild process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Sequence
+
+
+class StepProcess:
+    """A subprocess in its own session; leaving ``start``'s context kills its group."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def start(cls, argv: Sequence[str]) -> AsyncIterator[StepProcess]:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            limit=1 << 20,
+        )
+        try:
+            yield cls(proc)
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.shield(proc.wait())
+
+    async def lines(self) -> AsyncIterator[str]:
+        """Merged stdout+stderr, line by line, as it comes."""
+        assert self.proc.stdout is not None
+        while True:
+            try:
+                raw = await self.proc.stdout.readline()
+            except ValueError:  # a line longer than the limit (dropped by asyncio)
+                yield "[an over-long output line was cut]"
+                continue
+            if not raw:
+                return
+            yield raw.decode(errors="replace").rstrip("\r\n")
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
