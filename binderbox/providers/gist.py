@@ -12,17 +12,15 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-from traitlets import Unicode, default
-
 from ..errors import SpecError
-from .git import GitProvider, check_ref
+from .git import HostedGitProvider, check_ref
 from .github import check_name
 
 GIST_ID_RE = re.compile(r"^[A-Za-z0-9]+$")
 LATEST_REFS = frozenset({"", "HEAD", "master", "main"})
 
 
-class GistProvider(GitProvider):
+class GistProvider(HostedGitProvider):
     """A GitHub gist.  See the module docstring."""
 
     prefix = "gist"
@@ -31,19 +29,7 @@ class GistProvider(GitProvider):
     spec_placeholder = "username/gistId"
     expected_form = "gist/<user>/<gist-id>[/<ref>], e.g. gist/someone/8f0a3c1e/HEAD"
 
-    host = Unicode(
-        "https://gist.github.com",
-        help="Web address of the gist server. The gist and revision links shown to users "
-        "are made from it, and so are clone URLs unless clone_host is set.",
-    ).tag(config=True)
-    clone_host = Unicode(
-        help="Base URL that clone URLs are made from: <clone_host>/<gist-id>.git. "
-        "Defaults to host; any URL git fetches from works (tests use a local git daemon).",
-    ).tag(config=True)
-
-    @default("clone_host")
-    def _default_clone_host(self) -> str:
-        return self.host
+    default_host = "https://gist.github.com"
 
     def parse(self, spec: str) -> None:
         parts = spec.split("/", 2)

@@ -30,9 +30,10 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote, unquote
 
-from traitlets import Float
+from traitlets import Float, Unicode, default
 
 from ..errors import FetchError, RefNotFound, RepositoryNotFound, SpecError
 from ..logs import LogFn
@@ -308,3 +309,32 @@ def clear_dir(dest: Path) -> None:
             shutil.rmtree(child, ignore_errors=True)
         else:
             child.unlink(missing_ok=True)
+
+
+class HostedGitProvider(GitProvider):
+    """Base of providers for one git hosting service (GitHub, GitLab, gists).
+
+    ``host`` makes the links shown to users (``repo_url``, ``ref_url``);
+    ``clone_host`` makes the URLs git fetches from and defaults to ``host``
+    (tests point it at a local git daemon, an operator at a mirror).
+    """
+
+    #: the public service's web address, the default of ``host``
+    default_host: ClassVar[str] = ""
+
+    host = Unicode(
+        help="Web address of the hosting service. The repository and commit links shown to "
+        "users are made from it, and so are clone URLs unless clone_host is set."
+    ).tag(config=True)
+    clone_host = Unicode(
+        help="Base URL that clone URLs are made from. Defaults to host; any URL git "
+        "fetches from works (a mirror, or a local git daemon in tests)."
+    ).tag(config=True)
+
+    @default("host")
+    def _default_host(self) -> str:
+        return self.default_host
+
+    @default("clone_host")
+    def _default_clone_host(self) -> str:
+        return self.host

@@ -13,10 +13,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-from traitlets import Unicode, default
-
 from ..errors import SpecError
-from .git import GitProvider, check_ref
+from .git import HostedGitProvider, check_ref
 
 #: GitHub user, organisation and repository names
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -29,7 +27,7 @@ def check_name(name: str, spec: str, expected: str) -> str:
     raise SpecError(f"Malformed spec {spec!r}.", hint=f"Expected {expected}.")
 
 
-class GitHubProvider(GitProvider):
+class GitHubProvider(HostedGitProvider):
     """A GitHub repository.  See the module docstring."""
 
     prefix = "gh"
@@ -38,19 +36,7 @@ class GitHubProvider(GitProvider):
     spec_placeholder = "owner/repository"
     expected_form = "gh/<owner>/<repo>/<ref>, e.g. gh/jupyterlab/jupyterlab-demo/HEAD"
 
-    host = Unicode(
-        "https://github.com",
-        help="Web address of the GitHub server. The repository and commit links shown to "
-        "users are made from it, and so are clone URLs unless clone_host is set.",
-    ).tag(config=True)
-    clone_host = Unicode(
-        help="Base URL that clone URLs are made from: <clone_host>/<owner>/<repo>. "
-        "Defaults to host; any URL git fetches from works (tests use a local git daemon).",
-    ).tag(config=True)
-
-    @default("clone_host")
-    def _default_clone_host(self) -> str:
-        return self.host
+    default_host = "https://github.com"
 
     def parse(self, spec: str) -> None:
         parts = spec.split("/", 2)

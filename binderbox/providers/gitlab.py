@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from urllib.parse import quote, unquote
 
-from traitlets import Unicode, default
-
 from ..errors import SpecError
-from .git import GitProvider, check_ref
+from .git import HostedGitProvider, check_ref
 from .github import NAME_RE
 
 
-class GitLabProvider(GitProvider):
+class GitLabProvider(HostedGitProvider):
     """A GitLab project.  See the module docstring."""
 
     prefix = "gl"
@@ -28,19 +26,7 @@ class GitLabProvider(GitProvider):
     spec_placeholder = "group/project"
     expected_form = "gl/<url-escaped namespace/project>/<ref>, e.g. gl/group%2Fproject/main"
 
-    host = Unicode(
-        "https://gitlab.com",
-        help="Web address of the GitLab server. The project and commit links shown to "
-        "users are made from it, and so are clone URLs unless clone_host is set.",
-    ).tag(config=True)
-    clone_host = Unicode(
-        help="Base URL that clone URLs are made from: <clone_host>/<namespace>.git. "
-        "Defaults to host; any URL git fetches from works (tests use a local git daemon).",
-    ).tag(config=True)
-
-    @default("clone_host")
-    def _default_clone_host(self) -> str:
-        return self.host
+    default_host = "https://gitlab.com"
 
     def parse(self, spec: str) -> None:
         escaped, _, ref = spec.partition("/")
