@@ -33,7 +33,7 @@ from traitlets.config import LoggingConfigurable
 from . import __version__, metrics
 from .builders.base import Builder
 from .content import ContentCache
-from .data import DataCache, read_requirements
+from .data import DataCache, DataEntry, read_requirements
 from .environments import EnvSpec
 from .environments.detect import detect
 from .errors import BinderboxError, BuildTimeout, DataError, LaunchError
@@ -43,6 +43,7 @@ from .providers.base import RepoProvider, Resolved
 from .providers.policy import enforce_policy
 from .sessions import SessionLauncher, SessionRequest
 from .store import Env, Store
+from .store.locks import FileLock
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class LaunchState:
     spec: EnvSpec | None = None
     env: Env | None = None
     data_mounts: dict[str, Path] = field(default_factory=dict)
+    data_entries: list[DataEntry] = field(default_factory=list)
 
 
 class LaunchPipeline(LoggingConfigurable):
@@ -194,7 +196,9 @@ class LaunchPipeline(LoggingConfigurable):
 
     async def _build(self, state: LaunchState, key: str) -> AsyncIterator[Event]:
         assert state.spec is not None and state.resolved is not None
-        spec, content = state.spec, state.content
+        spec = state.spec
+        # only an environment whose key covers the content may see it while building
+        content = state.content if spec.needs_content else None
         shared = self.store.build(
             key,
             lambda prefix: self._run_builder(spec, content, prefix),
@@ -267,6 +271,28 @@ class LaunchPipeline(LoggingConfigurable):
         async for event in self.data.ensure(entries, env_path=env_path, env_key=env_key):
             yield event
         state.data_mounts = self.data.mounts(entries, env_key=env_key)
+        state.data_entries = entries
+
+    def _hold(self, state: LaunchState) -> list[FileLock]:
+        """Use-locks on the environment and datasets, held until the session holds its own.
+
+        Blocking.  Their paths go to the spawner (``hold_files``), which takes
+        the same locks for the session's lifetime; holding them here too
+        closes the window between the data step and the session's start.
+        """
+        assert state.env is not None
+        holds: list[FileLock] = []
+        env_hold = self.store.hold(state.env.key)
+        if env_hold is None:
+            raise LaunchError(
+                "The environment was removed before the session could start.",
+                hint="Launch again: it will be rebuilt.",
+                log_message=f"environment {state.env.key} evicted before the launch",
+            )
+        holds.append(env_hold)
+        if self.data is not None and state.data_entries:
+            holds += self.data.hold(state.data_entries, env_key=state.env.key)
+        return holds
 
     async def _launch(self, state: LaunchState, request: LaunchRequest) -> AsyncIterator[Event]:
         """Start a session on the built environment; ends with ``ready``."""
@@ -276,6 +302,7 @@ class LaunchPipeline(LoggingConfigurable):
                 "This service builds environments but does not launch them (no hub).",
                 hint="Use /build/...?build_only=true, or ask the operator.",
             )
+        holds = await asyncio.to_thread(self._hold, state)
         session = SessionRequest(
             env_key=state.env.key,
             env_path=state.env.path,
@@ -284,6 +311,7 @@ class LaunchPipeline(LoggingConfigurable):
             start_script=state.spec.start if state.spec else None,
             launch_host=request.launch_host,
             data_mounts=state.data_mounts,
+            hold_files=[hold.path for hold in holds],
         )
         started = time.monotonic()
         status = "failure"
@@ -294,6 +322,8 @@ class LaunchPipeline(LoggingConfigurable):
                     status = "success"
                 yield event
         finally:
+            for hold in holds:
+                hold.release()
             metrics.LAUNCHES_INPROGRESS.dec()
             metrics.LAUNCH_TIME.labels(status=status, retries="0").observe(
                 time.monotonic() - started

@@ -336,3 +336,16 @@ async def test_build_timeout(pipeline: LaunchPipeline, tmp_path: Path) -> None:
     events = await run(pipeline, str(repo))
     assert isinstance(events[-1], Failed) and events[-1].reason == "build_timeout"
     assert pipeline.store.list() == []
+
+
+def test_cli_reports_bad_input_in_one_plain_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    unknown = cli(data, "build", "nope/foo/bar")
+    assert unknown.returncode == 1
+    assert "error:" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert "gh" in unknown.stderr  # names the providers it knows
+    as_json = cli(data, "build", "nope/foo/bar", "--json")
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout.splitlines()[-1])["phase"] == "failed"
+    usage = cli(data, "build")
+    assert usage.returncode == 2 and "usage" in usage.stderr

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 
 
 class HubAPIError(Exception):
@@ -46,10 +46,10 @@ class HubClient:
         url = self.api_url + path.lstrip("/")
         return f"{url}?{urlencode(query)}" if query else url
 
-    async def request(
+    async def _fetch(
         self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
-    ) -> Any:
-        """One JSON call; returns the decoded body (None when empty)."""
+    ) -> HTTPResponse:
+        """One call with the service token; hub errors become HubAPIError."""
         request = HTTPRequest(
             self._url(path, query),
             method=method,
@@ -59,11 +59,17 @@ class HubClient:
             allow_nonstandard_methods=True,
         )
         try:
-            response = await AsyncHTTPClient().fetch(request)
+            return await AsyncHTTPClient().fetch(request)
         except HTTPClientError as err:
             raise HubAPIError(err.code, _hub_message(err)) from err
         except OSError as err:
             raise HubAPIError(599, f"hub not reachable: {err}") from err
+
+    async def request(
+        self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
+    ) -> Any:
+        """One JSON call; returns the decoded body (None when empty)."""
+        response = await self._fetch(method, path, body, query)
         return json.loads(response.body) if response.body else None
 
     @staticmethod
@@ -103,19 +109,7 @@ class HubClient:
 
     async def start_server(self, name: str, user_options: dict[str, Any], server: str = "") -> bool:
         """Ask for a server; True if it is already ready (201), False if pending (202)."""
-        request = HTTPRequest(
-            self._url(self.user_path(name, server)),
-            method="POST",
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
-            body=json.dumps(user_options),
-            request_timeout=self.timeout,
-        )
-        try:
-            response = await AsyncHTTPClient().fetch(request)
-        except HTTPClientError as err:
-            raise HubAPIError(err.code, _hub_message(err)) from err
-        except OSError as err:
-            raise HubAPIError(599, f"hub not reachable: {err}") from err
+        response = await self._fetch("POST", self.user_path(name, server), user_options)
         return response.code == 201
 
     async def stop_server(self, name: str, server: str = "") -> None:
