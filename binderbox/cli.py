@@ -257,6 +257,8 @@ class Main(BinderboxApp):
     subcommands = {
         "build": (BuildCommand, BuildCommand.description.splitlines()[0]),
         "envs": (EnvsCommand, EnvsCommand.description),
+        # an import string: binderbox.data.cli imports this module
+        "data": ("binderbox.data.cli.DataCommand", "Fetch, list and remove datasets."),
         "serve": (ServeCommand, ServeCommand.description.splitlines()[0]),
         "generate-config": (GenerateConfigCommand, GenerateConfigCommand.description),
     }

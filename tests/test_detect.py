@@ -835,11 +835,12 @@ def test_uv_resolves_the_lines_with_content_at_home(tmp_path: Path) -> None:
     elsewhere = write(tmp_path / "spec", {"requirements.txt": "\n".join(spec.requirements)})
     uv = Path(sys.executable).parent / "uv"
     command = [
-        "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+        "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
         "--tmpfs", "/home", "--ro-bind", str(repo), "/home/jovyan", "--chdir", "/home/jovyan",
-        "--ro-bind", str(elsewhere), "/tmp/spec",
+        "--ro-bind", str(elsewhere), "/home/spec", "--dir", "/home/tmp",
+        "--setenv", "TMPDIR", "/home/tmp",
         str(uv), "pip", "compile", "--no-cache", "--quiet", "--no-header", "--no-annotate",
-        "--python", sys.executable, "/tmp/spec/requirements.txt",
+        "--python", sys.executable, "/home/spec/requirements.txt",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -30,7 +30,7 @@ import contextlib
 import re
 import secrets
 import string
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,10 @@ class SessionRequest:
     ``start_script``: the repository's ``start`` script relative to its root;
     ``launch_host``: the public base URL of the service (``http://host:8000/``);
     ``data_mounts``: datasets bound read-only at ``~/data/<name>``;
-    ``username``: ``None`` for an anonymous temporary user.
+    ``username``: ``None`` for an anonymous temporary user;
+    ``hold_files``: use-lock files (``locks/<key>.use`` of the store and of
+    the dataset cache) the session holds shared while it runs, so neither
+    its environment nor its datasets are evicted.
     """
 
     env_key: str
@@ -71,6 +74,7 @@ class SessionRequest:
     launch_host: str = ""
     data_mounts: Mapping[str, Path] = field(default_factory=dict)
     username: str | None = None
+    hold_files: Sequence[Path] = ()
 
 
 def user_name_for(resolved: Resolved) -> str:
@@ -196,6 +200,7 @@ class SessionLauncher(LoggingConfigurable):
             "content_path": str(req.content_path),
             "start_script": req.start_script,
             "data_mounts": {k: str(v) for k, v in req.data_mounts.items()},
+            "hold_files": [str(path) for path in req.hold_files],
             "token": token,
             "repo_url": r.repo_url,
             "binder_ref_url": r.ref_url,

@@ -10,6 +10,11 @@ it starts), runs the command as its only child, forwards SIGTERM/SIGINT/
 SIGHUP to it and exits with its exit status.  ``--die-with-parent`` then
 refers to this supervisor, and stopping a session means signalling the
 supervisor's process group.
+
+Descriptors the spawner passes (``pass_fds``: shared ``flock`` use-locks on
+the session's environment and datasets) stay open here for the supervisor's
+whole life and are not inherited by the command (``close_fds``): the locks
+end when the session ends, whatever ends it.
 """
 
 from __future__ import annotations
