@@ -312,6 +312,7 @@ class LaunchPipeline(LoggingConfigurable):
             launch_host=request.launch_host,
             data_mounts=state.data_mounts,
             hold_files=[hold.path for hold in holds],
+            high_quota=state.provider.is_high_quota(),
         )
         started = time.monotonic()
         status = "failure"

@@ -6,7 +6,7 @@ BinderHub does:
 
 1. quotas: ``total_quota`` (``0`` = maintenance: refuse everything) and the
    per-repository quota (``per_repo_quota``, or ``per_repo_quota_higher``
-   for specs matching ``high_quota_specs``), counted over the hub's active
+   for specs the provider's ``high_quota_specs`` match), counted over the hub's active
    servers by their ``repo_url`` user option -> :class:`QuotaExceeded`;
 2. anonymous mode: a temporary user named after the repository plus random
    characters (``[a-z0-9-]``, at most 30); authenticated mode: the given
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
-from traitlets import Int, List, Unicode
+from traitlets import Int, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..errors import LaunchError, QuotaExceeded
@@ -63,7 +63,9 @@ class SessionRequest:
     ``username``: ``None`` for an anonymous temporary user;
     ``hold_files``: use-lock files (``locks/<key>.use`` of the store and of
     the dataset cache) the session holds shared while it runs, so neither
-    its environment nor its datasets are evicted.
+    its environment nor its datasets are evicted;
+    ``high_quota``: the spec matches its provider's ``high_quota_specs``
+    (``per_repo_quota_higher`` applies).
     """
 
     env_key: str
@@ -75,6 +77,7 @@ class SessionRequest:
     data_mounts: Mapping[str, Path] = field(default_factory=dict)
     username: str | None = None
     hold_files: Sequence[Path] = ()
+    high_quota: bool = False
 
 
 def user_name_for(resolved: Resolved) -> str:
@@ -103,11 +106,9 @@ class SessionLauncher(LoggingConfigurable):
         config=True
     )
     per_repo_quota_higher = Int(
-        0, help="Per-repository quota for specs matching high_quota_specs (0 = unlimited)."
-    ).tag(config=True)
-    high_quota_specs = List(
-        Unicode(),
-        help="Regexes on '<provider>/<spec>' (e.g. '^gh/org/.*') that get per_repo_quota_higher.",
+        0,
+        help="""Per-repository quota for specs matching their provider's high_quota_specs
+        (e.g. c.GitHubProvider.high_quota_specs = ['^org/.*']); 0 = unlimited.""",
     ).tag(config=True)
     total_quota = Int(
         None,
@@ -130,12 +131,9 @@ class SessionLauncher(LoggingConfigurable):
 
     # -- quotas -----------------------------------------------------------------
 
-    def repo_quota(self, resolved: Resolved) -> int:
-        """The per-repository quota that applies to ``resolved`` (0 = unlimited)."""
-        spec = f"{resolved.provider}/{resolved.spec}"
-        if any(re.search(pattern, spec) for pattern in self.high_quota_specs):
-            return self.per_repo_quota_higher
-        return self.per_repo_quota
+    def repo_quota(self, high_quota: bool) -> int:
+        """The per-repository quota that applies (0 = unlimited)."""
+        return self.per_repo_quota_higher if high_quota else self.per_repo_quota
 
     async def _servers(self) -> list[dict[str, Any]]:
         try:
@@ -144,11 +142,11 @@ class SessionLauncher(LoggingConfigurable):
             raise self._unavailable(err) from err
         return [s for u in users for s in (u.get("servers") or {}).values()]
 
-    async def check_quota(self, resolved: Resolved) -> None:
+    async def check_quota(self, resolved: Resolved, high_quota: bool = False) -> None:
         """Raise :class:`QuotaExceeded` if a new session for ``resolved`` is over a quota."""
         if self.total_quota == 0:
             raise QuotaExceeded(self.maintenance_message, status_code=503)
-        quota = self.repo_quota(resolved)
+        quota = self.repo_quota(high_quota)
         if not quota and self.total_quota is None:
             return
         servers = await self._servers()
@@ -170,7 +168,7 @@ class SessionLauncher(LoggingConfigurable):
 
     async def launch(self, req: SessionRequest) -> AsyncIterator[Event]:
         """Yield ``Launching`` events, then ``Ready``.  Raises QuotaExceeded / LaunchError."""
-        await self.check_quota(req.resolved)
+        await self.check_quota(req.resolved, req.high_quota)
         name, server, temporary = await self._make_user(req)
         done = False
         try:
