@@ -6,21 +6,16 @@ function of the query), with failure modes real servers show: wrong status,
 a body shorter than its ``Content-Length``, a connection reset mid-body.  It
 counts requests per path.
 
-:func:`code_env` builds (once, cached under ``/tmp/binderbox-test-cache/``) a
-bare virtualenv *at* ``/srv/env`` inside a bubblewrap sandbox, as the real
-builder does, for the code-source tests.
+:func:`code_env` gives a bare virtualenv built at ``/srv/env`` by the real
+builder (tests/envs.py), cached across runs, for the code-source tests.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import os
-import shutil
 import socket
 import struct
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -32,8 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from binderbox.environments.spec import ENV_PREFIX
-from binderbox.sandbox import Sandbox, passwd_file
+from envs import built_env
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
 CACHE = Path("/tmp/binderbox-test-cache")
@@ -185,35 +179,6 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def _interpreter() -> Path:
-    versions = sorted(Path("/root/.pyenv/versions").glob("3.11.*"))
-    if versions:
-        return versions[-1]
-    return Path(sys.base_prefix)
-
-
 def code_env() -> Path:
     """The host path of a bare virtualenv built at /srv/env (see the module docstring)."""
-    interp = _interpreter()
-    key = hashlib.sha256(f"{interp}|bare|v1".encode()).hexdigest()[:16]
-    final = CACHE / f"data-env-{key}"
-    if (final / "bin" / "python").exists():
-        return final
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE / f"data-tmp-{key}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    assert uv is not None, "uv is not installed"
-    box = Sandbox(cwd="/tmp")
-    box.ro_bind(interp).ro_bind(uv, "/uvbin/uv").bind(tmp, ENV_PREFIX)
-    etc = passwd_file(CACHE / "etc")
-    box.file(etc / "passwd", "/etc/passwd").file(etc / "group", "/etc/group")
-    box.setenv({"PATH": "/usr/bin:/bin", "HOME": "/tmp", "UV_NO_CACHE": "1"})
-    command = ["/uvbin/uv", "venv", "-q", "--python", f"{interp}/bin/python3", ENV_PREFIX]
-    subprocess.run(box.argv(command), check=True)
-    try:
-        tmp.rename(final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build won
-    return final
+    return built_env(session=False)

@@ -1,89 +1,28 @@
 """Helpers for the session tests: a real single-user environment, built once.
 
 :func:`session_env` builds (once per cache key) a virtualenv *at*
-``/srv/env`` inside a bubblewrap sandbox with ``jupyterlab``, ``notebook``,
-``ipykernel`` and ``jupyterhub==6.1.1`` -- what a real build of a repository
-gives -- and caches it under ``/tmp/binderbox-test-cache/`` so reruns are
-fast.  The lead will replace this with the real builder.
+``/srv/env`` with the real builder (see tests/envs.py) -- what a build of
+a repository without requirements gives -- cached across runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
-import os
-import shutil
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
+from envs import built_env
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import websocket_connect
 
-from binderbox.environments.spec import ENV_PREFIX
-from binderbox.sandbox import Sandbox, passwd_file
-
 CACHE = Path("/tmp/binderbox-test-cache")
-PACKAGES = ("jupyterlab", "notebook", "ipykernel", "jupyterhub==6.1.1")
-PYTHON = "3.11"
-
-
-def _interpreter() -> Path:
-    versions = sorted(Path("/root/.pyenv/versions").glob(f"{PYTHON}.*"))
-    if not versions:
-        raise RuntimeError(f"no pyenv Python {PYTHON} on this machine")
-    return versions[-1]
-
-
-def _uv() -> str:
-    found = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    if found is None:
-        raise RuntimeError("uv is not installed")
-    return found
 
 
 def session_env() -> Path:
     """The host path of a built session environment (see the module docstring)."""
-    interp = _interpreter()
-    key = hashlib.sha256(f"{interp}|{'|'.join(PACKAGES)}|v1".encode()).hexdigest()[:16]
-    final = CACHE / f"env-{key}"
-    if (final / "bin" / "jupyterhub-singleuser").exists():
-        return final
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE / f"tmp-{key}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    uv_cache = CACHE / "uv-cache"
-    uv_cache.mkdir(exist_ok=True)
-    uv = _uv()
-    box = Sandbox(cwd="/tmp")
-    box.ro_bind(interp).ro_bind(uv, "/uvbin/uv").bind(uv_cache, "/uv-cache")
-    box.bind(tmp, ENV_PREFIX)
-    etc = passwd_file(CACHE / "etc")
-    box.file(etc / "passwd", "/etc/passwd").file(etc / "group", "/etc/group")
-    box.setenv(
-        {
-            "PATH": "/usr/bin:/bin",
-            "UV_CACHE_DIR": "/uv-cache",
-            "HOME": "/tmp",
-            "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt",
-            "UV_NATIVE_TLS": "1",
-        }
-    )
-    script = (
-        f"set -e; /uvbin/uv venv -q --python {interp}/bin/python3 {ENV_PREFIX}; "
-        f"/uvbin/uv pip install -q --python {ENV_PREFIX}/bin/python --compile-bytecode "
-        + " ".join(f"'{p}'" for p in PACKAGES)
-    )
-    subprocess.run(box.argv(["/bin/sh", "-c", script]), check=True)
-    try:
-        tmp.rename(final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build won
-    return final
+    return built_env(session=True)
 
 
 KERNEL_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"

@@ -1,0 +1,54 @@
+"""Real environments for tests, built once by the real builder and cached.
+
+Tests of sessions and data code sources need an environment built at
+``/srv/env`` like a launch gets.  :func:`built_env` makes one with
+:class:`~binderbox.builders.python.PythonBuilder` (uv, in bubblewrap) and
+keeps it under ``/tmp/binderbox-test-cache/envs/`` keyed by the environment
+key, so later runs reuse it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import shutil
+from pathlib import Path
+
+from binderbox.builders.python import PythonBuilder
+from binderbox.environments import EnvSpec
+
+CACHE = Path("/tmp/binderbox-test-cache")
+
+
+def built_env(*requirements: str, session: bool = True, python: str = "3.11") -> Path:
+    """The host path of an environment with ``requirements``.
+
+    ``session``: with what a Jupyter session needs (jupyterlab, notebook,
+    ipykernel, jupyter-server, jupyterhub); else a bare virtualenv.
+    """
+    builder = PythonBuilder(cache_dir=str(CACHE / "uv"))
+    if not session:
+        builder.session_packages = []
+        builder.jupyterhub_version = ""
+    spec = EnvSpec(python=python, requirements=tuple(requirements))
+    key = spec.key(interpreter=builder.interpreter(spec), builder_version=builder.version)
+    final = CACHE / "envs" / f"{key}-{'session' if session else 'bare'}"
+    if (final / ".binderbox" / "build.json").exists():
+        return final
+    tmp = CACHE / "envs" / f"tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+    async def build() -> None:
+        async for _line in builder.build(spec, None, tmp):
+            pass
+
+    # callers may be inside a running event loop (async fixtures)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, build()).result()
+    try:
+        tmp.rename(final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build won
+    return final
