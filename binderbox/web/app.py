@@ -157,6 +157,23 @@ def make_app(
         providers=providers,
     )
     index = sessions if sessions is not None else SessionIndex(limit=config.recent_sessions)
+    routes = _routes(pipeline, config, site, index)
+    return Application(
+        routes,
+        default_handler_class=pages.NotFoundHandler,
+        default_handler_args={"site": site},
+        static_path=str(STATIC),
+        static_url_prefix=f"{base}static/",
+        log_function=log_request,
+        debug=debug,
+    )
+
+
+def _routes(
+    pipeline: LaunchPipelineProtocol, config: WebApp, site: Site, index: SessionIndex
+) -> list[Any]:
+    """The URL table; each handler gets only the collaborators it uses."""
+    base = config.base_url
     limiter = RateLimiter(limit=config.rate_limit, period=config.rate_limit_period)
     tokens = LaunchTokens(config.launch_token_secret, lifetime=config.launch_token_seconds)
     common: dict[str, Any] = {"site": site}
@@ -186,12 +203,4 @@ def make_app(
             url(rf"{base}v2/([^/]+)/(.+)", pages.LaunchPageHandler, {**common, "tokens": tokens}),
             url(rf"{base}repo/([^/]+)/([^/]+)(/.*)?", pages.LegacyRedirectHandler, common),
         ]
-    return Application(
-        routes,
-        default_handler_class=pages.NotFoundHandler,
-        default_handler_args=common,
-        static_path=str(STATIC),
-        static_url_prefix=f"{base}static/",
-        log_function=log_request,
-        debug=debug,
-    )
+    return routes
