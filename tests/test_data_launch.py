@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from data_helpers import FileServer, Route, tar_bytes, zip_bytes
+from kernels import run_code
 from repos import commit, make_repo, notebook
 from serve_helpers import build_events, end_session, git_spec, running_serve
-from session_helpers import run_code
 from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from session_helpers import CACHE, run_code, session_env
+from kernels import run_code
+from session_helpers import CACHE, session_env
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler

@@ -1,0 +1,146 @@
+"""A kernel client for tests: what JupyterLab does to run a cell.
+
+Starts a kernel through a server's REST API, then talks to it over the
+channels websocket with the ``v1.kernel.websocket.jupyter.org`` subprotocol
+(binary frames), waiting for the iopub channel before executing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+KERNEL_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
+
+
+def ws_pack(channel: str, msg: dict[str, Any]) -> bytes:
+    """A kernel message in the ``v1.kernel.websocket.jupyter.org`` framing."""
+    parts = [
+        json.dumps(msg[k]).encode() for k in ("header", "parent_header", "metadata", "content")
+    ]
+    chan = channel.encode()
+    offsets = [8 * (1 + 1 + len(parts) + 1)]
+    offsets.append(offsets[-1] + len(chan))
+    for part in parts:
+        offsets.append(offsets[-1] + len(part))
+    head = len(offsets).to_bytes(8, "little") + b"".join(o.to_bytes(8, "little") for o in offsets)
+    return head + chan + b"".join(parts)
+
+
+def ws_unpack(data: bytes) -> tuple[str, dict[str, Any]]:
+    """(channel, message) from a v1 frame (buffers are dropped)."""
+    count = int.from_bytes(data[:8], "little")
+    offsets = [int.from_bytes(data[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(count)]
+    offsets.append(len(data))
+    channel = data[offsets[0] : offsets[1]].decode()
+    parts = [data[offsets[i] : offsets[i + 1]] for i in range(1, 5)]
+    names = ("header", "parent_header", "metadata", "content")
+    return channel, {name: json.loads(part) for name, part in zip(names, parts, strict=True)}
+
+
+async def start_kernel(base_url: str, token: str) -> str:
+    """Start a kernel on the server at ``base_url``; its id."""
+    response = await AsyncHTTPClient().fetch(
+        f"{base_url}api/kernels",
+        method="POST",
+        body="{}",
+        headers={"Authorization": f"token {token}"},
+        request_timeout=60,
+    )
+    return str(json.loads(response.body)["id"])
+
+
+def _request(kind: str, session: str, content: dict[str, Any]) -> tuple[str, bytes]:
+    msg_id = uuid.uuid4().hex
+    header = {
+        "msg_id": msg_id,
+        "msg_type": kind,
+        "username": "test",
+        "session": session,
+        "date": "",
+        "version": "5.3",
+    }
+    msg = {"header": header, "parent_header": {}, "metadata": {}, "content": content}
+    return msg_id, ws_pack("shell", msg)
+
+
+async def _replies(conn: WebSocketClientConnection) -> AsyncIterator[dict[str, Any]]:
+    while True:
+        frame = await conn.read_message()
+        if frame is None:
+            raise AssertionError("kernel websocket closed")
+        if isinstance(frame, bytes):
+            yield ws_unpack(frame)[1]
+
+
+async def _wait_iopub(conn: WebSocketClientConnection, session: str) -> None:
+    """Ask kernel_info until its iopub status arrives: output is then not lost.
+
+    IOPub is a ZMQ PUB socket: messages published before the subscription
+    is in place are dropped.  JupyterLab waits the same way before a notebook
+    counts as connected.
+    """
+    for _ in range(60):
+        msg_id, frame = _request("kernel_info_request", session, {})
+        await conn.write_message(frame, binary=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1):
+                async for reply in _replies(conn):
+                    if (
+                        reply["parent_header"].get("msg_id") == msg_id
+                        and reply["header"]["msg_type"] == "status"
+                    ):
+                        return
+    raise AssertionError("the kernel's iopub channel never answered")
+
+
+async def execute(base_url: str, token: str, kernel_id: str, code: str) -> str:
+    """Run ``code`` in kernel ``kernel_id`` over the channels websocket (the
+    ``v1.kernel.websocket.jupyter.org`` subprotocol JupyterLab uses); its stdout.
+    An error in the code raises AssertionError with the traceback."""
+    ws_url = base_url.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels?token={token}"
+    conn = await websocket_connect(ws_url, subprotocols=[KERNEL_SUBPROTOCOL])
+    assert conn.selected_subprotocol == KERNEL_SUBPROTOCOL
+    session = uuid.uuid4().hex
+    out: list[str] = []
+    try:
+        await _wait_iopub(conn, session)
+        content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
+        msg_id, frame = _request("execute_request", session, content)
+        await conn.write_message(frame, binary=True)
+        async with asyncio.timeout(120):
+            async for reply in _replies(conn):
+                if reply["parent_header"].get("msg_id") != msg_id:
+                    continue
+                kind = reply["header"]["msg_type"]
+                if kind == "stream":
+                    out.append(reply["content"]["text"])
+                elif kind == "error":
+                    raise AssertionError("\n".join(reply["content"]["traceback"]))
+                elif kind == "status" and reply["content"]["execution_state"] == "idle":
+                    return "".join(out)
+        raise AssertionError("unreachable")
+    finally:
+        conn.close()
+
+
+async def run_code(base_url: str, token: str, code: str) -> str:
+    """Start a kernel on the server at ``base_url``, run ``code``, delete the kernel;
+    the code's stdout."""
+    kernel = await start_kernel(base_url, token)
+    try:
+        return await execute(base_url, token, kernel, code)
+    finally:
+        await AsyncHTTPClient().fetch(
+            f"{base_url}api/kernels/{kernel}",
+            method="DELETE",
+            headers={"Authorization": f"token {token}"},
+            raise_error=False,
+        )

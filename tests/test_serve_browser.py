@@ -1,0 +1,132 @@
+"""A person's launch, in a real (headless) Chromium, against ``binderbox serve``.
+
+The browser opens a ``/v2/git/...`` launch link on the proxy's public port,
+follows the build log, lands in JupyterLab served from the sandboxed session,
+opens the repository's notebook, runs its cell and sees the output.
+Screenshots go to /tmp/binderbox-shots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from playwright.async_api import Browser, Page, async_playwright, expect
+from repos import make_repo, notebook
+from serve_helpers import ServeProcess, git_spec, running_serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path("/tmp/binderbox-shots")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(600),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium"),
+]
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    with running_serve(tmp_path_factory.mktemp("serve-browser")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repos") / "lab-demo"
+    return make_repo(
+        root,
+        {
+            "requirements.txt": "six==1.16.0\n",
+            "index.ipynb": notebook("import six\nprint(6 * 7, six.__version__)"),
+            "README.md": "# lab demo\n",
+        },
+    )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+def shot(name: str) -> str:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    return str(SHOTS / name)
+
+
+async def run_first_cell(page: Page) -> None:
+    """Put the cursor in the notebook's first cell and press Shift+Enter, once the
+    kernel is ready (as JupyterLab's own UI tests wait: the debugger button turns on
+    when the kernel has answered its info request)."""
+    cell = page.locator(".jp-Notebook .jp-CodeCell").first
+    await expect(cell).to_be_visible(timeout=60_000)
+    await expect(cell.locator(".cm-content")).to_contain_text("print(6 * 7", timeout=30_000)
+    await expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=90_000)
+    await expect(page.locator(".jp-DebuggerBugButton").first).to_have_attribute(
+        "aria-disabled", "false", timeout=90_000
+    )
+    await cell.locator(".cm-content").click()
+    await page.keyboard.press("Shift+Enter")
+
+
+@module_loop
+async def test_launch_link_opens_jupyterlab_and_runs_the_notebook(
+    serve: ServeProcess, repo: Path, browser: Browser
+) -> None:
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    link = f"{serve.url}v2/git/{git_spec(repo)}?urlpath=lab/tree/index.ipynb"
+    await page.goto(link)
+    log = page.locator("#log")
+    # a first launch builds: the log shows the installation as it happens
+    await expect(log).to_contain_text("six==1.16.0", timeout=300_000)
+    await page.screenshot(path=shot("serve-launch-log.png"), full_page=True)
+
+    await page.wait_for_url(re.compile(r"/user/[a-z0-9-]+/lab/tree/index\.ipynb"), timeout=300_000)
+    assert re.match(rf"{re.escape(serve.url)}user/[a-z0-9-]*lab-demo-[a-z0-9]+/lab", page.url)
+    await expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=60_000)
+    await expect(page.locator(".jp-Notebook")).to_be_visible(timeout=60_000)
+    await run_first_cell(page)
+    output = page.locator(".jp-Notebook .jp-CodeCell").first.locator(".jp-OutputArea-output")
+    try:
+        await expect(output).to_contain_text("42 1.16.0", timeout=60_000)
+    except AssertionError:
+        await page.screenshot(path=shot("serve-lab-failure.png"))
+        raise
+    await page.screenshot(path=shot("serve-lab-output.png"))
+
+    # the file browser shows the repository's files
+    listing = page.locator(".jp-DirListing-content")
+    await expect(listing).to_contain_text("README.md")
+    await expect(listing).to_contain_text("requirements.txt")
+    await page.close()
+
+
+@module_loop
+async def test_legacy_labpath_link_opens_the_notebook(
+    serve: ServeProcess, repo: Path, browser: Browser
+) -> None:
+    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    await page.goto(f"{serve.url}v2/git/{git_spec(repo)}?labpath=index.ipynb")
+    await page.wait_for_url(re.compile(r"/user/[a-z0-9-]+/lab/tree/index\.ipynb"), timeout=120_000)
+    await expect(page.locator(".jp-Notebook")).to_be_visible(timeout=60_000)
+    await run_first_cell(page)
+    output = page.locator(".jp-Notebook .jp-CodeCell").first.locator(".jp-OutputArea-output")
+    await expect(output).to_contain_text("42", timeout=60_000)
+    await page.close()
