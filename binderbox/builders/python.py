@@ -102,7 +102,7 @@ class PythonBuilder(Builder):
     """Builds ``kind == "python"`` specs with uv.  See the module docstring."""
 
     kinds: ClassVar[tuple[str, ...]] = ("python",)
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     search_dirs = List(
         Unicode(),
@@ -244,6 +244,7 @@ class PythonBuilder(Builder):
             yield line
         async for line in self._install(spec, interp, content, prefix):
             yield line
+        _lab_settings(prefix)
         if spec.postbuild and content is not None:
             async for line in self._postbuild(spec.postbuild, interp, content, prefix):
                 yield line
@@ -416,6 +417,25 @@ class PythonBuilder(Builder):
         }
         (prefix / META).mkdir(exist_ok=True)
         (prefix / META / "build.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+#: JupyterLab settings every environment gets (a postBuild may replace them):
+#: sessions are fresh each launch, so JupyterLab's "fetch news?" question would
+#: be asked at every launch, and a public service should not phone out for users
+LAB_OVERRIDES = {
+    "@jupyterlab/apputils-extension:notification": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    }
+}
+
+
+def _lab_settings(prefix: Path) -> None:
+    """Write JupyterLab's overrides.json (see :data:`LAB_OVERRIDES`) unless present."""
+    path = prefix / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(LAB_OVERRIDES, indent=1) + "\n")
 
 
 def requirement_name(line: str) -> str | None:
