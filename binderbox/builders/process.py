@@ -12,7 +12,9 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 
 
 class StepProcess:
@@ -55,3 +57,20 @@ class StepProcess:
 
     async def wait(self) -> int:
         return await self.proc.wait()
+
+
+@dataclass
+class StepOutput:
+    """The end of a step: its last lines and exit code (set when it ends)."""
+
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    code: int | None = None
+
+
+async def run_step(argv: Sequence[str], output: StepOutput) -> AsyncIterator[str]:
+    """Run ``argv`` as a :class:`StepProcess`; yields its lines, fills ``output``."""
+    async with StepProcess.start(argv) as proc:
+        async for line in proc.lines():
+            output.tail.append(line)
+            yield line
+        output.code = await proc.wait()

@@ -75,7 +75,7 @@ from .base import Builder
 from .bytecode import BytecodeCache
 from .interpreters import Interpreter
 from .layout import META, base_sandbox, capture_overlay, session_environment, snapshot
-from .process import StepProcess
+from .process import StepOutput, run_step
 
 #: where uv's binary and cache appear inside build sandboxes
 UV_INSIDE = "/run/binderbox/uv"
@@ -337,14 +337,11 @@ class PythonBuilder(Builder):
                 "NO_COLOR": "1",
             }
         )
-        tail: deque[str] = deque(maxlen=200)
-        async with StepProcess.start(box.argv(command)) as proc:
-            async for line in proc.lines():
-                tail.append(line)
-                yield line
-            code = await proc.wait()
-        if code != 0:
-            raise uvlog.classify(list(tail), what=what)
+        output = StepOutput()
+        async for line in run_step(box.argv(command), output):
+            yield line
+        if output.code != 0:
+            raise uvlog.classify(list(output.tail), what=what)
 
     async def _postbuild(
         self, script: str, interp: Interpreter, content: Path, prefix: Path
@@ -362,12 +359,10 @@ class PythonBuilder(Builder):
         box.setenv({**session_environment(), "XDG_CACHE_HOME": "/tmp/.cache"})
         before = await asyncio.to_thread(snapshot, content)
         yield f"Running {script}"
-        tail: deque[str] = deque(maxlen=TAIL)
-        async with StepProcess.start(box.argv(command)) as proc:
-            async for line in proc.lines():
-                tail.append(line)
-                yield line
-            code = await proc.wait()
+        result = StepOutput(tail=deque(maxlen=TAIL))
+        async for line in run_step(box.argv(command), result):
+            yield line
+        code, tail = result.code, result.tail
         if code != 0:
             last = next((line.strip()[:200] for line in reversed(tail) if line.strip()), "")
             output = "\n".join(tail)
@@ -391,10 +386,8 @@ class PythonBuilder(Builder):
             return
         argv = await asyncio.to_thread(cache.compile_argv, interp.path, plan)
         try:
-            async with StepProcess.start(argv) as proc:
-                async for line in proc.lines():
-                    yield line
-                await proc.wait()
+            async for line in run_step(argv, StepOutput()):
+                yield line
         finally:
             await asyncio.to_thread(cache.finish, plan)
 
