@@ -83,6 +83,11 @@ class Sandbox:
         self._mounts += ["--bind", str(host), str(inside or host)]
         return self
 
+    def symlink(self, target: str | Path, inside: str | Path) -> Sandbox:
+        """A symbolic link at ``inside`` pointing to ``target`` (a path inside the sandbox)."""
+        self._mounts += ["--symlink", str(target), str(inside)]
+        return self
+
     def tmpfs(self, inside: str) -> Sandbox:
         """An empty private writable directory at ``inside``."""
         self._mounts += ["--tmpfs", inside]

@@ -370,3 +370,61 @@ def test_postbuild_symlink_out_of_the_repository_is_refused(tmp_path: Path) -> N
     with pytest.raises(BuildError, match="postBuild"):
         build(light_builder(), spec, content, tmp_path / "env")
     assert outside.stat().st_mode & 0o777 == 0o644
+
+
+# -- the package cache: shared and hard-linked only while no repository code runs
+
+
+def site_file(env: Path, name: str) -> Path:
+    return next((env / "lib").glob(f"python3.*/site-packages/{name}"))
+
+
+def test_wheel_only_environment_is_hard_linked_from_the_cache(tmp_path: Path) -> None:
+    spec = python_spec(python="3.11", requirements=("six==1.16.0",))
+    env = tmp_path / "env"
+    build(light_builder(), spec, None, env)
+    assert site_file(env, "six.py").stat().st_nlink > 1  # shares the cache's file
+    pip = (env / "bin" / "pip").read_text().splitlines()[0]
+    assert pip == "#!/srv/env/bin/python"  # scripts name the sandbox path, not the host's
+    result = run_in_env(env, ["pip", "--version"])
+    assert result.returncode == 0, result.stderr
+
+
+def test_postbuild_environment_gets_copies(tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "postBuild").write_text("#!/bin/sh\necho changed >> $NB_PYTHON_PREFIX/x\n")
+    spec = python_spec(
+        python="3.11",
+        requirements=("six==1.16.0",),
+        postbuild="postBuild",
+        postbuild_text="x",
+        content_digest="d",
+    )
+    env = tmp_path / "env"
+    build(light_builder(), spec, content, env)
+    # postBuild could write to a hard-linked file and so change the cache
+    assert site_file(env, "six.py").stat().st_nlink == 1
+
+
+def test_source_builds_never_see_the_shared_cache(tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    (content / "spy").mkdir(parents=True)
+    (content / "spy" / "__init__.py").write_text("")
+    (content / "setup.py").write_text(
+        "import os, pathlib\n"
+        "cache = pathlib.Path(os.environ['UV_CACHE_DIR'])\n"
+        f"(cache / 'planted-{MARK}').write_text('x')\n"
+        "from setuptools import setup\n"
+        "setup(name='spy', version='1', packages=['spy'])\n"
+    )
+    spec = python_spec(
+        python="3.11", requirements=("six==1.16.0",), install_repo=True, content_digest="d"
+    )
+    env = tmp_path / "env"
+    log = build(light_builder(), spec, content, env)
+    assert any("private cache" in line for line in log)
+    assert not list(CACHE.glob(f"planted-{MARK}")), "setup.py wrote into the shared cache"
+    result = run_in_env(env, ["python", "-c", "import six, spy; print('ok')"], content=content)
+    assert result.stdout.strip() == "ok", result.stderr
+    assert site_file(env, "six.py").stat().st_nlink == 1

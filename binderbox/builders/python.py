@@ -39,10 +39,10 @@ content at launch (that is how repo2docker's image home behaves, without
 freezing the notebooks: only postBuild's own changes are replayed).
 Anything else it writes (``/tmp``, the sandbox root) is thrown away.
 
-Link mode: uv's cache and ``prefix`` are two bind mounts inside the sandbox,
-and Linux refuses hard links across mount points (``EXDEV``) even on one
-filesystem, so uv copies (:attr:`PythonBuilder.link_mode`, default
-``copy``; measured: hardlink falls back to copy with a warning here).
+Package cache: the install runs first with ``--no-build`` on the shared uv
+cache (hard-linking files when no postBuild follows); only when something
+must be built from source does it run again with a private cache.  The rule
+and why are in :mod:`binderbox.builders.caches`.
 
 ``PythonBuilder.version`` bump rule: bump whenever the same spec would give
 a different environment (the steps, the session packages, their pinning
@@ -56,6 +56,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from importlib import metadata
@@ -70,7 +71,7 @@ from traitlets import Bool, List, Unicode, default
 from ..environments import ENV_PREFIX, HOME, EnvSpec
 from ..errors import BuildError, PostBuildFailed, PythonVersionUnavailable
 from ..sandbox import Sandbox
-from . import interpreters, uvlog
+from . import caches, interpreters, uvlog
 from .base import Builder
 from .bytecode import BytecodeCache
 from .interpreters import Interpreter
@@ -128,12 +129,6 @@ class PythonBuilder(Builder):
         help="""Compiled modules shared between environments (see builders/bytecode.py).
         Default: a 'bytecode' folder beside cache_dir.  Keep it on the store's filesystem
         so environments hard-link their .pyc files from it."""
-    ).tag(config=True)
-    link_mode = Unicode(
-        "copy",
-        help="""UV_LINK_MODE inside build sandboxes.  'copy' by default: the cache and the
-        environment are separate bind mounts there, and Linux refuses hard links across
-        mount points (EXDEV), so 'hardlink' only falls back to copying with a warning.""",
     ).tag(config=True)
     session_packages = List(
         Unicode(),
@@ -235,12 +230,7 @@ class PythonBuilder(Builder):
         interp = self.find_interpreter(spec)
         self._check(spec, content, prefix)
         yield f"Using CPython {interp.version} ({interp.path})"
-        venv = [UV_INSIDE, "venv", "--no-config", "--python", str(interp.path), ENV_PREFIX]
-        if self.seed:
-            venv.insert(2, "--seed")
-        async for line in self._step(
-            interp, content, prefix, venv, what="Creating the environment"
-        ):
+        async for line in self._venv(interp, content, prefix, caches.copying(self.cache)):
             yield line
         async for line in self._install(spec, interp, content, prefix):
             yield line
@@ -278,8 +268,41 @@ class PythonBuilder(Builder):
         install = [UV_INSIDE, "pip", "install", "--no-config", "--python"]
         install += [f"{ENV_PREFIX}/bin/python", "-r", f"{ENV_PREFIX}/{META}/requirements.txt"]
         what = "Installing the requirements"
-        async for line in self._step(interp, content, prefix, install, what=what):
-            yield line
+        first = caches.wheels_only(self.cache, prefix, postbuild=bool(spec.postbuild))
+        try:
+            async for line in self._step(interp, content, prefix, install, what=what, cache=first):
+                yield line
+            return
+        except _SourceBuildNeeded:
+            yield "Some requirements are built from source: installing with a private cache"
+        await asyncio.to_thread(_reset_env, prefix)
+        private = Path(tempfile.mkdtemp(prefix="uv-private-", dir=self.cache.parent))
+        try:
+            use = caches.copying(private)
+            async for line in self._venv(interp, content, prefix, use):
+                yield line
+            async for line in self._step(interp, content, prefix, install, what=what, cache=use):
+                yield line
+        finally:
+            await asyncio.to_thread(shutil.rmtree, private, True)
+
+    @property
+    def cache(self) -> Path:
+        """uv's shared package cache (created on first use)."""
+        path = Path(self.cache_dir).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _venv(
+        self, interp: Interpreter, content: Path | None, prefix: Path, cache: caches.CacheUse
+    ) -> AsyncIterator[str]:
+        venv = [UV_INSIDE, "venv", "--no-config", "--allow-existing", "--python", str(interp.path)]
+        venv.append(ENV_PREFIX)
+        if self.seed:
+            venv.insert(2, "--seed")
+        return self._step(
+            interp, content, prefix, venv, what="Creating the environment", cache=cache
+        )
 
     def requirement_lines(self, spec: EnvSpec, interp: Interpreter) -> list[str]:
         """The one requirements file installed (see the module docstring)."""
@@ -302,18 +325,26 @@ class PythonBuilder(Builder):
         return f"jupyterhub=={self.jupyterhub_version}" if fits else "jupyterhub"
 
     def _sandbox(
-        self, interp: Interpreter, content: Path | None, prefix: Path, *, uv: bool
+        self,
+        interp: Interpreter,
+        content: Path | None,
+        prefix: Path,
+        cache: caches.CacheUse | None = None,
     ) -> Sandbox:
         """The build sandbox (see the module docstring); cwd is the home.
 
-        ``uv``: also show uv and its cache (not to postBuild: a shared cache must
-        not be writable by a script that does not need it).
+        ``cache``: also show uv and that cache (never to postBuild); with a
+        ``shared_root``, one mount holds cache and environment (hard links).
         """
         box = base_sandbox(interp_prefixes(interp), content and content.resolve())
-        if uv:
+        if cache is not None:
             box.ro_bind(Path(self.uv_path).resolve(), UV_INSIDE)
-            box.bind(Path(self.cache_dir).resolve(), CACHE_INSIDE)
-        box.bind(prefix.resolve(), ENV_PREFIX)
+        if cache is not None and cache.shared_root is not None:
+            box.bind(cache.shared_root).symlink(prefix.resolve(), ENV_PREFIX)
+        else:
+            if cache is not None:
+                box.bind(cache.path, CACHE_INSIDE)
+            box.bind(prefix.resolve(), ENV_PREFIX)
         box.setenv({name: os.environ[name] for name in self.pass_env if name in os.environ})
         return box
 
@@ -325,22 +356,28 @@ class PythonBuilder(Builder):
         command: Sequence[str],
         *,
         what: str,
+        cache: caches.CacheUse,
     ) -> AsyncIterator[str]:
         """Run one uv command in the build sandbox; a failure becomes a BuildError."""
-        box = self._sandbox(interp, content, prefix, uv=True)
+        box = self._sandbox(interp, content, prefix, cache)
+        inside = str(cache.path) if cache.shared_root is not None else CACHE_INSIDE
         box.setenv(
             {
-                "UV_CACHE_DIR": CACHE_INSIDE,
+                "UV_CACHE_DIR": inside,
                 "UV_PYTHON_DOWNLOADS": "never",
-                "UV_LINK_MODE": self.link_mode,
+                "UV_LINK_MODE": cache.link_mode,
                 "UV_NO_PROGRESS": "1",
                 "NO_COLOR": "1",
             }
         )
+        if cache.no_build:
+            command = [*command, "--no-build"]
         output = StepOutput()
         async for line in run_step(box.argv(command), output):
             yield line
         if output.code != 0:
+            if cache.no_build and caches.needs_source_build(list(output.tail)):
+                raise _SourceBuildNeeded
             raise uvlog.classify(list(output.tail), what=what)
 
     async def _postbuild(
@@ -355,7 +392,7 @@ class PythonBuilder(Builder):
             shebang = handle.read(2) == b"#!"
         inside = f"{HOME}/{script}"
         command = [inside] if shebang else ["/bin/bash", inside]
-        box = self._sandbox(interp, content, prefix, uv=False)
+        box = self._sandbox(interp, content, prefix)
         box.setenv({**session_environment(), "XDG_CACHE_HOME": "/tmp/.cache"})
         before = await asyncio.to_thread(snapshot, content)
         yield f"Running {script}"
@@ -429,6 +466,21 @@ def _lab_settings(prefix: Path) -> None:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(LAB_OVERRIDES, indent=1) + "\n")
+
+
+class _SourceBuildNeeded(Exception):
+    """A --no-build install met something that must be built from source."""
+
+
+def _reset_env(prefix: Path) -> None:
+    """Empty ``prefix`` but for binderbox's own folder (before a private-cache retry)."""
+    for child in prefix.iterdir():
+        if child.name == META:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def requirement_name(line: str) -> str | None:
