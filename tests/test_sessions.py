@@ -330,6 +330,26 @@ async def test_quotas(hub: dict[str, Any], env_path: Path, content: Path) -> Non
 
 
 @module_loop
+async def test_two_launches_at_once_cannot_both_pass_a_quota(
+    hub: dict[str, Any], env_path: Path, content: Path
+) -> None:
+    managed: ManagedHub = hub["hub"]
+    req = SessionRequest("env-test", env_path, content, resolved("race"), launch_host="/")
+    launcher = launcher_for(managed, per_repo_quota=1)
+    results = await asyncio.gather(
+        launch(launcher, req), launch(launcher, req), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    started = [r for r in results if isinstance(r, tuple)]
+    try:
+        assert len(refused) == 1 and len(started) == 1, results
+    finally:
+        client = HubClient(managed.hub_api_url, managed.api_token)
+        for _, ready in started:
+            await client.delete_user(user_of(ready))
+
+
+@module_loop
 async def test_failed_launch_leaves_no_user(
     hub: dict[str, Any], tmp_path: Path, content: Path
 ) -> None:

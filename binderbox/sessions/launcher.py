@@ -124,6 +124,10 @@ class SessionLauncher(LoggingConfigurable):
         300, help="Seconds to wait for a session to be ready before giving up."
     ).tag(config=True)
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._admission = asyncio.Lock()
+
     @property
     def hub(self) -> HubClient:
         """The REST client (created per use: cheap, no state)."""
@@ -168,16 +172,10 @@ class SessionLauncher(LoggingConfigurable):
 
     async def launch(self, req: SessionRequest) -> AsyncIterator[Event]:
         """Yield ``Launching`` events, then ``Ready``.  Raises QuotaExceeded / LaunchError."""
-        await self.check_quota(req.resolved, req.high_quota)
-        name, server, temporary = await self._make_user(req)
+        yield Launching(message=f"Launching server for {req.resolved.repo_url}")
+        name, server, temporary, token, ready = await self._admit(req)
         done = False
         try:
-            yield Launching(message=f"Launching server for {req.resolved.repo_url}")
-            token = await self._call(
-                self.hub.create_token(name, [f"access:servers!user={name}"], "binder launch")
-            )
-            options = self.user_options(req, token)
-            ready = await self._call(self.hub.start_server(name, options, server))
             if not ready:
                 async for event in self._follow(name, server):
                     yield event
@@ -188,6 +186,28 @@ class SessionLauncher(LoggingConfigurable):
         finally:
             if not done and temporary:
                 await asyncio.shield(self._forget(name))
+
+    async def _admit(self, req: SessionRequest) -> tuple[str, str, bool, str, bool]:
+        """Check the quotas and ask for the server as one step.
+
+        Launches are admitted one at a time (the step takes a few hub API
+        calls), so two launches at once cannot both pass a quota: the second
+        sees the first's pending server.  Returns (user, server name,
+        temporary user?, launch token, already ready?).
+        """
+        async with self._admission:
+            await self.check_quota(req.resolved, req.high_quota)
+            name, server, temporary = await self._make_user(req)
+            try:
+                scopes = [f"access:servers!user={name}"]
+                token = await self._call(self.hub.create_token(name, scopes, "binder launch"))
+                options = self.user_options(req, token)
+                ready = await self._call(self.hub.start_server(name, options, server))
+            except BaseException:
+                if temporary:
+                    await asyncio.shield(self._forget(name))
+                raise
+        return name, server, temporary, token, ready
 
     def user_options(self, req: SessionRequest, token: str) -> dict[str, Any]:
         """The ``user_options`` BinderSpawner reads (see binderbox/sessions/spawner.py)."""
