@@ -428,3 +428,20 @@ def test_source_builds_never_see_the_shared_cache(tmp_path: Path) -> None:
     result = run_in_env(env, ["python", "-c", "import six, spy; print('ok')"], content=content)
     assert result.stdout.strip() == "ok", result.stderr
     assert site_file(env, "six.py").stat().st_nlink == 1
+
+
+def test_cache_over_budget_is_emptied_and_environments_keep_working(tmp_path: Path) -> None:
+    builder = PythonBuilder(
+        session_packages=[], jupyterhub_version="", cache_dir=str(tmp_path / "uv-cache")
+    )
+    env = tmp_path / "env"
+    build(builder, python_spec(python="3.11", requirements=("six==1.16.0",)), None, env)
+    assert list((tmp_path / "uv-cache").iterdir())
+    builder.cache_budget = 10**12
+    builder.gc()
+    assert list((tmp_path / "uv-cache").glob("wheels*")), "under budget: kept"
+    builder.cache_budget = 1
+    builder.gc()
+    assert not list((tmp_path / "uv-cache").glob("wheels*")), "over budget: emptied"
+    result = run_in_env(env, ["python", "-c", "import six; print(six.__version__)"])
+    assert result.stdout.strip() == "1.16.0", result.stderr

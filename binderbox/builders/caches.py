@@ -83,3 +83,14 @@ def copying(cache: Path) -> CacheUse:
 def needs_source_build(lines: list[str]) -> bool:
     """True when a ``--no-build`` install failed only because something needs building."""
     return any(SOURCE_BUILD_NEEDED.search(line) for line in lines)
+
+
+def unshared_bytes(root: Path) -> int:
+    """Bytes under ``root`` in files no environment hard-links (what a clean frees)."""
+    total = 0
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            info = (Path(dirpath) / name).lstat()
+            if info.st_nlink == 1:
+                total += info.st_size
+    return total

@@ -56,6 +56,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -66,7 +67,7 @@ from typing import ClassVar
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
-from traitlets import Bool, List, Unicode, default
+from traitlets import Bool, Integer, List, Unicode, default
 
 from ..environments import ENV_PREFIX, HOME, EnvSpec
 from ..errors import BuildError, PostBuildFailed, PythonVersionUnavailable
@@ -129,6 +130,12 @@ class PythonBuilder(Builder):
         help="""Compiled modules shared between environments (see builders/bytecode.py).
         Default: a 'bytecode' folder beside cache_dir.  Keep it on the store's filesystem
         so environments hard-link their .pyc files from it."""
+    ).tag(config=True)
+    cache_budget = Integer(
+        20 * 2**30,
+        help="""Bytes uv's package cache may hold that no environment shares; over it,
+        the periodic clean-up empties the cache (the next builds download again).
+        0 = no limit.""",
     ).tag(config=True)
     session_packages = List(
         Unicode(),
@@ -429,11 +436,28 @@ class PythonBuilder(Builder):
             await asyncio.to_thread(cache.finish, plan)
 
     def gc(self) -> None:
-        """Drop compiled modules that no environment uses any more."""
+        """Drop compiled modules no environment uses; empty uv's cache when over budget.
+
+        Environments keep working: their files are hard links or copies, so
+        removing the cache's names for them frees only what no environment uses.
+        """
         root = Path(self.bytecode_dir)
         for tag in root.iterdir() if root.is_dir() else ():
             if tag.name != "tmp":
                 BytecodeCache(root, tag.name).gc()
+        cache = Path(self.cache_dir)
+        if (
+            self.cache_budget
+            and cache.is_dir()
+            and caches.unshared_bytes(cache) > self.cache_budget
+        ):
+            self.log.info("uv's cache is over %d bytes: cleaning it", self.cache_budget)
+            subprocess.run(
+                [self.uv_path, "cache", "clean", "--cache-dir", str(cache)],
+                capture_output=True,
+                check=False,
+                timeout=600,
+            )
 
     def _write_metadata(self, spec: EnvSpec, interp: Interpreter, prefix: Path) -> None:
         info = {
