@@ -14,20 +14,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from browser import CHROMIUM, chromium, shot
+from playwright.async_api import Browser, Page, expect
 from repos import make_repo, notebook
 from serve_helpers import ServeProcess, git_spec, running_serve
-
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path("/tmp/binderbox-shots")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = [
     pytest.mark.slow,
@@ -58,17 +48,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
-def shot(name: str) -> str:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    return str(SHOTS / name)
+    async with chromium() as started:
+        yield started
 
 
 def session_logs(serve: ServeProcess) -> str:

@@ -8,24 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from browser import CHROMIUM, SHOTS, chromium
+from playwright.async_api import Browser, expect
 from tornado.web import Application, RequestHandler
 from web_helpers import PROVIDERS, ScriptedPipeline, failing, launch_events, serve
 
 from binderbox.events import Event
 from binderbox.pipeline import LaunchRequest
 from binderbox.web import WebApp, make_app
-
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path("/tmp/binderbox-shots")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 
@@ -60,12 +50,8 @@ def shots() -> Path:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+    async with chromium() as started:
+        yield started
 
 
 async def test_launch_page_shows_the_log_then_opens_the_session(
