@@ -438,14 +438,30 @@ async def test_missing_proxy_binary_is_a_plain_error(tmp_path: Path) -> None:
 
 
 @module_loop
-async def test_hub_that_cannot_start_is_a_plain_error_and_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("taken", "words"), [("hub", "the hub port"), ("public", "--port")])
+async def test_busy_port_is_a_plain_error_and_leaves_nothing(
+    tmp_path: Path, taken: str, words: str
+) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        ports = {"public": free_port(), "hub": busy.getsockname()[1], "api": free_port(), "web": 0}
+        ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "web": 0}
+        ports[taken] = busy.getsockname()[1]
         managed = make_hub(tmp_path, ports)
         with pytest.raises(HubError) as info:
             await managed.start()
+    assert f"Port {ports[taken]}" in info.value.user_message
+    assert words in info.value.user_message
+    assert managed.hub_proc is None and managed.proxy_proc is None
+
+
+@module_loop
+async def test_hub_that_exits_is_a_plain_error_and_leaves_nothing(tmp_path: Path) -> None:
+    ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "web": 0}
+    managed = make_hub(tmp_path, ports)
+    managed.extra_config = "raise SystemExit('broken config')"
+    with pytest.raises(HubError) as info:
+        await managed.start()
     assert info.value.user_message.startswith("The session hub could not be started.")
     assert "exited" in info.value.log_message
     assert managed.hub_proc is None and managed.proxy_proc is None

@@ -78,6 +78,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_in_use(ip: str, port: int) -> bool:
+    """True when a listening socket holds ``ip:port`` ('' = every address)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((ip, port))
+        except OSError:
+            return True
+    return False
+
+
 def _die_with_parent() -> None:
     """preexec: SIGTERM this child when binderbox dies (Linux only)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -270,6 +282,7 @@ class ManagedHub(LoggingConfigurable):
     async def start(self) -> None:
         """Start proxy and hub; return when the hub API answers.  See the module docstring."""
         config = self.write_config()
+        self._check_ports_free()
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         try:
             await self._start_proxy()
@@ -285,6 +298,20 @@ class ManagedHub(LoggingConfigurable):
         self.log.info(
             "session limits %s (%s): %s", status["mode"], status["backend"], status["reason"]
         )
+
+    def _check_ports_free(self) -> None:
+        """Refuse to start on ports something else holds (the proxy would only log it)."""
+        wanted = (
+            ("public", self.public_ip, self.public_port, "--port"),
+            ("hub", "127.0.0.1", self.hub_port, "--hub-port"),
+            ("proxy API", "127.0.0.1", self.proxy_api_port, "--proxy-api-port"),
+        )
+        for what, ip, port, flag in wanted:
+            if port_in_use(ip, port):
+                raise HubError(
+                    f"Port {port} (the {what} port) is already in use.",
+                    hint=f"Is another binderbox running? Choose another with {flag}.",
+                )
 
     def _check_proxy_command(self) -> None:
         if not self.proxy_command or not Path(self.proxy_command).exists():
