@@ -100,17 +100,20 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
         Service(pipeline, hub, pipeline.launcher), config=web_config, providers=PROVIDERS
     )
     server = web.listen(web_port, address="127.0.0.1")
-    maintenance: asyncio.Task[None] | None = None
+    background: list[asyncio.Task[None]] = []
     try:
         await hub.start()
-        maintenance = asyncio.create_task(Maintenance(parent=app).run(pipeline))
+        background = [
+            asyncio.create_task(Maintenance(parent=app).run(pipeline)),
+            asyncio.create_task(hub.watch()),
+        ]
         app.log.info("binderbox is running at %s", hub.public_url)
         print(f"binderbox is running at {hub.public_url}", flush=True)
         await stop.wait()
         app.log.info("stopping (sessions keep running)")
     finally:
-        if maintenance is not None:
-            maintenance.cancel()
+        for task in background:
+            task.cancel()
         server.stop()
         await hub.stop()
         with contextlib.suppress(Exception):

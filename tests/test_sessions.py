@@ -330,6 +330,23 @@ async def test_quotas(hub: dict[str, Any], env_path: Path, content: Path) -> Non
 
 
 @module_loop
+async def test_a_culler_that_exits_is_started_again(hub: dict[str, Any]) -> None:
+    managed: ManagedHub = hub["hub"]
+    old = managed.culler_proc
+    assert old is not None and old.returncode is None
+    watch = asyncio.create_task(managed.watch(interval=0.2))
+    try:
+        old.kill()
+        await old.wait()
+        assert managed.status()["culler"] is False
+        async with asyncio.timeout(30):
+            while managed.culler_proc is old or not managed.status()["culler"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+    finally:
+        watch.cancel()
+
+
+@module_loop
 async def test_two_launches_at_once_cannot_both_pass_a_quota(
     hub: dict[str, Any], env_path: Path, content: Path
 ) -> None:

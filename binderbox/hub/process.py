@@ -434,6 +434,19 @@ class ManagedHub(LoggingConfigurable):
         )
         return {name: proc is not None and proc.returncode is None for name, proc in children}
 
+    async def watch(self, interval: float = 10.0) -> None:
+        """Forever: start the idle culler again if it exits (it is only a client of
+        the hub; without it idle sessions would never end).  A stopped hub or proxy
+        is reported by :meth:`status` (and /health), not restarted here."""
+        while True:
+            await asyncio.sleep(interval)
+            culler = self.culler_proc
+            if culler is not None and culler.returncode is not None and self.status()["hub"]:
+                self.log.warning(
+                    "the idle culler exited with %s; starting it again", culler.returncode
+                )
+                await self._start_culler()
+
     def stop_on_signals(self, then: Callable[[], None] | None = None) -> None:
         """On SIGTERM/SIGINT: :meth:`stop`, then call ``then`` (e.g. stop the loop)."""
         loop = asyncio.get_running_loop()
