@@ -19,6 +19,7 @@ from traitlets.config import Application
 from . import __version__
 from .builders.python import PythonBuilder
 from .content import ContentCache
+from .data import DataCache
 from .pipeline import LaunchPipeline
 from .store import Store
 
@@ -68,6 +69,10 @@ class BinderboxApp(Application):
     def make_store(self) -> Store:
         """The environment store under the data directory."""
         return Store(parent=self, root=str(self.data_path / "store"))
+
+    def make_data_cache(self) -> DataCache:
+        """The dataset cache under the data directory (the service's and the CLI's)."""
+        return DataCache(parent=self, root=str(self.data_path / "datasets"))
 
     def make_pipeline(self, *, allow_local: bool) -> LaunchPipeline:
         """A pipeline with every part configured from this application."""

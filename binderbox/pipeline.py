@@ -45,6 +45,9 @@ from .sessions import SessionLauncher, SessionRequest
 from .store import Env, Store
 from .store.locks import FileLock
 
+#: how many fetched trees' specs the pipeline remembers
+SPEC_MEMORY = 512
+
 
 @dataclass(frozen=True)
 class LaunchRequest:
@@ -115,6 +118,10 @@ class LaunchPipeline(LoggingConfigurable):
     data = Instance(DataCache, allow_none=True)
     launcher = Instance(SessionLauncher, allow_none=True)
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._specs: dict[Path, EnvSpec] = {}
+
     def launch(self, request: LaunchRequest) -> AsyncIterator[Event]:
         """Run the whole flow for ``request``; ends with ``built``/``ready`` or ``failed``."""
         return self._guarded(request, self._flow)
@@ -168,15 +175,26 @@ class LaunchPipeline(LoggingConfigurable):
             yield event
         state.content = self.content.path_for(resolved)
 
+    async def _detect(self, content: Path) -> EnvSpec:
+        """The spec of a fetched tree, read once: trees never change once fetched
+        (their path names the version), and reading hashes the repository when
+        the environment depends on it -- work every later launch would repeat."""
+        found = self._specs.get(content)
+        if found is None:
+            found = await asyncio.to_thread(
+                detect,
+                content,
+                default_python=self.default_python,
+                allow_default=self.allow_default_environment,
+            )
+            if len(self._specs) >= SPEC_MEMORY:
+                self._specs.pop(next(iter(self._specs)))
+            self._specs[content] = found
+        return found
+
     async def _environment(self, state: LaunchState) -> AsyncIterator[Event]:
         assert state.content is not None and state.resolved is not None
-        spec = await asyncio.to_thread(
-            detect,
-            state.content,
-            default_python=self.default_python,
-            allow_default=self.allow_default_environment,
-        )
-        state.spec = spec
+        state.spec = spec = await self._detect(state.content)
         key = spec.key(
             interpreter=self.builder.interpreter(spec), builder_version=self.builder.version
         )

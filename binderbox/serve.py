@@ -20,7 +20,6 @@ from typing import Any
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
-from .data import DataCache
 from .events import Event
 from .hub import ManagedHub
 from .hub.process import free_port
@@ -85,7 +84,7 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
     web_port = free_port()
     hub = ManagedHub(parent=app, data_dir=str(data), web_port=web_port)
     hub.base_url = web_config.base_url
-    pipeline.data = DataCache(parent=app, root=str(data / "datasets"))
+    pipeline.data = app.make_data_cache()
     roots = [pipeline.store.root, pipeline.content.root, pipeline.data.root]
     hub.spawner_config = {"allowed_roots": roots, **hub.spawner_config}
     stop = asyncio.Event()

@@ -86,7 +86,7 @@ class DataCommand(Command):
         Its warnings repeat the error this command prints as its one line: they
         are shown only with ``--log-level=DEBUG``.
         """
-        cache = DataCache(parent=self, root=str(self.data_path / "datasets"))
+        cache = super().make_data_cache()
         quiet = self.log.getChild("data")
         level = self.log_level  # an int once validated; it is set on the handler
         if not isinstance(level, int) or level > logging.DEBUG:
