@@ -198,7 +198,7 @@ class LaunchPipeline(LoggingConfigurable):
         key = spec.key(
             interpreter=self.builder.interpreter(spec), builder_version=self.builder.version
         )
-        env = self.store.get(key)
+        env = await asyncio.to_thread(self.store.get, key)  # SQLite and a lock
         if env is not None:
             metrics.CACHE_HITS.inc()
             state.env = env

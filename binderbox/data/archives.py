@@ -21,7 +21,6 @@ counted against the dataset's size limit as it is written.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tarfile
 import zipfile
@@ -371,28 +370,11 @@ def write_file(src: Readable, dest: Path, name: str, ctx: FetchContext, entry: D
     return dest / rel
 
 
-def remove_tree(path: Path) -> None:
-    """Delete a folder tree that may contain read-only folders (never follows links)."""
-
-    def onerror(func: Callable[..., object], p: str, _exc: object) -> None:
-        try:
-            os.chmod(os.path.dirname(p), 0o755)
-            func(p)
-        except OSError:
-            pass
-
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, onerror=onerror)
-
-
 __all__ = [
     "Extractor",
     "archive_kind",
     "extract_tar_stream",
     "extract_zip",
     "gunzipped_name",
-    "remove_tree",
     "write_file",
 ]

@@ -65,8 +65,8 @@ from traitlets.config import LoggingConfigurable
 
 from ..errors import DataError
 from ..events import Event, Fetching
+from ..store.files import remove_tree
 from ..store.locks import FileLock
-from .archives import remove_tree
 from .fetchers import DataFetcher, FetchContext, default_fetcher_classes
 from .fetchers.base import human_bytes
 from .fetchers.code import tree_size

@@ -385,7 +385,7 @@ class Store(LoggingConfigurable):
     ) -> Env:
         """Build and publish ``run.key``; the caller holds its lock."""
         key = run.key
-        self._remove_temp(key)
+        await asyncio.to_thread(self._remove_temp, key)
         if self.env_path(key).is_dir():
             # a complete build whose metadata insert was interrupted
             self.log.info("Adopting environment %s published without metadata", key)
@@ -399,8 +399,10 @@ class Store(LoggingConfigurable):
             # no await from here on: a cancellation cannot split rename and insert
             return self._publish(key, tmp, spec, source, size)
         except BaseException as exc:
-            remove_tree(tmp)
             self._record_failure(key, exc)
+            # off the event loop (a partial env has thousands of files); finishes even if
+            # this task is cancelled again while waiting
+            await asyncio.shield(asyncio.to_thread(remove_tree, tmp))
             raise
 
     async def _run_build(self, run: _Run, build: BuildFn, tmp: Path, log: IO[str]) -> None:
