@@ -40,6 +40,7 @@ from .errors import BinderboxError, BuildTimeout, DataError, LaunchError
 from .events import Building, Built, Event, Failed, Fetching, Ready, Waiting
 from .providers import make_provider
 from .providers.base import RepoProvider, Resolved
+from .providers.gitutil import redact
 from .providers.policy import enforce_policy
 from .sessions import SessionLauncher, SessionRequest
 from .store import Env, Store
@@ -136,11 +137,16 @@ class LaunchPipeline(LoggingConfigurable):
                 yield event
         except BinderboxError as exc:
             self.log.info(
-                "launch of %s/%s failed: %s", request.provider, request.spec, exc.log_message
+                "launch of %s/%s failed: %s",
+                request.provider,
+                redact(request.spec),
+                exc.log_message,
             )
             yield exc.to_event()
         except Exception:
-            self.log.exception("unexpected error launching %s/%s", request.provider, request.spec)
+            self.log.exception(
+                "unexpected error launching %s/%s", request.provider, redact(request.spec)
+            )
             yield Failed(
                 message="Internal error: the launch failed unexpectedly."
                 " The operator's log has the details.",

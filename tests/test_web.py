@@ -427,6 +427,8 @@ async def test_credentials_in_a_spec_stay_out_of_the_logs(caplog: pytest.LogCapt
     spec = "https%3A%2F%2Fbob%3Ahunter2%40example.org%2Fr.git/main"
     async with serve(web(pipeline)) as base:
         await (await SSEClient.open(base, f"/build/git/{spec}")).events()
+        refused = await get(base, f"/build/git/{spec}")  # no Accept: an error Tornado logs
+        assert refused.code == 400
     assert pipeline.requests[0].spec == spec  # the pipeline gets it as sent
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "/build/git/" in logged

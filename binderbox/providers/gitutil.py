@@ -33,7 +33,8 @@ _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _HELPER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
 #: ``[user@]host:path`` with no slash before the colon (git's scp-like syntax)
 _SCP_RE = re.compile(r"^(?:[^@/\s]+@)?(?:\[[^\]/]+\]|[^/:\s]{2,}):(?!//).")
-_USERINFO_RE = re.compile(r"(?<=://)[^/@\s]+@")
+#: the user-info part of a URL, plain (``//user:tok@``) or URL-escaped (``%2F%2F...%40``)
+_USERINFO_RE = re.compile(r"(?i)(//|%2F%2F)((?:(?!%2F)[^/?#@\s])+)(@|%40)")
 _PROGRESS_RE = re.compile(r"^(?:remote:\s*)?(?P<what>[^:]+):\s+(?P<pct>\d+)%")
 
 #: stderr fragments that mean "this repository cannot be reached"
@@ -118,11 +119,18 @@ class GitResult:
 
 
 def redact(text: str) -> str:
-    """Replace the user-info part of every URL in ``text`` (tokens) by ``***``.
+    """Replace the user-info part of every URL in ``text`` (tokens) by ``***``,
+    also in URL-escaped URLs (``git/`` specs).
 
     ``git@`` (the usual ssh user, never a secret) is kept.
     """
-    return _USERINFO_RE.sub(lambda m: m.group(0) if m.group(0) == "git@" else "***@", text)
+    return _USERINFO_RE.sub(_mask, text)
+
+
+def _mask(match: re.Match[str]) -> str:
+    if match.group(2).lower() == "git":
+        return match.group(0)
+    return f"{match.group(1)}***{match.group(3)}"
 
 
 def check_git_url(url: str, expected: str) -> UrlKind:

@@ -23,7 +23,8 @@ from .. import __version__, metrics
 from ..errors import BinderboxError
 from ..events import Failed, Ready
 from ..pipeline import LaunchRequest
-from .base import ApiHandler, LaunchPipelineProtocol, SessionIndex, Site, redact
+from ..providers.gitutil import redact
+from .base import ApiHandler, LaunchPipelineProtocol, SessionIndex, Site
 from .ratelimit import LaunchTokens, RateLimiter
 from .sse import ClientGone, EventStreamHandler
 

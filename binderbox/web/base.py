@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -20,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import jinja2
+from tornado.httputil import HTTPServerRequest
 from tornado.web import HTTPError, RequestHandler
 
 from .. import __version__
 from ..events import Event
 from ..pipeline import LaunchRequest
+from ..providers.gitutil import redact
 
 if TYPE_CHECKING:
     from .app import WebApp
@@ -92,14 +93,6 @@ def user_from_url(server_url: str) -> str | None:
     return None
 
 
-_USERINFO = re.compile(r"(?i)(//|%2F%2F)((?:(?!%2F)[^/?#@])+)(@|%40)")
-
-
-def redact(text: str) -> str:
-    """``text`` with credentials in URLs (``//user:token@``, also URL-escaped) masked."""
-    return _USERINFO.sub(r"\1***\3", text)
-
-
 def log_request(handler: RequestHandler) -> None:
     """Tornado's access log line, with credentials in the URI masked."""
     status = handler.get_status()
@@ -107,13 +100,16 @@ def log_request(handler: RequestHandler) -> None:
     request = handler.request
     logging.getLogger("tornado.access").log(
         level,
-        "%d %s %s (%s) %.2fms",
+        "%d %s %.2fms",
         status,
-        request.method,
-        redact(request.uri or ""),
-        request.remote_ip,
+        _summary(request),
         1000.0 * request.request_time(),
     )
+
+
+def _summary(request: HTTPServerRequest) -> str:
+    """``METHOD uri (ip)`` with credentials in the URI masked."""
+    return f"{request.method} {redact(request.uri or '')} ({request.remote_ip})"
 
 
 @dataclass
@@ -150,6 +146,10 @@ class BaseHandler(RequestHandler):
 
     site: Site
     log = logging.getLogger("binderbox.web")
+
+    def _request_summary(self) -> str:
+        """What Tornado logs for errors: credentials in the URI masked there too."""
+        return _summary(self.request)
 
     def initialize(self, site: Site) -> None:
         self.site = site
