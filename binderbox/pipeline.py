@@ -201,9 +201,8 @@ class LaunchPipeline(LoggingConfigurable):
     async def _environment(self, state: LaunchState) -> AsyncIterator[Event]:
         assert state.content is not None and state.resolved is not None
         state.spec = spec = await self._detect(state.content)
-        key = spec.key(
-            interpreter=self.builder.interpreter(spec), builder_version=self.builder.version
-        )
+        interpreter = await asyncio.to_thread(self.builder.interpreter, spec)  # may probe
+        key = spec.key(interpreter=interpreter, builder_version=self.builder.version)
         env = await asyncio.to_thread(self.store.get, key)  # SQLite and a lock
         if env is not None:
             metrics.CACHE_HITS.inc()

@@ -445,3 +445,61 @@ def test_cache_over_budget_is_emptied_and_environments_keep_working(tmp_path: Pa
     assert not list((tmp_path / "uv-cache").glob("wheels*")), "over budget: emptied"
     result = run_in_env(env, ["python", "-c", "import six; print(six.__version__)"])
     assert result.stdout.strip() == "1.16.0", result.stderr
+
+
+# -- build code cannot make the host write, delete or read outside the environment
+
+PLANTING_POSTBUILD = """#!/bin/bash
+set -e
+site=$(echo $NB_PYTHON_PREFIX/lib/python3.*/site-packages)
+ln -s {victim} "$NB_PYTHON_PREFIX/.binderbox/home-overlay"
+echo '["../victim.txt"]' > "$NB_PYTHON_PREFIX/.binderbox/home-deleted.json"
+mkfifo "$site/trap.py"
+rm -rf "$site/__pycache__"
+ln -s {victim} "$site/__pycache__"
+echo new > made-by-postbuild.txt
+"""
+
+
+@pytest.mark.timeout(180)
+def test_links_planted_by_build_code_are_not_followed_by_the_host(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    content = tmp_path / "content"
+    content.mkdir()
+    script = PLANTING_POSTBUILD.format(victim=victim)
+    (content / "postBuild").write_text(script)
+    spec = python_spec(
+        python="3.11",
+        requirements=("six==1.16.0",),
+        postbuild="postBuild",
+        postbuild_text=script,
+        content_digest="d",
+    )
+    env = tmp_path / "env"
+    build(light_builder(), spec, content, env)  # a FIFO named *.py would block it
+    assert list(victim.iterdir()) == [], "the host wrote through a planted link"
+    overlay = env / ".binderbox" / "home-overlay"
+    assert overlay.is_dir() and not overlay.is_symlink()
+    assert (overlay / "made-by-postbuild.txt").read_text() == "new\n"
+
+
+def test_home_overlay_stays_inside_the_home(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("host file")
+    (tmp_path / "victim.txt").write_text("host file")
+    env = tmp_path / "env"
+    meta = env / ".binderbox"
+    (meta / "home-overlay" / "linked").mkdir(parents=True)
+    (meta / "home-overlay" / "linked" / "planted.txt").write_text("x")
+    (meta / "home-overlay" / "fine.txt").write_text("ok")
+    forged = ["../victim.txt", str(tmp_path / "victim.txt"), "linked/keep.txt"]
+    (meta / "home-deleted.json").write_text(json.dumps(forged))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "linked").symlink_to(outside)  # a link in the repository (another commit)
+    apply_home_overlay(env, home)
+    assert (tmp_path / "victim.txt").exists()
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+    assert (home / "fine.txt").read_text() == "ok"

@@ -83,10 +83,12 @@ class BytecodeCache:
             digest = hashlib.sha256(rel.encode() + b"\0" + source.read_bytes()).hexdigest()
             entry = self.root / digest[:2] / f"{digest}.pyc"
             target = source.parent / "__pycache__" / f"{source.stem}.{self.cache_tag}.pyc"
-            if entry.is_file():
+            if target.parent.is_symlink():
+                continue  # never write through a link build code left in the env
+            try:
                 _link(entry, target)
                 plan.reused += 1
-            else:
+            except FileNotFoundError:  # never compiled, or just dropped by gc
                 plan.jobs.append((source, f"{ENV_PREFIX}/{rel}", target, entry))
         return plan
 
@@ -111,10 +113,10 @@ class BytecodeCache:
                 compiled = plan.workdir / entry.name
                 if not compiled.is_file():
                     continue  # did not compile (Python 2 syntax in a test folder...)
+                _link(compiled, target)  # first: a gc running now cannot take it away
                 entry.parent.mkdir(parents=True, exist_ok=True)
                 if not entry.exists():
                     compiled.replace(entry)
-                _link(entry, target)
                 done += 1
         finally:
             shutil.rmtree(plan.workdir, ignore_errors=True)
@@ -131,17 +133,27 @@ class BytecodeCache:
 
 
 def _sources(lib: Path) -> list[Path]:
+    """The regular ``.py`` files under ``lib`` (build code may leave links, FIFOs...)."""
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(lib):
+    for dirpath, dirnames, _filenames in os.walk(lib):
         dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        found += [Path(dirpath) / name for name in filenames if name.endswith(".py")]
+        with os.scandir(dirpath) as entries:
+            found += [
+                Path(entry.path)
+                for entry in entries
+                if entry.name.endswith(".py") and entry.is_file(follow_symlinks=False)
+            ]
     return found
 
 
 def _link(entry: Path, target: Path) -> None:
+    """Put ``entry`` at ``target``: a hard link, else a copy.  FileNotFoundError if
+    ``entry`` is missing."""
     target.parent.mkdir(exist_ok=True)
     target.unlink(missing_ok=True)
     try:
         os.link(entry, target)
+    except FileNotFoundError:
+        raise
     except OSError:
         shutil.copyfile(entry, target)

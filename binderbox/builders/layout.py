@@ -142,17 +142,73 @@ def capture_overlay(root: Path, before: dict[str, _Entry], overlay: Path) -> tup
     return changed, deleted
 
 
+def reset_meta(prefix: Path) -> Path:
+    """Make ``prefix/.binderbox`` an empty real folder again; returns it.
+
+    Build code (``setup.py``, ``postBuild``) can write anywhere in the
+    environment, this folder included: anything it planted there (a symlink
+    to a host path, a forged ``home-deleted.json``) must be gone before the
+    host writes or later trusts what is in it.
+    """
+    meta = prefix / META
+    if meta.is_symlink() or (meta.exists() and not meta.is_dir()):
+        meta.unlink()
+    elif meta.is_dir():
+        shutil.rmtree(meta)  # never follows symlinks inside
+    meta.mkdir()
+    return meta
+
+
 def apply_home_overlay(env_path: Path, home: Path) -> None:
-    """Replay postBuild's home changes (if any) onto a session's copy of the content."""
+    """Replay postBuild's home changes (if any) onto a session's copy of the content.
+
+    Runs on the host: nothing is written or deleted outside ``home``, whatever
+    links the session's copy of the repository holds.
+    """
     meta = env_path / META
+    if meta.is_symlink():
+        return
     deleted = meta / "home-deleted.json"
-    if deleted.is_file():
+    if deleted.is_file() and not deleted.is_symlink():
         for rel in json.loads(deleted.read_text()):
-            path = home / rel
+            path = _inside(home, str(rel))
+            if path is None:
+                continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
     overlay = meta / "home-overlay"
-    if overlay.is_dir():
-        shutil.copytree(overlay, home, symlinks=True, dirs_exist_ok=True)
+    if overlay.is_dir() and not overlay.is_symlink():
+        _copy_overlay(overlay, home)
+
+
+def _inside(home: Path, rel: str) -> Path | None:
+    """``home/rel`` when it is a plain relative path whose folder stays in ``home``."""
+    parts = Path(rel).parts
+    if not parts or Path(rel).is_absolute() or ".." in parts:
+        return None
+    path = home / rel
+    if not path.parent.resolve().is_relative_to(home.resolve()):
+        return None
+    return path
+
+
+def _copy_overlay(overlay: Path, home: Path) -> None:
+    """Copy files and links of ``overlay`` into ``home`` without following links in either."""
+    for dirpath, dirnames, filenames in os.walk(overlay):
+        folder = Path(dirpath).relative_to(overlay)
+        for name in sorted(dirnames + filenames):
+            source = Path(dirpath) / name
+            target = _inside(home, str(folder / name))
+            if target is None:
+                continue
+            if source.is_dir() and not source.is_symlink():
+                if not target.is_dir() or target.is_symlink():
+                    target.unlink(missing_ok=True)
+                    target.mkdir()
+                continue
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            target.unlink(missing_ok=True)
+            shutil.copy2(source, target, follow_symlinks=False)

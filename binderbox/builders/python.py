@@ -76,7 +76,14 @@ from . import caches, interpreters, uvlog
 from .base import Builder
 from .bytecode import BytecodeCache
 from .interpreters import Interpreter
-from .layout import META, base_sandbox, capture_overlay, session_environment, snapshot
+from .layout import (
+    META,
+    base_sandbox,
+    capture_overlay,
+    reset_meta,
+    session_environment,
+    snapshot,
+)
 from .process import StepOutput, run_step
 
 #: where uv's binary and cache appear inside build sandboxes
@@ -234,17 +241,20 @@ class PythonBuilder(Builder):
         self, spec: EnvSpec, content: Path | None, prefix: Path
     ) -> AsyncGenerator[str, None]:
         """Build ``spec`` into the empty ``prefix``; yields log lines (module docstring)."""
-        interp = self.find_interpreter(spec)
+        interp = await asyncio.to_thread(self.find_interpreter, spec)
         self._check(spec, content, prefix)
         yield f"Using CPython {interp.version} ({interp.path})"
         async for line in self._venv(interp, content, prefix, caches.copying(self.cache)):
             yield line
+        _lab_settings(prefix)  # before any build code runs: it could plant links there
         async for line in self._install(spec, interp, content, prefix):
             yield line
-        _lab_settings(prefix)
         if spec.postbuild and content is not None:
             async for line in self._postbuild(spec.postbuild, interp, content, prefix):
                 yield line
+        else:
+            reset_meta(prefix)
+        self._write_requirements(spec, interp, prefix)
         async for line in self._bytecode(interp, prefix):
             yield line
         self._write_metadata(spec, interp, prefix)
@@ -262,9 +272,7 @@ class PythonBuilder(Builder):
         self, spec: EnvSpec, interp: Interpreter, content: Path | None, prefix: Path
     ) -> AsyncIterator[str]:
         """The one ``uv pip install`` of everything (see the module docstring)."""
-        lines = self.requirement_lines(spec, interp)
-        (prefix / META).mkdir()
-        (prefix / META / "requirements.txt").write_text("\n".join(lines) + "\n")
+        lines = self._write_requirements(spec, interp, prefix)
         wanted = [line for line in lines if not line.startswith("#")]
         if not wanted:
             return
@@ -310,6 +318,13 @@ class PythonBuilder(Builder):
         return self._step(
             interp, content, prefix, venv, what="Creating the environment", cache=cache
         )
+
+    def _write_requirements(self, spec: EnvSpec, interp: Interpreter, prefix: Path) -> list[str]:
+        """Write ``.binderbox/requirements.txt`` (what is installed); returns its lines."""
+        lines = self.requirement_lines(spec, interp)
+        (prefix / META).mkdir(exist_ok=True)
+        (prefix / META / "requirements.txt").write_text("\n".join(lines) + "\n")
+        return lines
 
     def requirement_lines(self, spec: EnvSpec, interp: Interpreter) -> list[str]:
         """The one requirements file installed (see the module docstring)."""
@@ -415,9 +430,11 @@ class PythonBuilder(Builder):
                 hint="The build log shows the script's output.",
                 log_message=f"postBuild failed with exit status {code}; its last lines:\n{output}",
             )
-        overlay = prefix / META / "home-overlay"
-        changed, deleted = await asyncio.to_thread(capture_overlay, content, before, overlay)
-        (prefix / META / "home-deleted.json").write_text(json.dumps(deleted))
+        meta = reset_meta(prefix)
+        changed, deleted = await asyncio.to_thread(
+            capture_overlay, content, before, meta / "home-overlay"
+        )
+        (meta / "home-deleted.json").write_text(json.dumps(deleted))
         yield f"postBuild changed {changed} file(s) and deleted {len(deleted)} in the home."
 
     async def _bytecode(self, interp: Interpreter, prefix: Path) -> AsyncIterator[str]:
