@@ -603,3 +603,15 @@ async def test_code_sources_can_be_turned_off(cache: DataCache, env: Path) -> No
     entries = entries_of({"src": "import os; os.mkdir(_dst + '/x');", "projectName": "c"})
     with pytest.raises(DataError, match="does not run code sources"):
         await ensure(cache, entries, env_path=env, env_key="k")
+
+
+def test_data_requirement_linked_outside_the_repository_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"projectName": "stolen", "src": "https://example.org/x"}')
+    repo = tmp_path / "repo"
+    (repo / "binder").mkdir(parents=True)
+    (repo / "binder" / "data_requirement.json").symlink_to(secret)
+    with pytest.raises(DataError) as info:
+        read_requirements(repo)
+    assert "outside the repository" in info.value.user_message
+    assert "stolen" not in info.value.user_message

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..environments.requirements import read_text
+from ..errors import DataError, EnvironmentConfigError
 
 FILENAME = "data_requirement.json"
 #: longest accepted ``projectName``
@@ -166,9 +167,10 @@ def read_requirements(repo: Path) -> list[DataEntry]:
     if path is None:
         return []
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataConfigError(f"{FILENAME} cannot be read: {exc}.") from None
+        # the environment files' reader: stays inside the repository, whatever links say
+        text = read_text(repo, path)
+    except EnvironmentConfigError as exc:
+        raise DataConfigError(exc.message, hint=exc.hint) from None
     return parse_requirements(text, source=str(path.relative_to(repo)))
 
 

@@ -17,7 +17,7 @@ from traitlets import Unicode
 
 from ..requirement import DataEntry
 from .base import DataFetcher, FetchContext, fail, run_blocking
-from .http import download, read_json
+from .http import EXTRACT_ARCHIVES, download, read_json
 
 _DOI = re.compile(r"^(?:doi:|https?://(?:dx\.)?doi\.org/)?10\.5281/zenodo\.(\d+)/?$", re.IGNORECASE)
 _RECORD = re.compile(r"^https?://(?:www\.)?zenodo\.org/records?/(\d+)/?(?:[?#].*)?$", re.IGNORECASE)
@@ -61,7 +61,9 @@ class ZenodoFetcher(DataFetcher):
             link, key, size, expect = _file_info(item)
             if not link or not key:
                 raise fail(entry, url, "the Zenodo record has a file without a download link.")
-            download(link, dest, ctx, entry, name=key, expect=expect, size=size)
+            download(
+                link, dest, ctx, entry, name=key, expect=expect, size=size, extract=EXTRACT_ARCHIVES
+            )
 
 
 def _file_info(item: Any) -> tuple[str, str, int | None, dict[str, str]]:
