@@ -283,6 +283,37 @@ async def test_sessions_end_to_end(
     assert not other_home.exists()
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@module_loop
+async def test_a_crashed_session_leaves_no_home(
+    hub: dict[str, Any], env_path: Path, content: Path, data_dir: Path
+) -> None:
+    managed: ManagedHub = hub["hub"]
+    req = SessionRequest("env-test", env_path, content, resolved("crash"), launch_host="/")
+    _, ready = await launch(launcher_for(managed), req)
+    name = user_of(ready)
+    home = data_dir / "homes" / f"{name}-default"
+    assert home.is_dir()
+    pgrep = ["pgrep", "-f", f"binderbox.sessions.supervise.*{name}"]
+    found = await asyncio.to_thread(subprocess.run, pgrep, capture_output=True, text=True)
+    supervisor = found.stdout.split()
+    assert supervisor, "no supervisor process found"
+    for pid in supervisor:
+        os.killpg(int(pid), signal.SIGKILL)  # the session dies on its own
+    async with asyncio.timeout(10):  # dead (a zombie until the hub looks), not dying
+        while any(_running(int(pid)) for pid in supervisor):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await HubClient(managed.hub_api_url, managed.api_token).delete_user(name)
+    assert not home.exists()
+
+
 @module_loop
 async def test_web_route_is_left_alone_by_the_hub(hub: dict[str, Any]) -> None:
     managed: ManagedHub = hub["hub"]

@@ -43,7 +43,6 @@ from ..errors import LaunchError, QuotaExceeded
 from ..events import Event, Launching, Ready
 from ..providers.base import Resolved
 from .hubclient import HubAPIError, HubClient
-from .limits import limits_status
 
 #: JupyterHub user names we make: lowercase letters, digits, '-'; at most 30
 NAME_MAX = 30
@@ -190,12 +189,13 @@ class SessionLauncher(LoggingConfigurable):
     async def _admit(self, req: SessionRequest) -> tuple[str, str, bool, str, bool]:
         """Check the quotas and ask for the server as one step.
 
-        Launches are admitted one at a time (the step takes a few hub API
-        calls), so two launches at once cannot both pass a quota: the second
-        sees the first's pending server.  Returns (user, server name,
+        Where a quota applies, launches are admitted one at a time (the step
+        takes a few hub API calls), so two launches at once cannot both pass
+        it: the second sees the first's pending server.  Returns (user, server name,
         temporary user?, launch token, already ready?).
         """
-        async with self._admission:
+        limited = bool(self.repo_quota(req.high_quota)) or self.total_quota is not None
+        async with self._admission if limited else contextlib.nullcontext():
             await self.check_quota(req.resolved, req.high_quota)
             name, server, temporary = await self._make_user(req)
             try:
@@ -332,6 +332,5 @@ class SessionLauncher(LoggingConfigurable):
             running=len(servers),
             total_quota=self.total_quota,
             quota_ok=self.total_quota is None or len(servers) < self.total_quota,
-            limits=limits_status(),
         )
         return result

@@ -85,7 +85,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
-from jupyterhub.utils import random_port
+from jupyterhub.utils import maybe_future, random_port
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, List, Unicode, default
@@ -472,6 +472,15 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
                     break
         await self.poll()
         self.clear_state()
+        await asyncio.to_thread(self._cleanup)
+
+    async def run_post_stop_hook(self) -> None:
+        """Remove the home and cgroups on every way a server ends.
+
+        The hub calls this after each stop, but calls :meth:`stop` only while
+        the server still runs: a server that crashed, or was found dead after a
+        hub restart, would otherwise leave its home behind."""
+        await maybe_future(super().run_post_stop_hook())
         await asyncio.to_thread(self._cleanup)
 
     async def _wait_gone(self, grace: float) -> bool:
