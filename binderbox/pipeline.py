@@ -30,7 +30,7 @@ from urllib.parse import unquote
 from traitlets import Bool, Float, Instance, Unicode
 from traitlets.config import LoggingConfigurable
 
-from . import __version__, metrics
+from . import metrics
 from .builders.base import Builder
 from .content import ContentCache
 from .data import DataCache, DataEntry, read_requirements
@@ -363,10 +363,8 @@ class LaunchPipeline(LoggingConfigurable):
         return [{"service": "Store", "ok": usage.free > 0, "free_bytes": usage.free}]
 
     def versions(self) -> dict[str, Any]:
-        """The ``/versions`` payload (BinderHub's keys plus ours)."""
+        """The builder's part of ``/versions`` (the web layer adds the service's)."""
         return {
-            "binderhub": f"binderbox {__version__}",
-            "binderbox": __version__,
             "builder": f"{type(self.builder).__name__} {self.builder.version}",
             "builder_info": {"name": type(self.builder).__name__, "version": self.builder.version},
         }

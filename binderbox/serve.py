@@ -95,9 +95,9 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
     pipeline.launcher = SessionLauncher(
         parent=app, hub_api_url=hub.hub_api_url, api_token=hub.api_token
     )
-    web = make_app(
-        Service(pipeline, hub, pipeline.launcher), config=web_config, providers=PROVIDERS
-    )
+    # the public service offers only what it launches: no local folders unless allowed
+    offered = {p: cls for p, cls in PROVIDERS.items() if p != "local" or pipeline.allow_local}
+    web = make_app(Service(pipeline, hub, pipeline.launcher), config=web_config, providers=offered)
     server = web.listen(web_port, address="127.0.0.1")
     background: list[asyncio.Task[None]] = []
     try:

@@ -154,9 +154,8 @@ class VersionsHandler(ApiHandler):
         self.pipeline = pipeline
 
     def get(self) -> None:
-        info: dict[str, Any] = {"builder": "", "builder_info": {}}
-        info.update(self.pipeline.versions())
-        info.update({"binderhub": __version__, "binderbox": __version__})
+        info: dict[str, Any] = {"binderhub": __version__, "binderbox": __version__}
+        info.update({"builder": "", "builder_info": {}, **self.pipeline.versions()})
         self.write_json(info)
 
 

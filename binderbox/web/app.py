@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jinja2
-from tornado.web import Application, StaticFileHandler, url
+from tornado.web import Application, url
 from traitlets import Bool, Bytes, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
@@ -192,7 +192,6 @@ def _routes(
         url(rf"{base}api/repoproviders", api.RepoProvidersHandler, common),
         url(rf"{base}(badge_logo|badge)\.svg", pages.BadgeHandler, common),
         url(rf"{base}user/([^/]+)(/.*)?", pages.EndedSessionHandler, {**common, "sessions": index}),
-        url(rf"{base}static/(.*)", StaticFileHandler, {"path": str(STATIC)}),
     ]
     if config.api_only:
         routes.append(url(rf"{base}?", pages.ApiOnlyHomeHandler, common))
