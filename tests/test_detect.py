@@ -862,3 +862,22 @@ def test_byte_order_mark_and_crlf(tmp_path: Path) -> None:
     (repo / "requirements.txt").write_bytes(b"\xef\xbb\xbfnumpy\r\n-r other.txt\r\n")
     (repo / "other.txt").write_bytes(b"pandas  # c\r\n")
     assert detect(repo).requirements == ("numpy", "pandas")
+
+
+def test_pipfile_with_pypi_after_a_private_index_keeps_pypi(tmp_path: Path) -> None:
+    pipfile = """\
+[[source]]
+url = "https://private.example.org/simple"
+name = "private"
+
+[[source]]
+url = "https://pypi.org/simple"
+name = "pypi"
+
+[packages]
+six = "*"
+"""
+    (tmp_path / "Pipfile").write_text(pipfile)
+    lines = detect(tmp_path).requirements
+    assert "--index-url https://private.example.org/simple" in lines
+    assert "--extra-index-url https://pypi.org/simple" in lines

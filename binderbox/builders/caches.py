@@ -80,6 +80,18 @@ def copying(cache: Path) -> CacheUse:
     return CacheUse(cache, "copy")
 
 
+def installs_own_code(install_repo: bool, requirements: tuple[str, ...]) -> bool:
+    """True when the repository itself is built (a root package, ``-e .``, ``./pkg``,
+    ``file:`` paths): a ``--no-build`` attempt could only fail, so skip it."""
+    if install_repo:
+        return True
+    for line in requirements:
+        text = line.removeprefix("-e ").removeprefix("--editable ").strip()
+        if text.startswith((".", "/", "file:")) or " @ file:" in text:
+            return True
+    return False
+
+
 def needs_source_build(lines: list[str]) -> bool:
     """True when a ``--no-build`` install failed only because something needs building."""
     return any(SOURCE_BUILD_NEEDED.search(line) for line in lines)

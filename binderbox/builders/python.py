@@ -276,21 +276,26 @@ class PythonBuilder(Builder):
         wanted = [line for line in lines if not line.startswith("#")]
         if not wanted:
             return
-        if "jupyterhub" in wanted:
+        if self.jupyterhub_version and self._jupyterhub_line(interp) == "jupyterhub":
             needs = f"{self.jupyterhub_version} needs Python {self.jupyterhub_requires_python}"
             yield f"jupyterhub {needs}; installing the newest that runs on Python {interp.version}"
         yield f"Installing: {' '.join(wanted)}"
         install = [UV_INSIDE, "pip", "install", "--no-config", "--python"]
         install += [f"{ENV_PREFIX}/bin/python", "-r", f"{ENV_PREFIX}/{META}/requirements.txt"]
         what = "Installing the requirements"
-        first = caches.wheels_only(self.cache, prefix, postbuild=bool(spec.postbuild))
-        try:
-            async for line in self._step(interp, content, prefix, install, what=what, cache=first):
-                yield line
-            return
-        except _SourceBuildNeeded:
-            yield "Some requirements are built from source: installing with a private cache"
-        await asyncio.to_thread(_reset_env, prefix)
+        if caches.installs_own_code(spec.install_repo, spec.requirements):
+            yield "The repository's own code is built: installing with a private cache"
+        else:
+            first = caches.wheels_only(self.cache, prefix, postbuild=bool(spec.postbuild))
+            try:
+                async for line in self._step(
+                    interp, content, prefix, install, what=what, cache=first
+                ):
+                    yield line
+                return
+            except _SourceBuildNeeded:
+                yield "Some requirements are built from source: installing with a private cache"
+            await asyncio.to_thread(_reset_env, prefix)
         private = Path(tempfile.mkdtemp(prefix="uv-private-", dir=self.cache.parent))
         try:
             use = caches.copying(private)

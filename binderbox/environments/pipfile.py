@@ -143,8 +143,8 @@ def _index_lines(sources: Any) -> list[str]:
     lines: list[str] = []
     for index, source in enumerate(sources if isinstance(sources, list) else []):
         url = str(source.get("url", "")).rstrip("/") if isinstance(source, dict) else ""
-        if not url or url in PYPI_URLS:
-            continue
+        if not url or (url in PYPI_URLS and index == 0):
+            continue  # PyPI first is uv's default
         lines.append(f"{'--index-url' if index == 0 else '--extra-index-url'} {url}")
     return lines
 
