@@ -276,7 +276,8 @@ class PythonBuilder(Builder):
         wanted = [line for line in lines if not line.startswith("#")]
         if not wanted:
             return
-        if self.jupyterhub_version and self._jupyterhub_line(interp) == "jupyterhub":
+        ours = "jupyterhub" not in {requirement_name(line) for line in spec.requirements}
+        if ours and self.jupyterhub_version and self._jupyterhub_line(interp) == "jupyterhub":
             needs = f"{self.jupyterhub_version} needs Python {self.jupyterhub_requires_python}"
             yield f"jupyterhub {needs}; installing the newest that runs on Python {interp.version}"
         yield f"Installing: {' '.join(wanted)}"
