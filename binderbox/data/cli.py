@@ -118,14 +118,14 @@ class DataCommand(Command):
         request = LaunchRequest(provider="", spec=spec, build_only=True, ref=self.ref or None)
         progress = DataProgress(sys.stderr)
         try:
-            content = await self._content(pipeline, request, progress)
+            content, pinned = await self._content(pipeline, request, progress)
             entries = await asyncio.to_thread(read_requirements, content)
             if not entries:
                 print(f"{spec} declares no datasets (no data_requirement.json).", file=sys.stderr)
                 return 0
             env_path, env_key = None, None
             if any(cache.fetcher_for(e).kind == "code" for e in entries):
-                env_path, env_key = await self._environment(pipeline, request)
+                env_path, env_key = await self._environment(pipeline, pinned)
             async for event in cache.ensure(entries, env_path=env_path, env_key=env_key):
                 progress.show(event)
             progress.end_line()
@@ -138,14 +138,21 @@ class DataCommand(Command):
 
     async def _content(
         self, pipeline: LaunchPipeline, request: LaunchRequest, progress: DataProgress
-    ) -> Path:
-        """Resolve ``request`` and fetch its content through the pipeline's caches."""
+    ) -> tuple[Path, LaunchRequest]:
+        """Resolve ``request`` and fetch its content through the pipeline's caches.
+
+        Returns the content and the same request pinned to the resolved version
+        (so an environment built for it matches the content, even if a branch moves).
+        """
         provider = pipeline.provider_for(request)
         resolved = await provider.resolve()
         progress.show(Fetching(message=f"Resolved {request.spec} to {resolved.version}"))
         async for event in pipeline.content.ensure(provider, resolved):
             progress.show(event)
-        return pipeline.content.path_for(resolved)
+        pinned = LaunchRequest(
+            provider=resolved.provider, spec=resolved.persistent_spec, build_only=True
+        )
+        return pipeline.content.path_for(resolved), pinned
 
     async def _environment(
         self, pipeline: LaunchPipeline, request: LaunchRequest
