@@ -213,10 +213,6 @@ class PythonBuilder(Builder):
         )
         return interpreters.find_all(roots)
 
-    def available_versions(self) -> list[str]:
-        """The ``X.Y`` versions this builder can build, ascending."""
-        return interpreters.available_minors(self.interpreters(), self.min_python)
-
     def find_interpreter(self, spec: EnvSpec) -> Interpreter:
         """The interpreter for ``spec.python``, or :class:`PythonVersionUnavailable`."""
         found = self.interpreters()

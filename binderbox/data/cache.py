@@ -219,10 +219,6 @@ class DataCache(LoggingConfigurable):
         """Whether ``key`` is published (its completion marker exists)."""
         return (self.dataset_dir(key) / "meta.json").is_file()
 
-    def path_for(self, entries: Sequence[DataEntry], env_key: str | None = None) -> Path:
-        """The data folder of one ``projectName`` (published or not)."""
-        return self.dataset_dir(self.key_for(entries, env_key)) / "data"
-
     def mounts(self, entries: Sequence[DataEntry], env_key: str | None = None) -> dict[str, Path]:
         """``projectName`` -> published folder, after :meth:`ensure`; marks them used."""
         result: dict[str, Path] = {}

@@ -54,7 +54,6 @@ SHORT_SHA_RE = re.compile(r"^[0-9a-fA-F]{4,39}$")
 _BAD_REF_RE = re.compile(r"(^-)|[\x00-\x20~^:?*\[\\\x7f]|\.\.|@\{")
 
 #: a "HEAD" spelled in the ways people spell it
-DEFAULT_REFS = frozenset({"", "HEAD"})
 
 
 def check_ref(ref: str, spec: str, expected: str) -> str:

@@ -112,10 +112,6 @@ class HubClient:
         response = await self._fetch("POST", self.user_path(name, server), user_options)
         return response.code == 201
 
-    async def stop_server(self, name: str, server: str = "") -> None:
-        """Stop a server (202 pending is fine)."""
-        await self.request("DELETE", self.user_path(name, server))
-
     async def active_users(self) -> list[dict[str, Any]]:
         """All users with an active (running or pending) server, with server models."""
         users: list[dict[str, Any]] = []

@@ -61,11 +61,6 @@ class FileLock:
             # the holder we waited for deleted the file: lock the new one
             os.close(fd)
 
-    @property
-    def held(self) -> bool:
-        """Whether this object still holds the lock."""
-        return self._fd is not None
-
     def fileno(self) -> int:
         """The descriptor holding the lock (e.g. to hand to a child process)."""
         if self._fd is None:
