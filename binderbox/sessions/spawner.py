@@ -90,9 +90,9 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, List, Unicode, default
 
-from ..builders.layout import apply_home_overlay, env_interpreter_prefixes
+from ..builders.layout import apply_home_overlay, env_sandbox, session_environment
 from ..environments.spec import ENV_PREFIX, HOME
-from ..sandbox import UID, USER, Sandbox, passwd_file
+from ..sandbox import USER, Sandbox
 from ..store.locks import FileLock
 from .limits import default_limits
 
@@ -227,21 +227,9 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
             if k.startswith(("JUPYTERHUB_", "JPY_", "MEM_", "CPU_")) or k in ("LANG", "LC_ALL")
         }
         options = self.user_options or {}
-        env.update(
-            {
-                "HOME": HOME,
-                "USER": USER,
-                "SHELL": "/bin/bash",
-                "NB_USER": USER,
-                "NB_UID": str(UID),
-                "REPO_DIR": HOME,
-                "NB_PYTHON_PREFIX": ENV_PREFIX,
-                "VIRTUAL_ENV": ENV_PREFIX,
-                "PATH": f"{ENV_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin",
-                "JUPYTERHUB_ALLOW_TOKEN_IN_URL": "1",
-            }
-        )
-        env.setdefault("LANG", "C.UTF-8")
+        # what postBuild saw too (one list), the hub's LANG winning
+        env = {**session_environment(), **env}
+        env.update({"VIRTUAL_ENV": ENV_PREFIX, "JUPYTERHUB_ALLOW_TOKEN_IN_URL": "1"})
         for key, name in BINDER_FIELDS.items():
             if options.get(key):
                 env[name] = str(options[key])
@@ -272,14 +260,7 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
                 script.chmod(script.stat().st_mode | 0o111)
 
     def _sandbox(self, env_path: Path, mounts: dict[str, Path]) -> Sandbox:
-        box = Sandbox(cwd=HOME, hostname="binder")
-        etc = passwd_file(Path(self.data_dir) / "sessions-etc")
-        box.file(etc / "passwd", "/etc/passwd").file(etc / "group", "/etc/group")
-        for prefix in env_interpreter_prefixes(env_path):
-            if prefix.exists():
-                box.ro_bind(prefix)
-        box.ro_bind(env_path, ENV_PREFIX)
-        box.bind(self.home_path, HOME)
+        box = env_sandbox(env_path, self.home_path)  # the layout run_in_env uses too
         for name, host in sorted(mounts.items()):
             box.ro_bind(host, f"{HOME}/data/{name}")
         box.setenv(self.get_env())

@@ -134,7 +134,7 @@ class CodeFetcher(DataFetcher):
         script = f"_dst = {inside!r}\n{entry.src}\n"
         box = self.sandbox(ctx.env_path, dest, inside)
         argv = box.argv([f"{ENV_PREFIX}/bin/python", "-c", script])
-        before = tree_size(dest)
+        before = await asyncio.to_thread(tree_size, dest)
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -158,7 +158,7 @@ class CodeFetcher(DataFetcher):
                 log_message="Data code source output (tail):\n" + "\n".join(tail),
                 reason="data_code_failed",
             )
-        ctx.count(tree_size(dest) - before, entry)
+        ctx.count(await asyncio.to_thread(tree_size, dest) - before, entry)
 
     async def _watch(
         self,
@@ -195,5 +195,5 @@ class CodeFetcher(DataFetcher):
                 )
             if now >= next_size_check:
                 next_size_check = now + SIZE_CHECK_INTERVAL
-                if ctx.would_exceed(tree_size(dest) - before):
+                if ctx.would_exceed(await asyncio.to_thread(tree_size, dest) - before):
                     raise ctx.too_large(entry)
