@@ -29,6 +29,7 @@ whose interpreter prefix has disappeared as unusable.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -148,7 +149,7 @@ def probe(path: Path) -> Interpreter | None:
 def _probe(path: Path) -> Interpreter | None:
     try:
         out = subprocess.run(
-            [str(path), "-I", "-c", _PROBE],
+            [str(path), "-I", "-S", "-c", _PROBE],
             capture_output=True,
             text=True,
             timeout=30,
@@ -170,11 +171,14 @@ def _probe(path: Path) -> Interpreter | None:
 
 def find_all(roots: Iterable[Path]) -> list[Interpreter]:
     """Every working CPython under ``roots``, best first within each ``X.Y``."""
-    found: list[tuple[int, Interpreter]] = []
-    for order, path in enumerate(candidates(roots)):
-        interp = probe(path)
-        if interp is not None and interp.implementation == "cpython":
-            found.append((order, interp))
+    paths = list(candidates(roots))
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(paths)))) as pool:
+        probed = list(pool.map(probe, paths))  # each probe is a process: in parallel
+    found = [
+        (order, interp)
+        for order, interp in enumerate(probed)
+        if interp is not None and interp.implementation == "cpython"
+    ]
     found.sort(key=lambda item: (tuple(-v for v in item[1].version_tuple()), item[0]))
     return [interp for _, interp in found]
 
