@@ -117,8 +117,15 @@ class BuildCommand(Command):
         printer = ProgressPrinter(
             sys.stdout if self.json_lines else sys.stderr, json_lines=self.json_lines
         )
-        last = asyncio.run(_consume(pipeline.launch(request), printer))
-        return 0 if isinstance(last, Built) else 1
+
+        async def build() -> Event | None:
+            last = await _consume(pipeline.launch(request), printer)
+            if pipeline.finisher.pending:
+                print("Compiling bytecode so that sessions start fast...", file=sys.stderr)
+                await pipeline.finisher.drain()
+            return last
+
+        return 0 if isinstance(asyncio.run(build()), Built) else 1
 
 
 class EnvsCommand(Command):

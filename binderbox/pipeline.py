@@ -43,7 +43,7 @@ from .providers.base import RepoProvider, Resolved
 from .providers.gitutil import redact
 from .providers.policy import enforce_policy
 from .sessions import SessionLauncher, SessionRequest
-from .store import Env, Store
+from .store import Env, Finisher, Store
 from .store.locks import FileLock
 
 #: how many fetched trees' specs the pipeline remembers
@@ -122,6 +122,10 @@ class LaunchPipeline(LoggingConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._specs: dict[Path, EnvSpec] = {}
+        #: the builder's work on published environments (bytecode), in the background
+        self.finisher = Finisher(
+            self.store, self.builder.finish, self.builder.finished, parent=self
+        )
 
     def launch(self, request: LaunchRequest) -> AsyncIterator[Event]:
         """Run the whole flow for ``request``; ends with ``built``/``ready`` or ``failed``."""
@@ -207,6 +211,7 @@ class LaunchPipeline(LoggingConfigurable):
         if env is not None:
             metrics.CACHE_HITS.inc()
             state.env = env
+            self.finisher.ensure(env)  # when a crash or shutdown stopped it
             yield Built(
                 message="Found built environment, launching...",
                 image_name=key,
@@ -237,6 +242,7 @@ class LaunchPipeline(LoggingConfigurable):
             async for line in shared.follow():
                 yield Building(message=line)
             state.env = env = await shared.wait()
+            self.finisher.ensure(env)
             status = "success"
         finally:
             metrics.BUILDS_INPROGRESS.dec()

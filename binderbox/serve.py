@@ -64,7 +64,14 @@ class Maintenance(LoggingConfigurable):
     ).tag(config=True)
 
     async def run(self, pipeline: LaunchPipeline) -> None:
-        """Forever: evict environments and datasets over budget, delete old content."""
+        """Forever: evict environments and datasets over budget, delete old content.
+
+        First, finish the environments a stop left unfinished (their bytecode).
+        """
+        try:
+            await pipeline.finisher.resume()
+        except Exception:
+            self.log.exception("resuming unfinished environments failed")
         while True:
             await asyncio.sleep(self.interval)
             try:
@@ -116,5 +123,6 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
         server.stop()
         await hub.stop()
         with contextlib.suppress(Exception):
+            await pipeline.finisher.aclose()
             await pipeline.store.aclose()
             await pipeline.data.aclose()

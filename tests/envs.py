@@ -13,7 +13,9 @@ import asyncio
 import concurrent.futures
 import os
 import shutil
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from binderbox.builders.python import PythonBuilder
 from binderbox.environments import EnvSpec
@@ -35,6 +37,8 @@ def built_env(*requirements: str, session: bool = True, python: str = "3.11") ->
     key = spec.key(interpreter=builder.interpreter(spec), builder_version=builder.version)
     final = CACHE / "envs" / f"{key}-{'session' if session else 'bare'}"
     if (final / ".binderbox" / "build.json").exists():
+        if not builder.finished(final):
+            _run(builder.finish(final))
         return final
     tmp = CACHE / "envs" / f"tmp-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -43,12 +47,17 @@ def built_env(*requirements: str, session: bool = True, python: str = "3.11") ->
     async def build() -> None:
         async for _line in builder.build(spec, None, tmp):
             pass
+        await builder.finish(tmp)
 
-    # callers may be inside a running event loop (async fixtures)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, build()).result()
+    _run(build())
     try:
         tmp.rename(final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # a concurrent build won
     return final
+
+
+def _run(work: Coroutine[Any, Any, Any]) -> None:
+    """Run ``work`` to its end; callers may be inside a running loop (async fixtures)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, work).result()

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,11 @@ def make_app(data: Path) -> BinderboxApp:
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path) -> LaunchPipeline:
+async def pipeline(tmp_path: Path) -> AsyncIterator[LaunchPipeline]:
     UV_CACHE.mkdir(parents=True, exist_ok=True)
-    return make_app(tmp_path / "data").make_pipeline(allow_local=True)
+    made = make_app(tmp_path / "data").make_pipeline(allow_local=True)
+    yield made
+    await made.finisher.aclose()
 
 
 async def run(pipeline: LaunchPipeline, spec: str, ref: str | None = None) -> list[Event]:
@@ -89,17 +92,27 @@ async def test_pinned_requirements_and_runtime(pipeline: LaunchPipeline, tmp_pat
     assert jupyter.returncode == 0 and jupyter.stdout.strip()
     singleuser = run_in_env(Path(env.path), ["jupyterhub-singleuser", "--version"])
     assert singleuser.returncode == 0, singleuser.stderr
-    # the read-only environment carries bytecode that the interpreter accepts
+    # once the launch has gone on, the published environment gets its bytecode,
+    # which the interpreter accepts though the environment is read-only
+    assert env.image_name in pipeline.finisher.pending or pipeline.builder.finished(Path(env.path))
+    await pipeline.finisher.drain()
+    assert pipeline.builder.finished(Path(env.path))
     verbose = run_in_env(Path(env.path), ["python", "-v", "-c", "import six, idna.core"])
     for module in ("six", "idna/core"):
         assert f"__pycache__/{module.split('/')[-1]}.cpython-310.pyc matches" in verbose.stderr
 
-    # a new commit that edits only the notebook reuses the environment
+    # a new commit that edits only the notebook reuses the environment, and using
+    # it finishes the bytecode a stop (crash, shutdown) left unfinished
+    six_pyc = next(Path(env.path).glob("lib/python3.10/site-packages/__pycache__/six.*.pyc"))
+    six_pyc.unlink()
+    (Path(env.path) / ".binderbox" / "bytecode.json").unlink()
     commit(repo, {"index.ipynb": notebook("2 + 2")})
     again = await run(pipeline, str(repo))
     assert not any(isinstance(e, Building) for e in again)
     reused = built(again)
     assert reused.cached and reused.image_name == env.image_name
+    await pipeline.finisher.drain()
+    assert six_pyc.is_file() and pipeline.builder.finished(Path(env.path))
 
 
 SETUP_PY = """\
@@ -236,6 +249,9 @@ def test_cli_json_events_and_envs(tmp_path: Path) -> None:
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[-1]["phase"] == "built" and Path(events[-1]["path"]).is_dir()
     key = events[-1]["imageName"]
+    # the command exits once the environment has its bytecode too
+    assert "Compiling bytecode" in result.stderr
+    assert (Path(events[-1]["path"]) / ".binderbox" / "bytecode.json").is_file()
     listed = cli(data, "envs", "list")
     assert key in listed.stdout
     shown = json.loads(cli(data, "envs", "show", key).stdout)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,10 +55,11 @@ setup(name="demo-pkg", version="0.3", packages=["demo_pkg"])
 
 
 def build(builder: PythonBuilder, spec: EnvSpec, content: Path | None, prefix: Path) -> list[str]:
-    """Run a build to the end (or its error); the log lines."""
+    """Run a build to the end (or its error), then its finish (bytecode); the log lines."""
 
     async def go() -> list[str]:
-        return [line async for line in builder.build(spec, content, prefix)]
+        lines = [line async for line in builder.build(spec, content, prefix)]
+        return [*lines, await builder.finish(prefix)]
 
     prefix.mkdir(parents=True, exist_ok=True)
     return asyncio.run(go())
@@ -177,9 +179,21 @@ def test_user_pins_win_over_session_packages() -> None:
         "ipykernel",
         "jupyter-server",
         "jupyterhub==6.1.1",
+        "pip",  # what `uv venv --seed` adds, resolved with the rest
+        "setuptools",
+        "wheel",
         ".",
     ]
     assert "jupyterhub" in builder.requirement_lines(spec, old)  # unpinned for 3.8
+    newest = Interpreter(Path("/x"), "cpython", "3.12.1", "linux-x86_64", Path("/"), Path("/"))
+    old_tools = python_spec(requirements=("setuptools<60",))
+    seeds = {"pip", "setuptools", "wheel", "setuptools<60"}
+    assert [x for x in builder.requirement_lines(old_tools, new) if x in seeds] == [
+        "setuptools<60",  # the user's line decides
+        "pip",
+        "wheel",
+    ]
+    assert [x for x in builder.requirement_lines(spec, newest) if x in seeds] == ["pip"]
     pinned = python_spec(requirements=("jupyterhub==5.2.1",))
     assert [x for x in builder.requirement_lines(pinned, new) if "jupyterhub" in x] == [
         "jupyterhub==5.2.1"
@@ -503,3 +517,23 @@ def test_home_overlay_stays_inside_the_home(tmp_path: Path) -> None:
     assert (tmp_path / "victim.txt").exists()
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
     assert (home / "fine.txt").read_text() == "ok"
+
+
+def test_bytecode_gc_keeps_what_environments_use(tmp_path: Path) -> None:
+    builder = PythonBuilder(
+        session_packages=[], jupyterhub_version="", cache_dir=str(tmp_path / "uv-cache")
+    )
+    env = tmp_path / "env"
+    build(builder, python_spec(python="3.11", requirements=("six==1.16.0",)), None, env)
+    compiled = tmp_path / "bytecode" / "cpython-311"
+    assert list(compiled.glob("*/*.pyc"))
+    stale, fresh = tmp_path / "bytecode" / "tmp" / "stale", tmp_path / "bytecode" / "tmp" / "new"
+    for workdir in (stale, fresh):  # left by compiles that were killed
+        workdir.mkdir(parents=True)
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    builder.gc()
+    assert list(compiled.glob("*/*.pyc")), "the environment links them: kept"
+    assert not stale.exists() and fresh.exists()
+    shutil.rmtree(env)
+    builder.gc()
+    assert not list(compiled.glob("*/*.pyc")), "no environment uses them any more"

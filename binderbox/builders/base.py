@@ -16,6 +16,11 @@ Contract:
   :class:`~binderbox.errors.BuildError` subclass on failure.  When the
   consumer stops iterating (cancellation, timeout) every process it started
   is killed before it returns.
+* :meth:`Builder.finish` -- work on the *published* environment that makes it
+  faster without changing what it does (bytecode), run in the background
+  while sessions may already use it (see ``store/finishing.py`` for the
+  rules); :meth:`Builder.finished` says whether any is left.  It may be
+  stopped at any point and run again, and must then do only what is missing.
 * ``version`` -- changes whenever the builder's output would change.
 """
 
@@ -45,6 +50,14 @@ class Builder(LoggingConfigurable):
     def build(self, spec: EnvSpec, content: Path | None, prefix: Path) -> AsyncGenerator[str, None]:
         """Build ``spec`` into ``prefix``; yields log lines.  See the module docstring."""
         raise NotImplementedError
+
+    def finished(self, path: Path) -> bool:
+        """Whether the environment at ``path`` needs no :meth:`finish` (default: yes)."""
+        return True
+
+    async def finish(self, path: Path) -> str:
+        """Finish the published environment at ``path``; returns a summary for the log."""
+        return "nothing to do"
 
     def gc(self) -> None:
         """Drop cache entries no environment needs any more (default: nothing)."""

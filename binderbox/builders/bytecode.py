@@ -3,19 +3,25 @@
 Environments are mounted read-only in sessions, so Python cannot write the
 ``.pyc`` files it would otherwise create on first import: without them every
 session start recompiles what Jupyter imports (about 2 s).  Compiling
-everything in every build is the slowest step of a build, though (about 7 s
-for numpy + pandas + matplotlib + JupyterLab on 2 cores), and nearly all of
-it is the same work again: the same package files, in the same place.
+everything is the slowest part of making an environment, though (about 7 s
+of two cores for numpy + pandas + matplotlib + JupyterLab, more than
+downloading and installing them), and nearly all of it is the same work
+again: the same package files, in the same place.  So it is done once per
+file, and after the environment is published (``PythonBuilder.finish``, run
+in the background by ``store/finishing.py``): a launch does not wait for it.
 
 Every environment is built *at* ``/srv/env``, so the bytecode of a module
 depends only on the interpreter (its cache tag, e.g. ``cpython-310``), the
 file's path under ``/srv/env`` (it is embedded as ``co_filename``) and the
 source bytes.  :class:`BytecodeCache` keeps compiled files under
 ``<root>/<cache tag>/`` keyed by a hash of path and source, and links them
-into each new environment (a hard link when on one filesystem, else a
-copy); only files it has never seen are compiled, in parallel, by the
+into each environment (a hard link when on one filesystem, else a copy);
+only files it has never seen are compiled, in parallel, by the
 environment's own interpreter (``py_compile`` parses and compiles; it does
-not run the code).
+not run the code), at the lowest CPU priority, so that sessions starting
+meanwhile are not slowed, and test folders last.  Each file appears whole
+(a link), so a session importing meanwhile finds a module's bytecode or
+compiles it in memory, never half a file.
 
 The files are *checked-hash* pycs (PEP 552): the interpreter verifies the
 source's hash on import instead of its timestamp, so a copied or re-dated
@@ -26,15 +32,21 @@ bytecode.  :meth:`BytecodeCache.gc` drops entries no environment links to.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..environments import ENV_PREFIX
+
+#: written into an environment's ``.binderbox/`` once it has its bytecode
+DONE = "bytecode.json"
 
 #: compiles the jobs listed in a JSON file: [[source, dfile, cfile], ...]
 COMPILER = """
@@ -48,6 +60,7 @@ def one(job):
     except Exception:
         return 0
 
+os.nice(19)  # behind sessions starting meanwhile (inherited by the workers)
 with open(sys.argv[1]) as f:
     jobs = json.load(f)
 context = multiprocessing.get_context("fork")
@@ -55,6 +68,9 @@ with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=cont
     done = sum(pool.map(one, jobs, chunksize=64))
 print("compiled %d of %d files" % (done, len(jobs)))
 """
+
+
+_TESTS = re.compile(r"/tests?/")
 
 
 @dataclass
@@ -90,6 +106,7 @@ class BytecodeCache:
                 plan.reused += 1
             except FileNotFoundError:  # never compiled, or just dropped by gc
                 plan.jobs.append((source, f"{ENV_PREFIX}/{rel}", target, entry))
+        plan.jobs.sort(key=lambda job: _TESTS.search(job[1]) is not None)  # tests last
         return plan
 
     def compile_argv(self, python: Path, plan: Plan) -> list[str]:
@@ -130,6 +147,20 @@ class BytecodeCache:
                 entry.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def collect(root: Path, *, max_age: float = 86400.0) -> int:
+    """Garbage-collect every cache under ``root``; also the work folders a killed
+    compile left (older than ``max_age`` seconds).  Returns the pycs deleted."""
+    removed = 0
+    for tag in root.iterdir() if root.is_dir() else ():
+        if tag.name != "tmp":
+            removed += BytecodeCache(root, tag.name).gc()
+    for workdir in (root / "tmp").iterdir() if (root / "tmp").is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - workdir.stat().st_mtime > max_age:
+                shutil.rmtree(workdir, ignore_errors=True)
+    return removed
 
 
 def _sources(lib: Path) -> list[Path]:

@@ -13,11 +13,13 @@ Every step runs in a :class:`~binderbox.sandbox.Sandbox` (uid 1000
   (:attr:`PythonBuilder.cache_dir`), the system directories read-only, and
   the network (packages are downloaded).
 
-Steps: ``uv venv --seed`` (pip is present for postBuild scripts), then ONE
-``uv pip install -r requirements.txt`` whose file holds,
-in this order, the repository's normalised requirement lines, what a session
-needs (:attr:`PythonBuilder.session_packages` and ``jupyterhub``), and ``.``
-when ``spec.install_repo`` (``pip install .`` semantics, from the home).
+Steps: ``uv venv``, then ONE ``uv pip install -r requirements.txt`` whose
+file holds, in this order, the repository's normalised requirement lines,
+what a session needs (:attr:`PythonBuilder.session_packages` and
+``jupyterhub``), pip (and setuptools and wheel before Python 3.12: what
+``uv venv --seed`` would add, for postBuild scripts and ``%pip`` in
+notebooks; :attr:`PythonBuilder.seed`), and ``.`` when ``spec.install_repo``
+(``pip install .`` semantics, from the home).
 Because everything is resolved together, a user's pin wins wherever it is
 compatible: ``jupyterlab==3.6.3`` in requirements.txt is kept and
 ``notebook`` resolves to a release that works with it.  A session package
@@ -38,6 +40,10 @@ the paths it deleted are listed in ``.binderbox/home-deleted.json``;
 content at launch (that is how repo2docker's image home behaves, without
 freezing the notebooks: only postBuild's own changes are replayed).
 Anything else it writes (``/tmp``, the sandbox root) is thrown away.
+
+Bytecode is not part of the build: it is compiled into the published
+environment afterwards (:meth:`PythonBuilder.finish`, see
+:mod:`binderbox.builders.bytecode`), so a launch does not wait for it.
 
 Package cache: the install runs first with ``--no-build`` on the shared uv
 cache (hard-linking files when no postBuild follows); only when something
@@ -72,8 +78,9 @@ from traitlets import Bool, Integer, List, Unicode, default
 from ..environments import ENV_PREFIX, HOME, EnvSpec
 from ..errors import BuildError, PostBuildFailed, PythonVersionUnavailable
 from ..sandbox import Sandbox
-from . import caches, interpreters, uvlog
+from . import bytecode, caches, interpreters, uvlog
 from .base import Builder
+from .bytecode import DONE as BYTECODE_DONE
 from .bytecode import BytecodeCache
 from .interpreters import Interpreter
 from .layout import (
@@ -111,7 +118,7 @@ class PythonBuilder(Builder):
     """Builds ``kind == "python"`` specs with uv.  See the module docstring."""
 
     kinds: ClassVar[tuple[str, ...]] = ("python",)
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
 
     search_dirs = List(
         Unicode(),
@@ -251,11 +258,9 @@ class PythonBuilder(Builder):
         else:
             reset_meta(prefix)
         self._write_requirements(spec, interp, prefix)
-        async for line in self._bytecode(interp, prefix):
-            yield line
         self._write_metadata(spec, interp, prefix)
         (prefix / ".lock").unlink(missing_ok=True)  # uv's, world-writable
-        yield "Environment complete."
+        yield "Environment complete (its bytecode is compiled once it is published)."
 
     def _check(self, spec: EnvSpec, content: Path | None, prefix: Path) -> None:
         if any(prefix.iterdir()):
@@ -315,8 +320,6 @@ class PythonBuilder(Builder):
     ) -> AsyncIterator[str]:
         venv = [UV_INSIDE, "venv", "--no-config", "--allow-existing", "--python", str(interp.path)]
         venv.append(ENV_PREFIX)
-        if self.seed:
-            venv.insert(2, "--seed")
         return self._step(
             interp, content, prefix, venv, what="Creating the environment", cache=cache
         )
@@ -335,6 +338,9 @@ class PythonBuilder(Builder):
         lines += [p for p in self.session_packages if canonicalize_name(p) not in named]
         if self.jupyterhub_version and "jupyterhub" not in named:
             lines.append(self._jupyterhub_line(interp))
+        if self.seed:  # what ``uv venv --seed`` adds, resolved and fetched with the rest
+            seeds = ["pip", "setuptools", "wheel"] if interp.version_tuple() < (3, 12) else ["pip"]
+            lines += [name for name in seeds if name not in named]
         if spec.install_repo:
             lines += ["# the repository itself", "."]
         return lines
@@ -439,20 +445,40 @@ class PythonBuilder(Builder):
         (meta / "home-deleted.json").write_text(json.dumps(deleted))
         yield f"postBuild changed {changed} file(s) and deleted {len(deleted)} in the home."
 
-    async def _bytecode(self, interp: Interpreter, prefix: Path) -> AsyncIterator[str]:
-        """Link cached .pyc files into the env; compile the sources never seen before."""
+    # -- after publishing ---------------------------------------------------
+
+    def finished(self, path: Path) -> bool:
+        """Whether the environment at ``path`` has its bytecode."""
+        return (path / META / BYTECODE_DONE).is_file()
+
+    async def finish(self, path: Path) -> str:
+        """Link cached .pyc files into the published env; compile those never seen.
+
+        After publishing (store/finishing.py): a launch need not wait for it.
+        Only the host writes here: no build code runs after publishing.
+        """
+        identity = json.loads((path / META / "build.json").read_text())["interpreter"]
+        found = await asyncio.to_thread(self.interpreters)
+        interp = next((i for i in found if i.identity == identity), None)
+        if interp is None:
+            return f"no bytecode: the interpreter {identity} is gone"
         tag = f"{interp.implementation}-{interp.minor.replace('.', '')}"
         cache = BytecodeCache(Path(self.bytecode_dir), tag)
-        plan = await asyncio.to_thread(cache.plan, prefix)
-        yield f"Bytecode: {plan.reused} modules already compiled, {len(plan.jobs)} to compile"
-        if not plan.jobs:
-            return
-        argv = await asyncio.to_thread(cache.compile_argv, interp.path, plan)
-        try:
-            async for line in run_step(argv, StepOutput()):
-                yield line
-        finally:
-            await asyncio.to_thread(cache.finish, plan)
+        plan = await asyncio.to_thread(cache.plan, path)
+        if plan.jobs:
+            argv = await asyncio.to_thread(cache.compile_argv, interp.path, plan)
+            try:
+                async for _line in run_step(argv, StepOutput()):
+                    pass
+            finally:
+                compiled = await asyncio.to_thread(cache.finish, plan)
+        else:
+            compiled = 0
+        counts = {"reused": plan.reused, "compiled": compiled, "failed": len(plan.jobs) - compiled}
+        (path / META / BYTECODE_DONE).write_text(json.dumps(counts) + "\n")
+        return "bytecode: {reused} modules reused, {compiled} compiled, {failed} not".format(
+            **counts
+        )
 
     def gc(self) -> None:
         """Drop compiled modules no environment uses; empty uv's cache when over budget.
@@ -460,10 +486,7 @@ class PythonBuilder(Builder):
         Environments keep working: their files are hard links or copies, so
         removing the cache's names for them frees only what no environment uses.
         """
-        root = Path(self.bytecode_dir)
-        for tag in root.iterdir() if root.is_dir() else ():
-            if tag.name != "tmp":
-                BytecodeCache(root, tag.name).gc()
+        bytecode.collect(Path(self.bytecode_dir))
         cache = Path(self.cache_dir)
         if (
             self.cache_budget

@@ -162,6 +162,11 @@ class Metadata:
         with closing(self._connect()) as db:
             db.execute("UPDATE envs SET last_used = ? WHERE key = ?", (when, key))
 
+    def set_size(self, key: str, size: int) -> None:
+        """Record a new size for ``key``."""
+        with closing(self._connect()) as db:
+            db.execute("UPDATE envs SET size = ? WHERE key = ?", (size, key))
+
     def delete(self, key: str) -> None:
         """Forget ``key`` entirely (environment and build state)."""
         with self._transaction() as db:

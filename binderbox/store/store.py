@@ -7,6 +7,7 @@ Layout under :attr:`Store.root`::
     logs/<key>.log         the log of the last build of <key>
     locks/<key>.lock       held (flock) by whoever builds or deletes <key>
     locks/<key>.use        held shared by users of <key>; see Store.hold
+    locks/<key>.finish     held while <key> is finished (see finishing.py)
     store.sqlite           metadata (see metadata.py)
 
 Guarantees:
@@ -252,6 +253,10 @@ class Store(LoggingConfigurable):
     def _use_path(self, key: str) -> Path:
         return self._root / "locks" / f"{key}.use"
 
+    def finish_lock_path(self, key: str) -> Path:
+        """Held while ``key``'s environment is finished (see finishing.py)."""
+        return self._root / "locks" / f"{_checked(key)}.finish"
+
     # -- lookups --------------------------------------------------------
 
     def get(self, key: str) -> Env | None:
@@ -293,6 +298,11 @@ class Store(LoggingConfigurable):
             lock.release()
             return None
         return lock
+
+    def refresh_size(self, key: str) -> None:
+        """Measure ``key``'s tree again (after work on the published tree)."""
+        if self.env_path(key).is_dir():
+            self.metadata.set_size(key, disk_usage(self.env_path(key)))
 
     def _env(self, record: EnvRecord, *, last_used: float | None = None) -> Env:
         return Env(
@@ -566,6 +576,7 @@ class Store(LoggingConfigurable):
                 use.unlink()
             remove_tree(trash)
             self.log_path(key).unlink(missing_ok=True)
+            self.finish_lock_path(key).unlink(missing_ok=True)
             lock.unlink()
         return True
 
