@@ -9,13 +9,19 @@ built four ways on this machine, in one run, and the figures printed:
 * warm      -- a new key (one extra small requirement), packages cached
 * cache hit -- the same commit again: the store already has the key
 * pip       -- ``python -m venv`` + ``pip install --no-cache-dir`` of the same
-               packages (the environment repo2docker-style builds make)
+               packages with the same interpreter, from PyPI (the machine's pip
+               configuration ignored), as repo2docker-style builds make them
+
+A binderbox build ends when its environment is published and usable; its
+bytecode is compiled afterwards in the background (builders/bytecode.py), and
+the script also prints when each environment had all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -68,9 +74,13 @@ def pip_baseline(work: Path, env: Built) -> float:
         *builder.session_packages,
         f"jupyterhub=={builder.jupyterhub_version}",
     ]
+    # from PyPI alone, as uv fetches: no pip configuration of this machine (extra local
+    # indexes, find-links) and no pip cache
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     subprocess.run(
         [str(pip), "install", "-q", "--no-cache-dir", "--disable-pip-version-check", *packages],
         check=True,
+        env={**clean, "PIP_CONFIG_FILE": os.devnull},
     )
     return time.perf_counter() - started
 
