@@ -26,7 +26,7 @@ from .hub.process import free_port
 from .pipeline import LaunchPipeline, LaunchRequest
 from .providers import PROVIDERS
 from .sessions import SessionLauncher, limits_status
-from .web import WebApp, make_app
+from .web import SessionIndex, WebApp, make_app
 
 
 class Service:
@@ -104,7 +104,10 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
     )
     # the public service offers only what it launches: no local folders unless allowed
     offered = {p: cls for p, cls in PROVIDERS.items() if p != "local" or pipeline.allow_local}
-    web = make_app(Service(pipeline, hub, pipeline.launcher), config=web_config, providers=offered)
+    # remembered across restarts: the page of a session that ended offers its relaunch
+    index = SessionIndex(web_config.recent_sessions, path=app.data_path / "sessions.sqlite")
+    service = Service(pipeline, hub, pipeline.launcher)
+    web = make_app(service, config=web_config, providers=offered, sessions=index)
     server = web.listen(web_port, address="127.0.0.1")
     background: list[asyncio.Task[None]] = []
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from web_helpers import (
 )
 
 from binderbox.events import Built, Phase
-from binderbox.web import WebApp, make_app
+from binderbox.web import SessionIndex, WebApp, make_app
 from binderbox.web.base import LaunchPipelineProtocol
 
 GIT_URL = "https%3A%2F%2Fexample.org%2Fr.git"
@@ -361,6 +362,38 @@ async def test_ended_session_offers_to_launch_again() -> None:
     assert 'href="/"' in unknown.body.decode()
     assert api.code == 404
     assert json.loads(api.body)["relaunch"] == "/v2/gh/o/r/HEAD"
+
+
+async def test_ended_session_page_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.sqlite"
+    pipeline = ScriptedPipeline(launch_events("http://127.0.0.1:9/user/o-r-x1y2/"))
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    config = WebApp(ready_linger_seconds=0.2, sse_keepalive_interval=5.0)
+    before = make_app(
+        pipeline, config=config, providers=PROVIDERS, sessions=SessionIndex(path=path)
+    )
+    async with serve(before) as base:
+        await (await SSEClient.open(base, "/build/gh/o/r/HEAD")).events()
+    after = make_app(pipeline, config=config, providers=PROVIDERS, sessions=SessionIndex(path=path))
+    async with serve(after) as base:  # binderbox restarted: a new process, the same file
+        page = await get(base, "/user/o-r-x1y2/lab", headers=html)
+    assert page.code == 404 and 'href="/v2/gh/o/r/HEAD"' in page.body.decode()
+
+
+def test_session_index_keeps_the_newest(tmp_path: Path) -> None:
+    index = SessionIndex(limit=3, path=tmp_path / "sessions.sqlite")
+    for n in range(5):
+        index.record(f"http://h/user/u{n}/", f"v2/gh/o/r{n}/HEAD")
+    index.record("http://h/user/u2/", "v2/gh/o/again/HEAD")  # relaunched: newest now
+    assert [index.lookup(f"u{n}") for n in range(5)] == [
+        None,
+        None,
+        "v2/gh/o/again/HEAD",
+        "v2/gh/o/r3/HEAD",
+        "v2/gh/o/r4/HEAD",
+    ]
+    index.record("http://h/user/u5/", "v2/gh/o/r5/HEAD")
+    assert index.lookup("u3") is None and index.lookup("u2") is not None
 
 
 async def test_home_page_has_the_form_and_its_assets() -> None:

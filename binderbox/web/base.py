@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from collections import OrderedDict
+import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,26 +62,39 @@ class SessionIndex:
 
     The build API records every ``ready`` event here; the page for an ended
     session (``/user/<name>/...``) looks the name up to offer a relaunch.
-    Bounded: the oldest entries are forgotten first.
+    Bounded: the oldest entries are forgotten first.  Kept in the SQLite file
+    ``path`` (the service keeps it in its data directory, so a session's page
+    still offers the relaunch after binderbox restarts); in memory without.
     """
 
-    def __init__(self, limit: int = 10000) -> None:
+    def __init__(self, limit: int = 10000, path: Path | None = None) -> None:
         self.limit = limit
-        self._by_name: OrderedDict[str, str] = OrderedDict()
+        where = str(path) if path is not None else ":memory:"
+        # used from the event loop's thread only; small writes without fsync (WAL)
+        self._db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS sessions"
+            " (name TEXT PRIMARY KEY, request TEXT NOT NULL, at INTEGER NOT NULL)"
+        )
 
     def record(self, server_url: str, binder_request: str) -> None:
         """Remember ``binder_request`` (``v2/gh/o/r/ref``) for the session at ``server_url``."""
         name = user_from_url(server_url)
         if not name or not binder_request:
             return
-        self._by_name[name] = binder_request
-        self._by_name.move_to_end(name)
-        while len(self._by_name) > self.limit:
-            self._by_name.popitem(last=False)
+        with self._db:
+            (last,) = self._db.execute("SELECT COALESCE(MAX(at), 0) FROM sessions").fetchone()
+            self._db.execute(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)", (name, binder_request, last + 1)
+            )
+            self._db.execute("DELETE FROM sessions WHERE at <= ?", (last + 1 - self.limit,))
 
     def lookup(self, name: str) -> str | None:
         """The ``v2/...`` request the session ``name`` was launched from, if known."""
-        return self._by_name.get(name)
+        row = self._db.execute("SELECT request FROM sessions WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
 
 
 def user_from_url(server_url: str) -> str | None:
