@@ -320,7 +320,11 @@ class LaunchPipeline(LoggingConfigurable):
             )
         holds.append(env_hold)
         if self.data is not None and state.data_entries:
-            holds += self.data.hold(state.data_entries, env_key=state.env.key)
+            try:
+                holds += self.data.hold(state.data_entries, env_key=state.env.key)
+            except BaseException:
+                env_hold.release()  # a dataset was removed meanwhile: hold nothing
+                raise
         return holds
 
     async def _launch(self, state: LaunchState, request: LaunchRequest) -> AsyncIterator[Event]:

@@ -80,10 +80,16 @@ def files_under(path: Path) -> dict[str, bytes]:
     }
 
 
+def lock_files(cache: DataCache) -> list[str]:
+    locks = Path(cache.root) / "locks"
+    return sorted(p.name for p in locks.iterdir()) if locks.exists() else []
+
+
 def assert_no_leftovers(cache: DataCache) -> None:
     root = Path(cache.root)
     assert list((root / "datasets").iterdir()) == []
     assert list((root / "tmp").iterdir()) == []
+    assert lock_files(cache) == []
 
 
 # -- parsing --------------------------------------------------------------------
@@ -406,6 +412,59 @@ async def test_budget_evicts_least_recently_used(cache: DataCache, server: FileS
     for lock in locks:
         lock.release()
     assert cache.remove("two") and [d.project_name for d in cache.list()] == ["four"]
+
+
+async def test_remove_and_eviction_delete_lock_files(cache: DataCache, server: FileServer) -> None:
+    made = {}
+    for name in ("one", "two"):
+        server.add(f"/{name}.bin", bytes(1000))
+        made[name] = entries_of({"src": server.url(f"/{name}.bin"), "projectName": name})
+        await ensure(cache, made[name])
+        for lock in cache.hold(made[name]):  # a session came and went
+            lock.release()
+    one, two = (cache.key_for(made[name]) for name in ("one", "two"))
+    both = sorted(f"{key}.{kind}" for key in (one, two) for kind in ("lock", "use"))
+    assert lock_files(cache) == both
+    assert cache.remove("one")
+    assert lock_files(cache) == [f"{two}.lock", f"{two}.use"]
+    cache.budget = 1
+    assert cache.gc() == [two]
+    assert_no_leftovers(cache)
+
+
+async def test_gc_removes_a_dead_fetch_and_its_lock_files(cache: DataCache) -> None:
+    root = Path(cache.root)
+    key = "0123456789abcdef0123456789abcdef"
+    for sub in ("tmp", "locks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "tmp" / f"{key}.x1y2" / "data").mkdir(parents=True)  # a fetcher was SIGKILLed
+    (root / "locks" / f"{key}.lock").touch()
+    (root / "tmp" / "unrelated").mkdir()  # not ours: left alone, no lock file made for it
+    cache.gc()
+    assert [p.name for p in (root / "tmp").iterdir()] == ["unrelated"]
+    assert lock_files(cache) == []
+
+
+async def test_hold_refuses_a_folder_deleted_meanwhile(
+    cache: DataCache, server: FileServer
+) -> None:
+    entries = entries_of(
+        {
+            "a": {"src": server.add("/a.bin", b"a"), "projectName": "a"},
+            "b": {"src": server.add("/b.bin", b"b"), "projectName": "b"},
+        }
+    )
+    await ensure(cache, entries)
+    mounts = cache.mounts(entries)
+    # another process's eviction deletes 'b' between the launch's data step and its hold
+    assert DataCache(root=cache.root).remove("b")
+    with pytest.raises(DataError, match="'b' was removed") as info:
+        cache.hold(entries)
+    assert "\n" not in info.value.user_message and info.value.hint
+    assert not mounts["b"].exists()
+    # nothing stays held or behind: 'a' can be removed, no lock file of 'b' was made again
+    assert cache.remove("a")
+    assert_no_leftovers(cache)
 
 
 # -- API sources ------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -365,6 +366,20 @@ async def test_remove(store: Store, workdir: Path) -> None:
     with store.hold("bbb"):
         assert not store.remove("bbb")  # in use
     assert store.remove("bbb")
+    assert list((Path(store.root) / "locks").iterdir()) == []
+
+
+async def test_removing_a_vanished_tree_leaves_no_lock_files(
+    store: Store, root: Path, workdir: Path
+) -> None:
+    await build_envs(store, workdir, ["aaa"])
+    hold = store.hold("aaa")
+    assert hold is not None
+    hold.release()
+    shutil.rmtree(store.env_path("aaa"))  # deleted behind the store's back
+    assert not store.remove("aaa")
+    assert store.metadata.get("aaa") is None
+    assert list((root / "locks").iterdir()) == []
 
 
 async def test_gc_removes_orphans_and_old_failure_logs(

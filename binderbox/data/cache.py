@@ -8,6 +8,11 @@ Layout under :attr:`DataCache.root`::
     locks/<key>.lock            held (flock) by whoever fetches or deletes <key>
     locks/<key>.use             held shared by sessions using <key> (:meth:`DataCache.hold`)
 
+The lock files of a key go with its folder (deleted by whoever deletes it,
+or by a fetch that failed), so ``locks/`` only names published or busy keys.
+Temporary trees, locks and deletion follow the environment store's rules
+(:mod:`binderbox.store.files`, :mod:`binderbox.store.locks`).
+
 The **key** of a folder is a hash of the normalised identities of all the
 entries sharing its ``projectName`` (``src`` and every other key except the
 label), plus the environment key when one of them is a Python code source.
@@ -40,7 +45,8 @@ API used by the launch pipeline::
     mounts = cache.mounts(entries, env_key=key)   # {projectName: published folder}
     locks = cache.hold(entries, env_key=key)      # keep while the session runs
 
-``ensure`` raises :class:`~binderbox.errors.DataError` on failure.
+``ensure`` raises :class:`~binderbox.errors.DataError` on failure, ``hold``
+when a folder was evicted since ``ensure``.
 """
 
 from __future__ import annotations
@@ -52,8 +58,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
-import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -65,8 +69,8 @@ from traitlets.config import LoggingConfigurable
 
 from ..errors import DataError
 from ..events import Event, Fetching
-from ..store.files import remove_tree
-from ..store.locks import FileLock
+from ..store.files import delete_unused, new_temp, remove_temps, remove_tree, stale_temps
+from ..store.locks import FileLock, try_lock
 from .fetchers import DataFetcher, FetchContext, default_fetcher_classes
 from .fetchers.base import human_bytes
 from .fetchers.code import tree_size
@@ -215,6 +219,12 @@ class DataCache(LoggingConfigurable):
         """``datasets/<key>``: the published tree (``data/`` + ``meta.json``)."""
         return self._dir("datasets") / key
 
+    def _lock_path(self, key: str) -> Path:
+        return self._dir("locks") / f"{key}.lock"
+
+    def _use_path(self, key: str) -> Path:
+        return self._dir("locks") / f"{key}.use"
+
     def published(self, key: str) -> bool:
         """Whether ``key`` is published (its completion marker exists)."""
         return (self.dataset_dir(key) / "meta.json").is_file()
@@ -231,10 +241,47 @@ class DataCache(LoggingConfigurable):
         return result
 
     def hold(self, entries: Sequence[DataEntry], env_key: str | None = None) -> list[FileLock]:
-        """Shared use-locks that keep the folders from eviction; release them when done."""
-        groups = group_by_project(list(entries)).values()
-        keys = [self.key_for(group, env_key) for group in groups]
-        return [FileLock.acquire(self._dir("locks") / f"{k}.use", shared=True) for k in keys]
+        """Shared use-locks that keep the folders from eviction; release them when done.
+
+        Raises :class:`DataError` (holding nothing) if a folder is no longer
+        published: evicted or removed since :meth:`ensure`.  Blocks briefly
+        while a folder is being deleted.
+        """
+        groups = group_by_project(list(entries))
+        keys = {name: self.key_for(group, env_key) for name, group in groups.items()}
+        locks: list[FileLock] = []
+        for name, key in keys.items():
+            lock = FileLock.acquire(self._use_path(key), shared=True)
+            # a deletion may have run since ensure(), or have made us wait until it was done
+            if not self.published(key):
+                for held in [*locks, lock]:
+                    held.release()
+                self._forget_locks(key)  # the use-lock file we just made again
+                raise DataError(
+                    f"Dataset '{name}' was removed before the session could start.",
+                    hint="Launch again: it will be fetched again.",
+                    log_message=f"dataset {name} ({key}) evicted before the launch",
+                    reason="data_evicted",
+                )
+            locks.append(lock)
+        return locks
+
+    def _forget_locks(self, key: str, lock: FileLock | None = None) -> None:
+        """Delete ``key``'s lock files if it is not published and nobody uses them.
+
+        ``lock``: the key's lock, if the caller holds it (else it is tried).
+        """
+        if lock is None:
+            with try_lock(self._lock_path(key)) as free:
+                if free is not None:
+                    self._forget_locks(key, free)
+            return
+        if self.published(key):
+            return
+        with try_lock(self._use_path(key)) as use:
+            if use is not None:
+                use.unlink()
+        lock.unlink()
 
     def _touch(self, key: str) -> None:
         with contextlib.suppress(OSError):
@@ -278,7 +325,7 @@ class DataCache(LoggingConfigurable):
     ) -> None:
         error: BaseException | None = None
         try:
-            lock_path = self._dir("locks") / f"{key}.lock"
+            lock_path = self._lock_path(key)
             lock = FileLock.try_acquire(lock_path)
             if lock is None:
                 job.push(Fetching(message=f"Dataset '{name}' is being fetched elsewhere; waiting."))
@@ -287,6 +334,7 @@ class DataCache(LoggingConfigurable):
                 if not self.published(key):
                     await self._fetch_locked(job, key, name, group, env_path)
             finally:
+                self._forget_locks(key, lock)  # if the fetch failed: no folder to lock
                 lock.release()
             await self._gc_quietly(key)
         except DataError as exc:
@@ -346,11 +394,9 @@ class DataCache(LoggingConfigurable):
 
     def _new_temp(self, key: str) -> Path:
         """A fresh ``tmp/<key>.<random>/data`` (stale ones of ``key`` removed: we hold its lock)."""
-        tmp_root = self._dir("tmp")
-        for stale in tmp_root.glob(f"{key}.*"):
-            remove_tree(stale)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=tmp_root))
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the data from sandboxed sessions
+        for stale in remove_temps(self._dir("tmp"), key):
+            self.log.info("Removed stale temporary tree %s", stale)
+        tmp = new_temp(self._dir("tmp"), key)
         (tmp / "data").mkdir()
         return tmp
 
@@ -417,14 +463,13 @@ class DataCache(LoggingConfigurable):
     def gc(self, keep: set[str] | frozenset[str] = frozenset()) -> builtins.list[str]:
         """Evict least-recently-used datasets while over :attr:`budget`; returns their keys.
 
-        Also removes stale temporary trees.  Blocking.
+        Also removes stale temporary trees (a fetch or deletion that died)
+        and their lock files.  Blocking.
         """
-        for stale in self._dir("tmp").iterdir():
-            key = stale.name.split(".", 1)[0]
-            lock = FileLock.try_acquire(self._dir("locks") / f"{key}.lock")
-            if lock is not None:
-                with lock:
-                    remove_tree(stale)
+        for key, stale, lock in stale_temps(self._dir("tmp"), self._lock_path, _KEY):
+            self.log.info("Removing stale temporary tree %s", stale)
+            remove_tree(stale)
+            self._forget_locks(key, lock)
         if self.budget <= 0:
             return []
         items = self.list()
@@ -441,23 +486,19 @@ class DataCache(LoggingConfigurable):
         return removed
 
     def _delete(self, key: str, *, min_idle: float | None) -> bool:
-        lock = FileLock.try_acquire(self._dir("locks") / f"{key}.lock")
-        if lock is None:
-            return False
-        with lock:
-            use = FileLock.try_acquire(self._dir("locks") / f"{key}.use")
-            if use is None:
-                return False
-            with use:
-                path = self.dataset_dir(key)
-                meta = path / "meta.json"
-                with contextlib.suppress(OSError):
-                    if min_idle is not None and time.time() - meta.stat().st_mtime < min_idle:
-                        return False
-                trash = self._dir("tmp") / f"{key}.deleted-{secrets.token_hex(4)}"
-                try:
-                    path.rename(trash)
-                except FileNotFoundError:
+        """Delete ``key``'s folder and lock files if it is not fetched, held or recently used."""
+
+        def claim() -> bool:  # both locks held
+            with contextlib.suppress(OSError):
+                last_used = (self.dataset_dir(key) / "meta.json").stat().st_mtime
+                if min_idle is not None and time.time() - last_used < min_idle:
                     return False
-                remove_tree(trash)
-                return True
+            return True
+
+        return delete_unused(
+            self.dataset_dir(key),
+            self._dir("tmp"),
+            self._lock_path(key),
+            self._use_path(key),
+            claim=claim,
+        )

@@ -1,13 +1,25 @@
-"""Filesystem helpers of the store: sizes, deletion, log files."""
+"""Filesystem helpers of the store and the dataset cache: sizes, deletion, log files.
+
+Both keep published trees under ``<published>/<key>``, work in progress (and
+trees being deleted) under ``tmp/<key>.<random>`` and the locks of
+:mod:`binderbox.store.locks` under ``locks/``; the temporary-tree and
+deletion helpers here are their common part.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import shutil
 import stat
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+from .locks import FileLock, try_lock
 
 
 class LogTail:
@@ -58,6 +70,88 @@ def remove_tree(path: Path) -> None:
     if path.exists():
         _make_writable(path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def new_temp(tmp_root: Path, key: str) -> Path:
+    """A fresh empty ``tmp_root/<key>.<random>`` readable by sandboxed sessions."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=tmp_root))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the tree from sandboxed sessions
+    return tmp
+
+
+def remove_temps(tmp_root: Path, key: str) -> list[Path]:
+    """Delete ``tmp_root/<key>.*``, returned; the caller holds ``key``'s lock (all are stale)."""
+    stale = sorted(tmp_root.glob(f"{key}.*"))
+    for entry in stale:
+        remove_tree(entry)
+    return stale
+
+
+def stale_temps(
+    tmp_root: Path, lock_path: Callable[[str], Path], valid_key: re.Pattern[str]
+) -> Iterator[tuple[str, Path, FileLock]]:
+    """``(key, tree, lock)`` for each tree of ``tmp_root`` whose key's lock is free now.
+
+    Such a tree is left by a build or deletion that died; the key's lock is
+    held while the caller handles the tree (released when iteration moves on).
+    Names whose key does not match ``valid_key`` are skipped (no lock file made).
+    """
+    for entry in sorted(tmp_root.iterdir()):
+        key = entry.name.split(".", 1)[0]
+        if not valid_key.fullmatch(key):
+            continue
+        with try_lock(lock_path(key)) as lock:
+            if lock is not None:
+                yield key, entry, lock
+
+
+def delete_unused(
+    tree: Path,
+    tmp_root: Path,
+    lock_path: Path,
+    use_path: Path,
+    *,
+    claim: Callable[[], bool] = lambda: True,
+    cleanup: Callable[[], None] = lambda: None,
+) -> bool:
+    """Delete the published ``tree`` of a key unless it is being built or used.
+
+    ``lock_path`` (held while the key is built or fetched) and ``use_path``
+    (held shared by its users) are tried exclusively without waiting: if
+    either is taken, nothing happens.  With both held, ``claim()`` may still
+    refuse (a recent use) or forget the key's records; then ``tree`` is
+    renamed into ``tmp_root`` and the use lock deleted and released (a user
+    waiting on it finds the tree gone), the renamed tree deleted, ``cleanup()``
+    run and the lock files deleted (also a use-lock file such a user made
+    again, if it is free by then).  Returns whether ``tree`` was deleted.  If
+    ``tree`` does not exist both lock files are deleted (nothing left to
+    protect) and the answer is ``False``.
+    """
+    lock = FileLock.try_acquire(lock_path)
+    if lock is None:
+        return False
+    with lock:
+        use = FileLock.try_acquire(use_path)
+        if use is None:
+            return False
+        with use:
+            if not claim():
+                return False
+            trash = tmp_root / f"{tree.name}.deleted-{secrets.token_hex(4)}"
+            try:
+                tree.rename(trash)
+            except FileNotFoundError:
+                use.unlink()
+                lock.unlink()
+                return False
+            use.unlink()
+        remove_tree(trash)
+        cleanup()
+        with try_lock(use_path) as late:  # made again by a user that waited for the rename
+            if late is not None:
+                late.unlink()
+        lock.unlink()
+    return True
 
 
 def _make_writable(path: Path) -> None:

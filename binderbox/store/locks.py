@@ -12,12 +12,19 @@ Lock files may be removed by their holder (:meth:`FileLock.unlink`) to keep
 the directory tidy.  Acquiring therefore re-checks after locking that the
 path still names the locked inode, and retries on a fresh file if not, so two
 processes never both believe they hold "the" lock.
+
+The environment store and the dataset cache use the same scheme per key:
+``locks/<key>.lock`` is held exclusively by whoever builds (fetches) or
+deletes the key, ``locks/<key>.use`` shared by its users and exclusively by
+whoever deletes it (see :func:`binderbox.store.files.delete_unused`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -91,6 +98,17 @@ class FileLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def try_lock(path: Path) -> Iterator[FileLock | None]:
+    """The exclusive lock on ``path`` if it is free now (released on exit), else ``None``."""
+    lock = FileLock.try_acquire(path)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _same_file(path: Path, fd: int) -> bool:

@@ -44,11 +44,9 @@ import builtins
 import contextlib
 import os
 import re
-import secrets
-import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -57,8 +55,17 @@ from traitlets import Float, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..errors import BinderboxError, BuildError
-from .files import LogTail, disk_usage, new_log, remove_tree
-from .locks import FileLock
+from .files import (
+    LogTail,
+    delete_unused,
+    disk_usage,
+    new_log,
+    new_temp,
+    remove_temps,
+    remove_tree,
+    stale_temps,
+)
+from .locks import FileLock, try_lock
 from .metadata import BuildState, EnvRecord, Metadata
 
 #: given an empty directory, build into it; yields log lines; raises
@@ -401,7 +408,7 @@ class Store(LoggingConfigurable):
             self.log.info("Adopting environment %s published without metadata", key)
             return self._publish(key, None, spec, source, await _size_of(self.env_path(key)))
         self.metadata.set_status(key, BuildState.BUILDING)
-        tmp = self._new_temp(key)
+        tmp = new_temp(self._root / "tmp", key)
         try:
             with new_log(self.log_path(key)) as log:
                 await self._run_build(run, build, tmp, log)
@@ -459,16 +466,10 @@ class Store(LoggingConfigurable):
             self.log.info("Build of %s stopped (%s)", key, type(exc).__name__)
             self.metadata.set_status(key, BuildState.CANCELLED)
 
-    def _new_temp(self, key: str) -> Path:
-        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=self._root / "tmp"))
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the env from sandboxed sessions
-        return tmp
-
     def _remove_temp(self, key: str) -> None:
         """Delete ``tmp/<key>.*`` (the caller holds the key's lock: all are stale)."""
-        for entry in (self._root / "tmp").glob(f"{key}.*"):
-            self.log.info("Removing stale temporary tree %s", entry)
-            remove_tree(entry)
+        for entry in remove_temps(self._root / "tmp", key):
+            self.log.info("Removed stale temporary tree %s", entry)
 
     async def aclose(self) -> None:
         """Cancel the builds running in this process and wait for their cleanup."""
@@ -505,14 +506,9 @@ class Store(LoggingConfigurable):
         return removed
 
     def _gc_temp(self) -> None:
-        for entry in sorted((self._root / "tmp").iterdir()):
-            key = entry.name.split(".", 1)[0]
-            if not _KEY.fullmatch(key):
-                continue
-            with _try_lock(self._lock_path(key)) as lock:
-                if lock is not None:
-                    self.log.info("Removing stale temporary tree %s", entry)
-                    remove_tree(entry)
+        for _key, entry, _lock in stale_temps(self._root / "tmp", self._lock_path, _KEY):
+            self.log.info("Removing stale temporary tree %s", entry)
+            remove_tree(entry)
 
     def _gc_orphans(self) -> builtins.list[str]:
         records = {r.key for r in self.metadata.records()}
@@ -548,7 +544,7 @@ class Store(LoggingConfigurable):
             with contextlib.suppress(FileNotFoundError):
                 if now - entry.stat().st_mtime < self.log_max_age:
                     continue
-            with _try_lock(self._lock_path(key)) as lock:
+            with try_lock(self._lock_path(key)) as lock:
                 if lock is not None and self.metadata.get(key) is None:
                     entry.unlink(missing_ok=True)
                     self.metadata.delete(key)
@@ -556,40 +552,26 @@ class Store(LoggingConfigurable):
 
     def _delete(self, key: str, *, min_idle: float | None) -> bool:
         """Delete ``key``'s tree and metadata if it is not built, held or recently used."""
-        lock = FileLock.try_acquire(self._lock_path(key))
-        if lock is None:
-            return False
-        with lock:
-            use = FileLock.try_acquire(self._use_path(key))
-            if use is None:
+
+        def claim() -> bool:  # both locks held
+            record = self.metadata.get(key)
+            if record and min_idle is not None and time.time() - record.last_used < min_idle:
                 return False
-            with use:
-                record = self.metadata.get(key)
-                if record and min_idle is not None and time.time() - record.last_used < min_idle:
-                    return False
-                trash = self._root / "tmp" / f"{key}.deleted-{secrets.token_hex(4)}"
-                self.metadata.delete(key)
-                try:
-                    self.env_path(key).rename(trash)
-                except FileNotFoundError:
-                    return False
-                use.unlink()
-            remove_tree(trash)
+            self.metadata.delete(key)
+            return True
+
+        def cleanup() -> None:  # the tree is gone; the key lock is still held
             self.log_path(key).unlink(missing_ok=True)
             self.finish_lock_path(key).unlink(missing_ok=True)
-            lock.unlink()
-        return True
 
-
-@contextlib.contextmanager
-def _try_lock(path: Path) -> Iterator[FileLock | None]:
-    """The lock on ``path`` if free now (released on exit), else ``None``."""
-    lock = FileLock.try_acquire(path)
-    try:
-        yield lock
-    finally:
-        if lock is not None:
-            lock.release()
+        return delete_unused(
+            self.env_path(key),
+            self._root / "tmp",
+            self._lock_path(key),
+            self._use_path(key),
+            claim=claim,
+            cleanup=cleanup,
+        )
 
 
 def _checked(key: str) -> str:
