@@ -122,7 +122,9 @@ class BuildCommand(Command):
             last = await _consume(pipeline.launch(request), printer)
             if pipeline.finisher.pending:
                 print("Compiling bytecode so that sessions start fast...", file=sys.stderr)
+                started = time.monotonic()
                 await pipeline.finisher.drain()
+                print(f"  done in {time.monotonic() - started:.1f}s", file=sys.stderr)
             return last
 
         return 0 if isinstance(asyncio.run(build()), Built) else 1
