@@ -46,10 +46,15 @@ class Service:
     async def health(self) -> list[dict[str, Any]]:
         """Store, hub API, proxy, culler and session limits (advisory or enforced)."""
         checks = await self.pipeline.health()
-        checks.append(await self.launcher.health())
         status = self.hub.status()
-        checks.append({"service": "Proxy", "ok": status.get("proxy", False)})
-        checks.append({"service": "Idle culler", "ok": status.get("culler", False)})
+        hub_checks = {
+            "hub": await self.launcher.health(),
+            "proxy": {"service": "Proxy", "ok": status.get("proxy", False)},
+            "culler": {"service": "Idle culler", "ok": status.get("culler", False)},
+        }
+        for name, reason in self.hub.given_up().items():  # kept exiting: not started again
+            hub_checks[name]["error"] = reason
+        checks += hub_checks.values()
         limits = limits_status()
         checks.append({"service": "Session limits", "ok": True, **limits})
         return checks

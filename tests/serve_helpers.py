@@ -9,6 +9,9 @@ context manager that stops it with SIGTERM and checks it exits cleanly.
 :func:`build_events` is a small event-stream client of ``/build``: it speaks
 HTTP/1.1 over a raw connection (chunked decoding included), so a test can stop
 reading whenever it likes, and records when each event arrived.
+
+:func:`child_pids` finds the service's managed children (proxy, hub, idle
+culler) in its process tree, read from ``/proc``.
 """
 
 from __future__ import annotations
@@ -162,6 +165,11 @@ class ServeProcess:
         for user in await client.request("GET", "users"):
             await client.delete_user(user["name"])
 
+    def children(self) -> dict[str, int]:
+        """The service's running proxy, hub and culler pids (see :func:`child_pids`)."""
+        assert self.proc is not None, "not running"
+        return child_pids(self.proc.pid)
+
     @property
     def hub_api_url(self) -> str:
         """The hub's REST API (on 127.0.0.1)."""
@@ -171,6 +179,43 @@ class ServeProcess:
     def api_token(self) -> str:
         """binderbox's service token for the hub API."""
         return (self.data_dir / "hub" / "service_token").read_text().strip()
+
+
+# -- the process tree ----------------------------------------------------------------
+
+
+def _parent_pid(stat: str) -> int:
+    """The ppid field of a ``/proc/<pid>/stat`` line (after the ``(comm)`` field)."""
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def _kind(argv: list[str]) -> str:
+    """``proxy``, ``hub``, ``culler`` or '' for a command line."""
+    if any(arg.endswith("configurable-http-proxy") for arg in argv[:2]):
+        return "proxy"
+    if argv[1:3] == ["-m", "jupyterhub"]:
+        return "hub"
+    if argv[1:3] == ["-m", "jupyterhub_idle_culler"]:
+        return "culler"
+    return ""
+
+
+def child_pids(parent: int) -> dict[str, int]:
+    """The running managed children of ``parent`` (``binderbox serve``) by kind:
+    ``proxy``, ``hub``, ``culler`` -> pid.  Zombies do not count."""
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile
+            continue
+        zombie = stat[stat.rindex(")") + 2] == "Z"
+        if _parent_pid(stat) == parent and not zombie and (kind := _kind(argv)):
+            found[kind] = int(entry.name)
+    return found
 
 
 @contextlib.contextmanager

@@ -5,8 +5,9 @@ with its own data directory and ``binderbox_config.py``:
 
 * ``main``: a plain service (launches, caching, concurrent launches,
   metrics, health, restart);
-* ``strict``: per-repository quota 1, a banned spec, and an idle culler with
-  a timeout of seconds (failures and culling).
+* ``strict``: per-repository quota 1, a banned spec, an idle culler with
+  a timeout of seconds (failures and culling), and no restarts of a hub that
+  dies (health; restarts are tested in ``test_serve_restarts.py``).
 
 Everything goes through the proxy's public port, as a browser or a thebe
 client would: ``/build`` as an event stream, then the session's REST API and
@@ -113,6 +114,7 @@ c.SessionLauncher.per_repo_quota = 1
 c.GitProvider.banned_specs = [r".*/banned-repo/"]
 c.ManagedHub.cull_timeout = 5
 c.ManagedHub.cull_every = 2
+c.ChildWatcher.max_restarts = 0
 """
 
 
@@ -404,6 +406,15 @@ async def test_health_is_503_when_the_hub_is_down(strict: ServeProcess) -> None:
     checks = {check["service"]: check for check in json.loads(health.body)["checks"]}
     assert checks["JupyterHub API"]["ok"] is False
     assert checks["Store"]["ok"] is True
+    # restarts are off here: the watcher says so once, in plain words
+    not_again = (
+        "The hub exited with signal 9 (SIGKILL); it is not started again "
+        "(ChildWatcher.max_restarts = 0).  Restart binderbox."
+    )
+    async with asyncio.timeout(30):
+        while not_again not in strict.output():  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+    assert (await fetch(f"{strict.url}health")).code == 503
 
 
 # -- main again: restart (last: it restarts the module's service) -------------------------

@@ -41,7 +41,8 @@ CULLER_TOKEN_ENV = "BINDERBOX_CULLER_API_TOKEN"
 #: the name of binderbox's service in the hub
 SERVICE_NAME = "binderbox"
 #: what binderbox's service may do: create/delete users, start/stop their
-#: servers, issue tokens for them (the launch token), read the hub's state
+#: servers, issue tokens for them (the launch token), read the hub's state,
+#: and make the hub add its routes to a proxy that was started again
 SERVICE_SCOPES = (
     "admin:users",
     "admin:servers",
@@ -51,6 +52,7 @@ SERVICE_SCOPES = (
     "read:servers",
     "read:hub",
     "access:servers",
+    "proxy",
 )
 #: what the idle culler needs (plus deleting users: ``--cull-users``)
 CULLER_SCOPES = (

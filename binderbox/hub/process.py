@@ -22,6 +22,9 @@ Contract:
   never stopped: they run under their own supervisors (see
   ``binderbox/sessions/spawner.py``), and starting again with the same data
   directory finds them (the hub re-adds their routes to the new proxy).
+* :meth:`ManagedHub.watch` runs forever and starts again the children that
+  exit (proxy, hub, culler; with a backoff, see :mod:`binderbox.hub.watcher`);
+  :meth:`ManagedHub.restart_child` is how one child is started again.
 * :meth:`ManagedHub.stop_on_signals` installs SIGTERM/SIGINT handlers that
   do a clean :meth:`stop`.  The children also get SIGTERM if binderbox
   dies without stopping them (``PR_SET_PDEATHSIG``).
@@ -51,6 +54,7 @@ from traitlets import Dict, Float, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..errors import BinderboxError
+from ..sessions.hubclient import HubAPIError, HubClient
 from ..sessions.limits import limits_status
 from .config import (
     CULLER_TOKEN_ENV,
@@ -60,6 +64,7 @@ from .config import (
     culler_command,
     render_config,
 )
+from .watcher import ChildWatcher
 
 #: how often readiness is polled while a child starts
 POLL = 0.1
@@ -187,6 +192,9 @@ class ManagedHub(LoggingConfigurable):
         self.hub_proc: asyncio.subprocess.Process | None = None
         self.culler_proc: asyncio.subprocess.Process | None = None
         self.proxy_proc: asyncio.subprocess.Process | None = None
+        #: set by :meth:`stop`: the watcher starts nothing again from then on
+        self.stopping = False
+        self.watcher = ChildWatcher(parent=self)
 
     # -- paths and secrets ------------------------------------------------------
 
@@ -281,13 +289,13 @@ class ManagedHub(LoggingConfigurable):
 
     async def start(self) -> None:
         """Start proxy and hub; return when the hub API answers.  See the module docstring."""
+        self.stopping = False
         config = self.write_config()
-        self._check_ports_free()
+        self._check_ports_free("public", "hub", "proxy API")
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         try:
             await self._start_proxy()
-            if self.web_port:
-                await self.add_route("/", f"http://127.0.0.1:{self.web_port}")
+            await self._add_web_route()
             await self._start_hub(config)
             await self._start_culler()
         except BaseException:
@@ -299,15 +307,17 @@ class ManagedHub(LoggingConfigurable):
             "session limits %s (%s): %s", status["mode"], status["backend"], status["reason"]
         )
 
-    def _check_ports_free(self) -> None:
-        """Refuse to start on ports something else holds (the proxy would only log it)."""
-        wanted = (
+    def _check_ports_free(self, *which: str) -> None:
+        """Refuse to start on ports something else holds (the proxy would only log it).
+
+        ``which``: some of ``public``, ``hub``, ``proxy API``."""
+        ports = (
             ("public", self.public_ip, self.public_port, "--port"),
             ("hub", "127.0.0.1", self.hub_port, "--hub-port"),
             ("proxy API", "127.0.0.1", self.proxy_api_port, "--proxy-api-port"),
         )
-        for what, ip, port, flag in wanted:
-            if port_in_use(ip, port):
+        for what, ip, port, flag in ports:
+            if what in which and port_in_use(ip, port):
                 raise HubError(
                     f"Port {port} (the {what} port) is already in use.",
                     hint=f"Is another binderbox running? Choose another with {flag}.",
@@ -419,6 +429,7 @@ class ManagedHub(LoggingConfigurable):
 
     async def stop(self) -> None:
         """Stop the culler, the hub, then the proxy (never the sessions)."""
+        self.stopping = True
         for attr in ("culler_proc", "hub_proc", "proxy_proc"):
             proc = getattr(self, attr)
             if proc is not None:
@@ -434,18 +445,54 @@ class ManagedHub(LoggingConfigurable):
         )
         return {name: proc is not None and proc.returncode is None for name, proc in children}
 
-    async def watch(self, interval: float = 10.0) -> None:
-        """Forever: start the idle culler again if it exits (it is only a client of
-        the hub; without it idle sessions would never end).  A stopped hub or proxy
-        is reported by :meth:`status` (and /health), not restarted here."""
+    def given_up(self) -> dict[str, str]:
+        """The children (``proxy``, ``hub``, ``culler``) that kept exiting and are no
+        longer started again, each with a one-line reason (for /health)."""
+        return self.watcher.given_up()
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Forever: every ``interval`` seconds, start again the proxy, the hub or
+        the idle culler if it exited (see :mod:`binderbox.hub.watcher`)."""
         while True:
             await asyncio.sleep(interval)
-            culler = self.culler_proc
-            if culler is not None and culler.returncode is not None and self.status()["hub"]:
-                self.log.warning(
-                    "the idle culler exited with %s; starting it again", culler.returncode
-                )
+            if not self.stopping:
+                await self.watcher.check(self._exited(), self.restart_child)
+
+    def _exited(self) -> dict[str, int | None]:
+        """The exit status of each child that exited (None: running or not started).
+
+        The culler counts only while the hub runs: it is a client of the hub."""
+        children = {"proxy": self.proxy_proc, "hub": self.hub_proc, "culler": self.culler_proc}
+        exited = {name: None if p is None else p.returncode for name, p in children.items()}
+        if not self.status()["hub"]:
+            exited["culler"] = None
+        return exited
+
+    async def restart_child(self, name: str) -> None:
+        """Start ``name`` (``proxy``, ``hub`` or ``culler``) again, as :meth:`start` did.
+
+        The proxy comes back with binderbox's route and the hub's routes (the
+        hub is asked to sync them when it runs; otherwise it adds them when it
+        starts).  Raises :class:`HubError` when the child does not come up; what
+        was started of it is stopped again."""
+        if self.stopping:
+            return
+        try:
+            if name == "proxy":
+                self._check_ports_free("public", "proxy API")
+                await self._start_proxy()
+                await self._add_web_route()
+                await self._sync_hub_routes()
+            elif name == "hub":
+                self._check_ports_free("hub")
+                await self._start_hub(self.hub_dir / "jupyterhub_config.py")
+            else:
                 await self._start_culler()
+        except HubError:
+            proc = getattr(self, f"{name}_proc")
+            if proc is not None:
+                await _terminate(proc)
+            raise
 
     def stop_on_signals(self, then: Callable[[], None] | None = None) -> None:
         """On SIGTERM/SIGINT: :meth:`stop`, then call ``then`` (e.g. stop the loop)."""
@@ -460,6 +507,30 @@ class ManagedHub(LoggingConfigurable):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(_stop()))
 
     # -- proxy routes -----------------------------------------------------------
+
+    async def _add_web_route(self) -> None:
+        """Route ``/`` to the web app (when ``web_port`` is set)."""
+        if not self.web_port:
+            return
+        try:
+            await self.add_route("/", f"http://127.0.0.1:{self.web_port}")
+        except (OSError, HTTPClientError) as err:
+            raise HubError(
+                "The proxy does not accept routes.", log_message=f"adding the route / failed: {err}"
+            ) from err
+
+    async def _sync_hub_routes(self) -> None:
+        """Ask a running hub to add its routes (hub, sessions) to the proxy now."""
+        if not self.status()["hub"]:
+            return  # the hub adds them when it starts
+        try:
+            await HubClient(self.hub_api_url, self.api_token).request("POST", "proxy")
+        except HubAPIError as err:
+            self.log.warning(
+                "the hub did not sync its routes to the new proxy (%s); it will at its "
+                "next route check",
+                err,
+            )
 
     async def _proxy_request(self, method: str, path: str, body: Any = None) -> Any:
         request = HTTPRequest(
