@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import json
 import os
 import secrets
 import signal
@@ -49,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Dict, Float, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -195,6 +194,7 @@ class ManagedHub(LoggingConfigurable):
         #: set by :meth:`stop`: the watcher starts nothing again from then on
         self.stopping = False
         self.watcher = ChildWatcher(parent=self)
+        self._secrets: dict[Path, str] = {}
 
     # -- paths and secrets ------------------------------------------------------
 
@@ -213,17 +213,24 @@ class ManagedHub(LoggingConfigurable):
     @property
     def api_token(self) -> str:
         """binderbox's hub API token (the ``binderbox`` service)."""
-        return _secret_file(self.hub_dir / "service_token")
+        return self._secret("service_token")
 
     @property
     def culler_token(self) -> str:
         """The idle culler's hub API token."""
-        return _secret_file(self.hub_dir / "culler_token")
+        return self._secret("culler_token")
 
     @property
     def proxy_token(self) -> str:
         """The token of the proxy's REST API."""
-        return _secret_file(self.hub_dir / "proxy_token")
+        return self._secret("proxy_token")
+
+    def _secret(self, name: str) -> str:
+        """The secret in ``hub_dir/name`` (made the first time; read once)."""
+        path = self.hub_dir / name
+        if path not in self._secrets:
+            self._secrets[path] = _secret_file(path)
+        return self._secrets[path]
 
     @property
     def hub_api_url(self) -> str:
@@ -415,8 +422,8 @@ class ManagedHub(LoggingConfigurable):
 
     async def _proxy_answers(self) -> bool:
         try:
-            await self._proxy_request("GET", "routes")
-        except (OSError, HTTPClientError):
+            await self.routes()
+        except HubAPIError:
             return False
         return True
 
@@ -514,7 +521,7 @@ class ManagedHub(LoggingConfigurable):
             return
         try:
             await self.add_route("/", f"http://127.0.0.1:{self.web_port}")
-        except (OSError, HTTPClientError) as err:
+        except HubAPIError as err:
             raise HubError(
                 "The proxy does not accept routes.", log_message=f"adding the route / failed: {err}"
             ) from err
@@ -532,17 +539,10 @@ class ManagedHub(LoggingConfigurable):
                 err,
             )
 
-    async def _proxy_request(self, method: str, path: str, body: Any = None) -> Any:
-        request = HTTPRequest(
-            self.proxy_api_url + path.lstrip("/"),
-            method=method,
-            headers={"Authorization": f"token {self.proxy_token}"},
-            body=None if body is None else json.dumps(body),
-            request_timeout=5,
-            allow_nonstandard_methods=True,
-        )
-        response = await AsyncHTTPClient().fetch(request)
-        return json.loads(response.body) if response.body else None
+    @property
+    def _proxy_api(self) -> HubClient:
+        """The proxy's REST API (token auth and JSON, like the hub's)."""
+        return HubClient(self.proxy_api_url, self.proxy_token, timeout=5)
 
     async def add_route(self, routespec: str, target: str) -> None:
         """Route ``routespec`` (e.g. ``/``) to ``target`` on the proxy.
@@ -550,11 +550,11 @@ class ManagedHub(LoggingConfigurable):
         The route carries no ``jupyterhub`` data marker, so the hub's route
         check leaves it alone.
         """
-        await self._proxy_request("POST", "routes" + routespec, {"target": target})
+        await self._proxy_api.request("POST", "routes" + routespec, {"target": target})
 
     async def routes(self) -> dict[str, Any]:
         """The proxy's routing table (routespec -> {target, data...})."""
-        result: dict[str, Any] = await self._proxy_request("GET", "routes")
+        result: dict[str, Any] = await self._proxy_api.request("GET", "routes")
         return result
 
 

@@ -174,12 +174,15 @@ class SessionLauncher(LoggingConfigurable):
         yield Launching(message=f"Launching server for {req.resolved.repo_url}")
         name, server, temporary, token, ready = await self._admit(req)
         done = False
+        found: dict[str, str] = {}
         try:
             if not ready:
-                async for event in self._follow(name, server):
+                async for event in self._follow(name, server, found):
                     yield event
-            model = await self._call(self.hub.get_user(name))
-            path = model["servers"][server]["url"]
+            path = found.get("url")  # the hub's ready event names it
+            if not path:
+                model = await self._call(self.hub.get_user(name))
+                path = model["servers"][server]["url"]
             done = True
             yield self._ready(req, urljoin(req.launch_host or "/", path), token)
         finally:
@@ -259,8 +262,9 @@ class SessionLauncher(LoggingConfigurable):
             return name, "", True
         raise LaunchError("Could not create a session user.", log_message="5 name collisions")
 
-    async def _follow(self, name: str, server: str) -> AsyncIterator[Event]:
-        """Relay the hub's spawn progress until ready; LaunchError on failure."""
+    async def _follow(self, name: str, server: str, found: dict[str, str]) -> AsyncIterator[Event]:
+        """Relay the hub's spawn progress until ready (its URL path into ``found["url"]``);
+        LaunchError on failure."""
         try:
             async with asyncio.timeout(self.launch_timeout):
                 async for event in self.hub.progress(name, server):
@@ -273,6 +277,8 @@ class SessionLauncher(LoggingConfigurable):
                     if event.get("message"):
                         yield Launching(message=str(event["message"]))
                     if event.get("ready"):
+                        if isinstance(event.get("url"), str):
+                            found["url"] = event["url"]
                         return
         except TimeoutError as err:
             raise LaunchError(
