@@ -10,6 +10,10 @@ git_server  # noqa: F401``).  ``git_server`` builds, once per module:
   ``group/sub/project.git`` (for ``gl``), ``abc123def.git`` (for ``gist``) and
   ``o/strict.git`` (without ``uploadpack.allowAnySHA1InWant``);
 * a ``git daemon`` on 127.0.0.1 serving them at ``git://127.0.0.1:<port>/``.
+
+:class:`GitHttpServer` serves bare repositories over git's smart HTTP protocol
+(``git http-backend``), optionally redirecting some paths elsewhere;
+:func:`superproject` makes a repository with submodules at any URL.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -164,3 +171,114 @@ def _build_repositories(root: Path, base: Path, port: int) -> GitServer:
         serve(work, base / name)
     serve(work, base / "o/strict.git", allow_any_sha=False)
     return GitServer(base, port, work, first, second, mid, third, tag_object)
+
+
+def superproject(work: Path, submodules: dict[str, str], commit: str) -> Path:
+    """Make ``work`` a repository whose one commit has a ``README.md`` and, for
+    each ``path -> url`` of ``submodules``, a submodule at ``commit`` declared
+    with exactly that URL in ``.gitmodules`` (nothing is fetched)."""
+    git("init", "-q", str(work))
+    (work / "README.md").write_text("superproject\n")
+    git("add", "README.md", cwd=work)
+    for path, url in submodules.items():
+        git("config", "-f", ".gitmodules", f"submodule.{path}.path", path, cwd=work)
+        git("config", "-f", ".gitmodules", f"submodule.{path}.url", url, cwd=work)
+        git("update-index", "--add", "--cacheinfo", f"160000,{commit},{path}", cwd=work)
+    if submodules:
+        git("add", ".gitmodules", cwd=work)
+    git("commit", "-q", "-m", "superproject", cwd=work)
+    return work
+
+
+class GitHttpServer:
+    """A real HTTP server on 127.0.0.1 answering git's smart HTTP protocol by
+    running ``git http-backend`` (CGI) over the bare repositories under ``root``.
+
+    ``redirects`` maps a path prefix to a base URL: a request under that prefix
+    is answered ``302`` to the base URL plus the rest of the path.  ``requests``
+    records every request line (method and path) the server received.  Request
+    bodies need a Content-Length (git sends small ones that way).
+    """
+
+    def __init__(self, root: Path, redirects: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.redirects = dict(redirects or {})
+        self.requests: list[str] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.answer(self)
+
+            def do_POST(self) -> None:
+                server.answer(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        return Handler
+
+    def answer(self, req: BaseHTTPRequestHandler) -> None:
+        self.requests.append(f"{req.command} {req.path}")
+        path, _, query = req.path.partition("?")
+        for prefix, target in self.redirects.items():
+            if path.startswith(prefix):
+                req.send_response(302)
+                req.send_header("Location", target + req.path[len(prefix) :])
+                req.send_header("Content-Length", "0")
+                req.end_headers()
+                return
+        body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
+        status, headers, payload = self._backend(req, unquote(path), query, body)
+        req.send_response(status)
+        for name, value in headers:
+            req.send_header(name, value)
+        req.send_header("Content-Length", str(len(payload)))
+        req.end_headers()
+        req.wfile.write(payload)
+
+    def _backend(
+        self, req: BaseHTTPRequestHandler, path: str, query: str, body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        env = {
+            "PATH": os.environ["PATH"],
+            "GIT_CONFIG_GLOBAL": "/dev/null",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_PROJECT_ROOT": str(self.root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "GIT_PROTOCOL": req.headers.get("Git-Protocol", ""),
+            "REQUEST_METHOD": req.command,
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "CONTENT_TYPE": req.headers.get("Content-Type", ""),
+            "CONTENT_LENGTH": str(len(body)),
+            "HTTP_CONTENT_ENCODING": req.headers.get("Content-Encoding", ""),
+            "REMOTE_ADDR": "127.0.0.1",
+        }
+        out = subprocess.run(
+            ["git", "http-backend"], input=body, env=env, capture_output=True, check=False
+        ).stdout
+        head, _, payload = out.partition(b"\r\n\r\n")
+        status, headers = 200, []
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name:
+                headers.append((name, value.strip()))
+        return status, headers, payload

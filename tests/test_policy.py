@@ -1,8 +1,19 @@
 """Operator policy: spec patterns and visitor-chosen hosts (no internet needed:
-literal IPs and ``localhost`` resolve locally)."""
+literal IPs and ``localhost`` resolve locally), and the same rules while
+fetching: HTTP redirects (real smart-HTTP servers on 127.0.0.1, one
+redirecting to the other) and submodule URLs (real repositories whose
+``.gitmodules`` point at file://, loopback and other refused URLs).
+
+Fetch tests build providers with ``allow_private_hosts=False`` and call
+``resolve()``/``fetch()`` directly: the provider does not re-check its own
+URL (``enforce_policy`` does, before), so they reach their servers on
+127.0.0.1 while everything git would reach beyond that URL is checked.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -10,11 +21,26 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config, Configurable
 
-from binderbox.errors import SpecNotAllowed
-from binderbox.providers import make_provider
+from binderbox.errors import BinderboxError, FetchError, RepositoryNotFound, SpecNotAllowed
+from binderbox.providers import GitProvider, make_provider
 from binderbox.providers.base import RepoProvider
-from binderbox.providers.policy import enforce_policy, url_host
-from tests.fixtures_git import GitServer, git_server
+from binderbox.providers.gitutil import run_git
+from binderbox.providers.policy import (
+    UrlRules,
+    enforce_policy,
+    url_host,
+    url_origin,
+    url_refusal,
+)
+from tests.fixtures_git import (
+    GitHttpServer,
+    GitServer,
+    commit_file,
+    git,
+    git_server,
+    serve,
+    superproject,
+)
 
 __all__ = ["git_server"]  # the fixture, re-exported for pytest
 
@@ -259,3 +285,297 @@ def test_url_host() -> None:
     assert url_host("git@[::1]:o/r.git") == ("ssh", "::1")
     assert url_host("me@host.example:o/r.git") == ("ssh", "host.example")
     assert url_host("/srv/repo") == ("", "")
+
+
+# -- while fetching: URL rules ------------------------------------------------------
+
+TRUSTED = UrlRules(trusted_origin=("git", "127.0.0.1", 9418))
+
+
+@pytest.mark.parametrize(
+    ("url", "rules", "reason"),
+    [
+        ("file:///etc", UrlRules(), "it points at files on this service's own disk"),
+        ("/srv/secret.git", UrlRules(), "it points at files on this service's own disk"),
+        ("./here", UrlRules(), "it points at files on this service's own disk"),
+        ("ext::sh -c id", UrlRules(allow_local=True), "is not a kind this service fetches"),
+        ("-uhelp", UrlRules(allow_local=True), "is not a kind this service fetches"),
+        ("ftp://example.org/r.git", UrlRules(), "is not a kind this service fetches"),
+        (f"ssh://git@{PUBLIC_V4}/r.git", UrlRules(), "this service does not fetch over ssh"),
+        (f"git@{PUBLIC_V4}:o/r.git", UrlRules(), "this service does not fetch over ssh"),
+        ("http://127.0.0.1/r.git", UrlRules(), "127.0.0.1 is on a private network"),
+        ("https://[::1]/r.git", UrlRules(allow_ssh=True), "::1 is on a private network"),
+        ("git@[::1]:o/r.git", UrlRules(allow_ssh=True), "::1 is on a private network"),
+        # the trusted origin is scheme, host and port: nothing else on that host
+        ("git://127.0.0.1:9419/r.git", TRUSTED, "127.0.0.1 is on a private network"),
+        ("http://127.0.0.1:9418/r.git", TRUSTED, "127.0.0.1 is on a private network"),
+        ("git://localhost:9418/r.git", TRUSTED, "localhost is on a private network"),
+        ("file:///etc", TRUSTED, "it points at files on this service's own disk"),
+    ],
+)
+async def test_url_refusal(url: str, rules: UrlRules, reason: str) -> None:
+    refusal = await url_refusal(url, rules)
+    assert refusal is not None and reason in refusal
+
+
+@pytest.mark.parametrize(
+    ("url", "rules"),
+    [
+        (f"https://{PUBLIC_V4}/r.git", UrlRules()),
+        (f"git://{PUBLIC_V4}/r.git", UrlRules()),
+        ("file:///srv/r.git", UrlRules(allow_local=True)),
+        ("/srv/r.git", UrlRules(allow_local=True)),
+        (f"ssh://git@{PUBLIC_V4}/r.git", UrlRules(allow_ssh=True)),
+        ("http://127.0.0.1/r.git", UrlRules(allow_private_hosts=True)),
+        ("git://127.0.0.1:9418/other/r.git", TRUSTED),
+        ("git://127.0.0.1:9418/r.git", TRUSTED),
+    ],
+)
+async def test_url_allowed(url: str, rules: UrlRules) -> None:
+    assert await url_refusal(url, rules) is None
+
+
+def test_url_origin() -> None:
+    assert url_origin("HTTPS://Example.org:8443/x") == ("https", "example.org", 8443)
+    assert url_origin("git://127.0.0.1/x") == ("git", "127.0.0.1", None)
+    assert url_origin("git@host.example:o/r.git") == ("ssh", "host.example", None)
+    assert url_origin("/srv/repo") is None
+    assert url_origin("http://h:notaport/x") is None
+
+
+# -- while fetching: HTTP redirects -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redirect_servers(
+    git_server: GitServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GitHttpServer, GitHttpServer]]:
+    """``(public, private)``: two smart-HTTP servers on 127.0.0.1.  ``private``
+    serves the git_server repositories; ``public`` serves its own repositories
+    and redirects ``/moved/...`` to ``private``."""
+    root = tmp_path_factory.mktemp("public")
+    private = GitHttpServer(git_server.base)
+    public = GitHttpServer(root, {"/moved/": f"{private.url}/"})
+    try:
+        yield public, private
+    finally:
+        public.close()
+        private.close()
+
+
+def gh_config(clone_host: str, **traits: Any) -> dict[str, dict[str, Any]]:
+    """gh/ pointed at ``clone_host`` (an operator's host) with ``traits``."""
+    return {"GitHubProvider": {"clone_host": clone_host, **traits}}
+
+
+async def test_redirect_to_a_private_server_is_not_followed(
+    git_server: GitServer, redirect_servers: tuple[GitHttpServer, GitHttpServer], tmp_path: Path
+) -> None:
+    public, private = redirect_servers
+    private.requests.clear()
+    spec = git_spec(f"{public.url}/moved/o/r.git")
+    strict = provider(spec, {"GitProvider": {"allow_private_hosts": False}})
+    assert isinstance(strict, GitProvider)
+    with pytest.raises(RepositoryNotFound) as info:
+        await strict.resolve()
+    assert_plain(info.value)
+    assert "redirect" in info.value.message and "moved" in info.value.hint
+    dest = tmp_path / "dest"
+    with pytest.raises(RepositoryNotFound, match="redirect"):
+        await strict.fetch(strict.resolved(git_server.first), dest, lambda line: None)
+    assert list(dest.iterdir()) == []
+    assert any("/moved/" in r for r in public.requests)
+    assert private.requests == []  # never reached
+    # the same URL with private hosts allowed: git follows, and reaches it
+    lenient = provider(spec, {"GitProvider": {"allow_private_hosts": True}})
+    assert (await lenient.resolve()).version == git_server.second
+    assert private.requests
+
+
+async def test_http_fetches_still_work_without_redirects(
+    git_server: GitServer, redirect_servers: tuple[GitHttpServer, GitHttpServer], tmp_path: Path
+) -> None:
+    _, private = redirect_servers
+    strict = provider(
+        git_spec(f"{private.url}/o/r.git", "v1"), {"GitProvider": {"allow_private_hosts": False}}
+    )
+    resolved = await strict.resolve()
+    assert resolved.version == git_server.first
+    await strict.fetch(resolved, tmp_path / "dest", lambda line: None)
+    assert (tmp_path / "dest" / "README.md").read_text() == "version one\n"
+
+
+async def test_operator_hosts_may_redirect(
+    git_server: GitServer, redirect_servers: tuple[GitHttpServer, GitHttpServer]
+) -> None:
+    public, _ = redirect_servers
+    p = provider("gh/o/r/main", gh_config(f"{public.url}/moved", allow_private_hosts=False))
+    assert (await p.resolve()).version == git_server.second
+
+
+async def test_submodule_redirects_are_not_followed(
+    git_server: GitServer, redirect_servers: tuple[GitHttpServer, GitHttpServer], tmp_path: Path
+) -> None:
+    """A submodule on the operator's own origin passes the check, and git
+    still does not follow its server's redirect to another address."""
+    public, private = redirect_servers
+    sub = git("rev-parse", "HEAD", cwd=git_server.base / "sub.git")
+    work = superproject(tmp_path / "work", {"lib": f"{public.url}/moved/sub.git"}, sub)
+    serve(work, public.root / "o" / "redsub.git")
+    private.requests.clear()
+    strict = provider("gh/o/redsub/HEAD", gh_config(public.url, allow_private_hosts=False))
+    dest = tmp_path / "dest"
+    with pytest.raises(FetchError) as info:
+        await strict.fetch(await strict.resolve(), dest, lambda line: None)
+    assert_plain(info.value)
+    assert "submodules" in info.value.message and "redirect" in info.value.message
+    assert list(dest.iterdir()) == []
+    assert private.requests == []
+    lenient = provider("gh/o/redsub/HEAD", gh_config(public.url, allow_private_hosts=True))
+    await lenient.fetch(await lenient.resolve(), tmp_path / "ok", lambda line: None)
+    assert (tmp_path / "ok" / "lib" / "subfile.txt").read_text() == "from the submodule\n"
+
+
+# -- while fetching: submodule URLs -------------------------------------------------
+
+
+def assert_plain(err: BinderboxError) -> None:
+    text = err.user_message
+    assert "\n" not in text and "Traceback" not in text and "fatal:" not in text
+
+
+async def fetch_refused(p: RepoProvider, dest: Path) -> SpecNotAllowed:
+    """Fetch with ``p``; it must be refused by policy and leave ``dest`` empty."""
+    assert isinstance(p, GitProvider)
+    with pytest.raises(SpecNotAllowed) as info:
+        await p.fetch(await p.resolve(), dest, lambda line: None)
+    assert info.value.status_code == 403
+    assert_plain(info.value)
+    assert list(dest.iterdir()) == []
+    return info.value
+
+
+async def test_visitor_repository_cannot_reach_private_submodules(
+    git_server: GitServer, tmp_path: Path
+) -> None:
+    """git/ at a host the test reaches directly (the provider does not check its
+    own URL; enforce_policy does): its submodule on 127.0.0.1 is refused."""
+    spec = git_spec(f"{git_server.url}/o/r.git")
+    err = await fetch_refused(
+        provider(spec, {"GitProvider": {"allow_private_hosts": False}}), tmp_path / "a"
+    )
+    assert err.message == (
+        f"The submodule 'sub' of {git_server.url}/o/r.git is not allowed: "
+        "127.0.0.1 is on a private network."
+    )
+    allowed = provider(spec, {"GitProvider": {"allow_private_hosts": True}})
+    await allowed.fetch(await allowed.resolve(), tmp_path / "b", lambda line: None)
+    assert (tmp_path / "b" / "sub" / "subfile.txt").is_file()
+
+
+@pytest.fixture(scope="module")
+def sub_commit(git_server: GitServer) -> str:
+    return git("rev-parse", "HEAD", cwd=git_server.base / "sub.git")
+
+
+def hosted_repo(git_server: GitServer, name: str, submodules: dict[str, str], commit: str) -> str:
+    """Serve a superproject as ``o/<name>.git``; return its gh spec."""
+    work = superproject(git_server.base.parent / f"{name}-work", submodules, commit)
+    serve(work, git_server.base / "o" / f"{name}.git")
+    return f"gh/o/{name}/HEAD"
+
+
+async def test_relative_submodule_urls_resolve_against_the_repository(
+    git_server: GitServer, sub_commit: str, tmp_path: Path
+) -> None:
+    spec = hosted_repo(git_server, "relative", {"lib": "../../sub.git"}, sub_commit)
+    # on the operator's host: the resolved URL is on its origin, and fetched
+    p = provider(spec, gh_config(git_server.url, allow_private_hosts=False))
+    assert isinstance(p, GitProvider)
+    await p.fetch(await p.resolve(), tmp_path / "ok", lambda line: None)
+    assert (tmp_path / "ok" / "lib" / "subfile.txt").read_text() == "from the submodule\n"
+    # the same repository by a visitor's URL: resolved to 127.0.0.1, refused
+    visitor = provider(
+        git_spec(f"{git_server.url}/o/relative.git", "HEAD"),
+        {"GitProvider": {"allow_private_hosts": False}},
+    )
+    err = await fetch_refused(visitor, tmp_path / "no")
+    assert "'lib'" in err.message and "127.0.0.1 is on a private network" in err.message
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("file:///etc", "it points at files on this service's own disk"),
+        ("/etc", "it points at files on this service's own disk"),
+        ("git://localhost:{port}/sub.git", "localhost is on a private network"),
+        ("http://127.0.0.1:{port}/sub.git", "127.0.0.1 is on a private network"),
+        # a relative URL that climbs out of the operator's origin to another host
+        ("../../../localhost:{port}/sub.git", "localhost is on a private network"),
+        (f"ssh://git@{PUBLIC_V4}/sub.git", "this service does not fetch over ssh"),
+        ("ext::sh -c touch% {pwned}", "is not a kind this service fetches from"),
+    ],
+)
+async def test_refused_submodule_urls(
+    git_server: GitServer, sub_commit: str, tmp_path: Path, url: str, reason: str
+) -> None:
+    pwned = tmp_path / "pwned"
+    wanted = url.format(port=git_server.port, pwned=pwned)
+    spec = hosted_repo(git_server, tmp_path.name, {"lib": wanted}, sub_commit)
+    err = await fetch_refused(provider(spec, gh_config(git_server.url)), tmp_path / "dest")
+    assert err.message.startswith("The submodule 'lib' of https://github.com/o/")
+    assert reason in err.message
+    assert not pwned.exists()
+
+
+async def test_nested_submodules_are_checked_level_by_level(
+    git_server: GitServer, sub_commit: str, tmp_path: Path
+) -> None:
+    """Each level's URLs are resolved against its own repository and checked
+    before that level is fetched."""
+    for name, deep in (("ok", "../../sub.git"), ("bad", "file:///etc")):
+        inner = superproject(tmp_path / f"inner-{name}", {"deep": deep}, sub_commit)
+        serve(inner, git_server.base / "o" / f"inner-{name}.git")
+        inner_sha = git("rev-parse", "HEAD", cwd=inner)
+        hosted_repo(git_server, f"outer-{name}", {"mid": f"../inner-{name}.git"}, inner_sha)
+    ok = provider("gh/o/outer-ok/HEAD", gh_config(git_server.url))
+    await ok.fetch(await ok.resolve(), tmp_path / "ok", lambda line: None)
+    assert (tmp_path / "ok" / "mid" / "deep" / "subfile.txt").is_file()
+    bad = provider("gh/o/outer-bad/HEAD", gh_config(git_server.url))
+    err = await fetch_refused(bad, tmp_path / "bad")
+    assert err.message == (
+        "The submodule 'mid/deep' of https://github.com/o/outer-bad is not allowed: "
+        "it points at files on this service's own disk."
+    )
+
+
+async def test_git_protocol_settings_outrank_the_environment(
+    git_server: GitServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even with an environment that allows ``file`` everywhere, a remote
+    repository's git commands cannot fetch a file:// submodule."""
+    secret = tmp_path / "secret"
+    git("init", "-q", str(secret))
+    sha = commit_file(secret, "secret.txt", "server-side secret\n", "secret")
+    work = superproject(tmp_path / "work", {"sec": secret.as_uri()}, sha)
+    monkeypatch.setenv("GIT_ALLOW_PROTOCOL", "file:git:http:https")
+    monkeypatch.setenv("GIT_PROTOCOL_FROM_USER", "1")
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.file.allow")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
+    remote = provider("gh/o/r/main", gh_config(git_server.url))
+    local = make_provider(str(work), parent=parent())
+    assert isinstance(remote, GitProvider) and isinstance(local, GitProvider)
+    cases = {
+        "plain": ({}, True),  # without our -c settings, this environment lets git fetch it
+        "local": (local.fetch_config(submodules=True), True),
+        "remote": (remote.fetch_config(submodules=True), False),
+    }
+    for name, (config, fetched) in cases.items():
+        checkout = tmp_path / name
+        git("clone", "-q", str(work), str(checkout))
+        result = await run_git(["submodule", "update", "--init"], cwd=checkout, config=config)
+        assert result.ok is fetched, result.describe()
+        assert (checkout / "sec" / "secret.txt").is_file() is fetched
+        if not fetched:
+            assert "transport 'file' not allowed" in result.stderr

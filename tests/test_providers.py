@@ -419,9 +419,13 @@ async def test_remote_repositories_cannot_pull_file_submodules(
     git("commit", "-q", "-m", "file submodule", cwd=work)
     serve(work, git_server.base / "o" / "filesub.git")
     dest = tmp_path / "dest"
-    with pytest.raises(FetchError) as info:
+    with pytest.raises(SpecNotAllowed) as info:
         await fetch("gh/o/filesub/HEAD", git_server, dest)
-    assert "submodules" in info.value.message
+    assert info.value.message == (
+        "The submodule 'sec' of https://github.com/o/filesub is not allowed: "
+        "it points at files on this service's own disk."
+    )
+    assert_plain(info.value)
     assert list(dest.iterdir()) == []
     # the operator's own local repository may use them
     provider = make_provider(str(work))

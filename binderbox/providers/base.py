@@ -116,7 +116,8 @@ class RepoProvider(LoggingConfigurable):
         "resolve to private, loopback, link-local, multicast or reserved addresses. Off for "
         "a public service: it would let visitors probe the operator's internal network. "
         "Hosts set in the operator's own config (e.g. GitHubProvider.clone_host) are not "
-        "checked.",
+        "checked.  While off, submodule URLs are checked the same way (except those on the "
+        "operator's host) and git follows no HTTP redirect for a visitor's URL or a submodule.",
     ).tag(config=True)
     allow_ssh = Bool(
         False,

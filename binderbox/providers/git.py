@@ -19,13 +19,24 @@ Resolving a ref (:meth:`GitProvider.resolve`), in order:
 Fetching (:meth:`GitProvider.fetch`) into an empty directory: ``git init``,
 ``git fetch --depth 1 origin <sha>``; if the server refuses a sha it does not
 advertise, a full fetch of branches, tags and HEAD; ``git checkout <sha>``;
-then ``git submodule update --init --recursive --depth 1`` (retried without
-``--depth`` when a submodule commit is not a branch tip).  ``.git`` is kept.
-``file://`` submodules are refused unless the repository itself is local.
+then the submodules, one level at a time: ``git submodule init`` registers
+their URLs (relative ones resolved against the superproject's), every URL
+must pass :func:`~binderbox.providers.policy.url_refusal` (a refused one is
+:class:`~binderbox.errors.SpecNotAllowed` naming the submodule's path), then
+``git submodule update --depth 1`` (retried without ``--depth`` when a
+submodule commit is not a branch tip); submodules with a ``.gitmodules`` of
+their own are the next level.  ``.git`` is kept.
+
+Every command that may reach the network gets :meth:`GitProvider.fetch_config`:
+transports https, http, git and ssh (``file://`` and local paths only when
+the repository itself is local), no recursion git was not asked for, and, when
+private hosts are not allowed, no HTTP redirects for a visitor's URL or any
+submodule (see :mod:`binderbox.providers.policy`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import tempfile
@@ -35,7 +46,7 @@ from urllib.parse import quote, unquote
 
 from traitlets import Float, Unicode, default
 
-from ..errors import FetchError, RefNotFound, RepositoryNotFound, SpecError
+from ..errors import FetchError, RefNotFound, RepositoryNotFound, SpecError, SpecNotAllowed
 from ..logs import LogFn
 from .base import RepoProvider, Resolved
 from .gitutil import (
@@ -46,12 +57,17 @@ from .gitutil import (
     classify_failure,
     ls_remote,
     redact,
+    redirect_refused,
     run_git,
 )
+from .policy import UrlRules, url_origin, url_refusal
 
 FULL_SHA_RE = re.compile(r"^[0-9a-fA-F]{40}$")
 SHORT_SHA_RE = re.compile(r"^[0-9a-fA-F]{4,39}$")
 _BAD_REF_RE = re.compile(r"(^-)|[\x00-\x20~^:?*\[\\\x7f]|\.\.|@\{")
+#: transports every fetch may use; ``file`` depends on the repository
+_TRANSPORTS = ("https", "http", "git", "ssh")
+_REDIRECTED = "the server answered with a redirect, which this service does not follow"
 
 #: a "HEAD" spelled in the ways people spell it
 
@@ -84,7 +100,8 @@ class GitProvider(RepoProvider):
     ).tag(config=True)
     fetch_timeout = Float(
         900.0,
-        help="Seconds a single git fetch (including submodules) may take before it is killed.",
+        help="Seconds a single git command of a fetch may take before it is killed; the "
+        "submodules of a repository (all levels) get this long in all.",
     ).tag(config=True)
 
     #: what git fetches from (may hold credentials: never log it unredacted)
@@ -107,6 +124,12 @@ class GitProvider(RepoProvider):
     def reads_local_disk(self) -> bool:
         """True when the content comes from this machine's disk (``file://``, paths)."""
         return self._local
+
+    @property
+    def url_from_visitor(self) -> bool:
+        """True when the visitor chose the host git fetches from (``git/`` URLs);
+        False for local content and for hosts the operator configures."""
+        return not self.reads_local_disk and not self.has_trait("clone_host")
 
     @property
     def repo_url(self) -> str:
@@ -144,6 +167,17 @@ class GitProvider(RepoProvider):
             log_message=f"{self.prefix}: {redact(self.clone_url)}: {detail}",
         )
 
+    def unreachable(self, result: GitResult) -> RepositoryNotFound:
+        """:meth:`not_reachable` for a failed git command; says so when the
+        server redirected and redirects were off."""
+        if not redirect_refused(result.stderr):
+            return self.not_reachable(result.describe())
+        return RepositoryNotFound(
+            f"Could not reach {self.repo_url}: {_REDIRECTED}.",
+            hint="Use the URL the repository has moved to (where the redirect points).",
+            log_message=f"{self.prefix}: {redact(self.clone_url)}: {result.describe()}",
+        )
+
     def ref_not_found(self, ref: str, detail: str, hint: str = "") -> RefNotFound:
         return RefNotFound(
             f"Could not find {ref!r} in {self.repo_url}.",
@@ -156,10 +190,13 @@ class GitProvider(RepoProvider):
         if FULL_SHA_RE.match(ref):
             return ref.lower()
         result, refs = await ls_remote(
-            self.clone_url, [ref, ref + "^{}"], time_limit=self.resolve_timeout
+            self.clone_url,
+            [ref, ref + "^{}"],
+            config=self.fetch_config(),
+            time_limit=self.resolve_timeout,
         )
         if not result.ok:
-            raise self.not_reachable(result.describe())
+            raise self.unreachable(result)
         sha = pick_ref(refs, ref)
         if sha:
             return sha
@@ -179,7 +216,7 @@ class GitProvider(RepoProvider):
                 time_limit=self.fetch_timeout,
             )
             if not result.ok:
-                raise self.not_reachable(result.describe())
+                raise self.unreachable(result)
             found = await run_git(
                 ["rev-parse", "--verify", "--end-of-options", ref + "^{commit}"], cwd=repo
             )
@@ -193,14 +230,37 @@ class GitProvider(RepoProvider):
 
     # -- fetch -------------------------------------------------------------------
 
-    def fetch_config(self) -> dict[str, str]:
-        """``git -c`` settings for fetching: ``file://`` only for local repositories."""
-        return {
-            "protocol.file.allow": "always" if self.reads_local_disk else "user",
+    def fetch_config(self, *, submodules: bool = False) -> dict[str, str]:
+        """``git -c`` settings for fetching (``submodules``: for fetching submodules).
+
+        Only the transports in ``_TRANSPORTS``, plus ``file`` (and local paths)
+        for local repositories; no recursion into submodules except by
+        :meth:`_fetch_submodules`; no HTTP redirects unless private hosts are
+        allowed, for a visitor's URL and for submodules (the operator's own
+        hosts may redirect, as git allows by default).
+        """
+        config = {
+            "protocol.allow": "never",
+            **{f"protocol.{name}.allow": "always" for name in _TRANSPORTS},
+            "protocol.file.allow": "always" if self.reads_local_disk else "never",
             "protocol.ext.allow": "never",
+            "submodule.recurse": "false",
+            "fetch.recurseSubmodules": "false",
             "advice.detachedHead": "false",
             "init.defaultBranch": "main",
         }
+        if not self.allow_private_hosts and (submodules or self.url_from_visitor):
+            config["http.followRedirects"] = "false"
+        return config
+
+    def url_rules(self, url: str) -> UrlRules:
+        """The policy for submodule URLs of the repository at ``url``."""
+        return UrlRules(
+            allow_local=self.reads_local_disk,
+            allow_ssh=self.allow_ssh,
+            allow_private_hosts=self.allow_private_hosts,
+            trusted_origin=None if self.url_from_visitor else url_origin(url),
+        )
 
     async def fetch(self, resolved: Resolved, dest: Path, log: LogFn) -> None:
         prepare_dest(dest)
@@ -210,9 +270,15 @@ class GitProvider(RepoProvider):
             clear_dir(dest)
             raise
 
-    async def _git(self, dest: Path, args: list[str], log: LogFn | None = None) -> GitResult:
+    async def _git(
+        self, dest: Path, args: list[str], log: LogFn | None = None, *, submodules: bool = False
+    ) -> GitResult:
         return await run_git(
-            args, cwd=dest, config=self.fetch_config(), time_limit=self.fetch_timeout, log=log
+            args,
+            cwd=dest,
+            config=self.fetch_config(submodules=submodules),
+            time_limit=self.fetch_timeout,
+            log=log,
         )
 
     async def _fetch(self, resolved: Resolved, dest: Path, log: LogFn) -> None:
@@ -249,7 +315,7 @@ class GitProvider(RepoProvider):
             raise self.ref_not_found(sha, f"{shallow.describe()}; {checkout.describe()}")
         log(f"Checked out {sha}")
         if (dest / ".gitmodules").exists():
-            await self._fetch_submodules(dest, log)
+            await self._fetch_submodules(dest, url, log)
 
     def _raise_unreachable(self, result: GitResult) -> None:
         if result.timed_out:
@@ -257,21 +323,104 @@ class GitProvider(RepoProvider):
                 f"Fetching {self.repo_url} took too long.", log_message=result.describe()
             )
         if not result.ok and classify_failure(result.stderr) is Failure.REPOSITORY:
-            raise self.not_reachable(result.describe())
+            raise self.unreachable(result)
 
-    async def _fetch_submodules(self, dest: Path, log: LogFn) -> None:
+    async def _fetch_submodules(self, dest: Path, url: str, log: LogFn) -> None:
+        """Check and fetch the submodules under ``dest``, level by level, within
+        ``fetch_timeout`` in all."""
         log("Fetching submodules")
-        base = ["submodule", "update", "--init", "--recursive", "--progress"]
-        result = await self._git(dest, [*base, "--depth", "1"], log)
+        rules = self.url_rules(url)
+        pending = [Path()]
+        try:
+            async with asyncio.timeout(self.fetch_timeout):
+                while pending:
+                    level = pending.pop()
+                    repo = dest / level
+                    urls = await self._submodule_urls(repo)
+                    for path, sub_url in urls.items():
+                        await self._check_submodule(level / path, sub_url, rules)
+                    await self._update_submodules(repo, log)
+                    pending += [level / p for p in urls if (repo / p / ".gitmodules").is_file()]
+        except TimeoutError:
+            raise FetchError(
+                f"Fetching the submodules of {self.repo_url} took too long.",
+                log_message=f"submodules of {redact(url)}: over {self.fetch_timeout:g} s",
+            ) from None
+
+    async def _submodule_urls(self, repo: Path) -> dict[str, str]:
+        """``path -> URL`` of the submodules of the checkout ``repo``: the URLs
+        ``git submodule init`` registered from its ``.gitmodules``, relative
+        ones resolved against its remote, as ``git submodule update`` uses them."""
+        init = await self._git(repo, ["submodule", "init"], submodules=True)
+        if not init.ok:
+            raise FetchError(
+                f"Could not read the submodules of {self.repo_url}.",
+                hint="Check the repository's .gitmodules file.",
+                log_message=init.describe(),
+            )
+        registered = await self._git(
+            repo, ["config", "-z", "--local", "--get-regexp", r"^submodule\..*\.url$"]
+        )
+        declared = await self._git(
+            repo,
+            [
+                "config",
+                "-z",
+                "--blob",
+                "HEAD:.gitmodules",
+                "--get-regexp",
+                r"^submodule\..*\.path$",
+            ],
+        )
+        paths = dict(config_entries(declared.stdout, "path"))
+        return {
+            paths.get(name, name): url for name, url in config_entries(registered.stdout, "url")
+        }
+
+    async def _check_submodule(self, path: Path, url: str, rules: UrlRules) -> None:
+        """SpecNotAllowed if the policy refuses submodule ``path``'s ``url``."""
+        reason = await url_refusal(url, rules)
+        if reason is None:
+            return
+        raise SpecNotAllowed(
+            f"The submodule {path.as_posix()!r} of {self.repo_url} is not allowed: {reason}.",
+            hint="This service fetches submodules only from public repository URLs.",
+            log_message=f"{self.prefix}: {redact(self.clone_url)}: refused submodule "
+            f"{path.as_posix()!r} at {redact(url)!r}: {reason}",
+        )
+
+    async def _update_submodules(self, repo: Path, log: LogFn) -> None:
+        """Fetch and check out the registered submodules of ``repo`` (one level)."""
+        base = ["submodule", "update", "--progress"]
+        result = await self._git(repo, [*base, "--depth", "1"], log, submodules=True)
         if not result.ok and not result.timed_out:
             log("Retrying the submodules with their full history")
-            result = await self._git(dest, base, log)
-        if not result.ok:
+            result = await self._git(repo, base, log, submodules=True)
+        if result.ok:
+            return
+        if redirect_refused(result.stderr):
             raise FetchError(
-                f"Could not fetch the submodules of {self.repo_url}.",
-                hint="Check that every submodule URL is reachable and public.",
+                f"Could not fetch the submodules of {self.repo_url}: {_REDIRECTED}.",
+                hint="Point each submodule at the URL its repository has moved to.",
                 log_message=result.describe(),
             )
+        raise FetchError(
+            f"Could not fetch the submodules of {self.repo_url}.",
+            hint="Check that every submodule URL is reachable and public.",
+            log_message=result.describe(),
+        )
+
+
+def config_entries(text: str, key: str) -> list[tuple[str, str]]:
+    """``(name, value)`` of the ``submodule.<name>.<key>`` entries in the output
+    of ``git config -z --get-regexp``."""
+    head, tail = "submodule.", f".{key}"
+    entries = []
+    for entry in text.split("\0"):
+        name, _, value = entry.partition("\n")
+        if name.startswith(head) and name.endswith(tail) and len(name) > len(head + tail):
+            entries.append((name[len(head) : -len(tail)], value))
+    return entries
 
 
 def pick_ref(refs: dict[str, str], ref: str) -> str | None:

@@ -4,11 +4,15 @@
   prompt ever (``GIT_TERMINAL_PROMPT=0``, ssh in batch mode), English
   messages (``LC_ALL=C``) so that :func:`classify_failure` can read them, a
   timeout, and the whole process group killed if the awaiting coroutine is
-  cancelled or times out.
+  cancelled or times out.  ``GIT_ALLOW_PROTOCOL`` is removed from git's
+  environment: it would override the ``protocol.*.allow`` settings the
+  providers pass with ``-c``.
 * :func:`check_git_url` accepts the URL forms git fetches from (https, http,
   ssh, git, file, ``user@host:path``, a local path) and refuses transport
   helpers (``ext::``), option-like strings and unknown schemes.
 * :func:`redact` removes credentials from URLs before anything is logged.
+* :func:`redirect_refused` tells a redirect git refused to follow
+  (``http.followRedirects=false``) from other failures.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ _SCP_RE = re.compile(r"^(?:[^@/\s]+@)?(?:\[[^\]/]+\]|[^/:\s]{2,}):(?!//).")
 #: the user-info part of a URL, plain (``//user:tok@``) or URL-escaped (``%2F%2F...%40``)
 _USERINFO_RE = re.compile(r"(?i)(//|%2F%2F)((?:(?!%2F)[^/?#@\s])+)(@|%40)")
 _PROGRESS_RE = re.compile(r"^(?:remote:\s*)?(?P<what>[^:]+):\s+(?P<pct>\d+)%")
+#: what git says when the server answers with a redirect it may not follow
+_REDIRECT_RE = re.compile(r"returned error: 30[12378]\b")
 
 #: stderr fragments that mean "this repository cannot be reached"
 _REPO_ERRORS = (
@@ -172,8 +178,14 @@ def classify_failure(stderr: str) -> Failure:
     return Failure.OTHER
 
 
+def redirect_refused(stderr: str) -> bool:
+    """True when git failed because the server redirected and redirects are off."""
+    return bool(_REDIRECT_RE.search(stderr))
+
+
 def git_env() -> dict[str, str]:
-    """The environment of every git command: no prompts, English messages."""
+    """The environment of every git command: no prompts, English messages, and
+    no inherited protocol allow-list overriding the ``-c`` settings."""
     env = dict(os.environ)
     env.update(
         GIT_TERMINAL_PROMPT="0",
@@ -183,6 +195,8 @@ def git_env() -> dict[str, str]:
     )
     env.pop("GIT_ASKPASS", None)
     env.pop("SSH_ASKPASS", None)
+    env.pop("GIT_ALLOW_PROTOCOL", None)
+    env.pop("GIT_PROTOCOL_FROM_USER", None)
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
     return env
 
@@ -288,10 +302,17 @@ async def run_git(
 
 
 async def ls_remote(
-    url: str, patterns: Sequence[str], *, time_limit: float | None = None
+    url: str,
+    patterns: Sequence[str],
+    *,
+    config: Mapping[str, str] | None = None,
+    time_limit: float | None = None,
 ) -> tuple[GitResult, dict[str, str]]:
-    """``git ls-remote -- <url> <patterns>``: the result and a refname -> sha map."""
-    result = await run_git(["ls-remote", "--", url, *patterns], time_limit=time_limit)
+    """``git [-c k=v ...] ls-remote -- <url> <patterns>``: the result and a
+    refname -> sha map."""
+    result = await run_git(
+        ["ls-remote", "--", url, *patterns], config=config, time_limit=time_limit
+    )
     refs: dict[str, str] = {}
     if result.ok:
         for line in result.stdout.splitlines():

@@ -20,11 +20,33 @@ Not checked (the operator chose them): hosts from the operator's config
 (``GitHubProvider.clone_host`` and the like), and local content, which
 ``make_provider(allow_local=...)`` governs.
 
-Known limits of a pre-check: the address git connects to is looked up again
-by git, so a host whose DNS answers change between the check and the fetch
-(DNS rebinding) can still reach a private address; so can an HTTP redirect
-from a public server, and a submodule URL inside a public repository.
-Network-level egress rules are the complete answer for a public service.
+While fetching, :class:`~binderbox.providers.git.GitProvider` applies the
+same rules where git would otherwise go further than the checked URL:
+
+* HTTP redirects: unless ``allow_private_hosts``, git does not follow them
+  (``http.followRedirects=false``) for a visitor's URL nor for submodules, so
+  a public server cannot send the fetch to a private address; the launch
+  fails as RepositoryNotFound / FetchError saying the server redirected.
+  Redirects of the operator's own hosts are followed as git does by default.
+* Submodules: before each level of submodules is fetched, the URLs git will
+  use (``.gitmodules`` of the fetched commit as ``git submodule init``
+  registers them, relative URLs resolved against the superproject's URL)
+  each pass :func:`url_refusal`: the URL forms :func:`check_git_url`
+  accepts; ``file://`` and local paths only for local repositories; ssh only
+  with ``allow_ssh``; private hosts only with ``allow_private_hosts``; URLs
+  on the very origin (scheme, host, port) of an operator-configured host are
+  not checked.  A refusal is SpecNotAllowed naming the submodule's path.
+  Nested submodules are checked level by level, as each level is fetched.
+* git's protocol allow-list is set on every command (``protocol.allow=never``
+  and https, http, git and ssh allowed; ``file`` only for local
+  repositories), and ``GIT_ALLOW_PROTOCOL`` is removed from git's
+  environment, so no inherited setting lets a submodule read this machine's
+  files.
+
+Still open: the address git connects to is looked up again by git, so a
+host whose DNS answers change between the check and the fetch (DNS
+rebinding) can still reach a private address.  Network-level egress rules
+are the complete answer for a public service.
 """
 
 from __future__ import annotations
@@ -33,17 +55,19 @@ import asyncio
 import ipaddress
 import re
 import socket
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from ..errors import RepositoryNotFound, SpecNotAllowed
+from ..errors import RepositoryNotFound, SpecError, SpecNotAllowed
 from .base import RepoProvider
-from .git import GitProvider
-from .gitutil import redact
+from .gitutil import UrlKind, check_git_url, redact
 
 #: seconds to wait for DNS before giving up on a host
 RESOLVE_TIMEOUT = 15.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: ``(scheme, host, port)`` of a URL; scp-like ``user@host:path`` is ``("ssh", host, None)``
+Origin = tuple[str, str, int | None]
 
 _SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -67,9 +91,9 @@ async def enforce_policy(provider: RepoProvider) -> None:
 def visitor_url(provider: RepoProvider) -> str | None:
     """The URL whose host the visitor chose, or None (operator-configured host,
     local content, or a provider without a URL)."""
-    if not isinstance(provider, GitProvider) or provider.reads_local_disk:
-        return None
-    if provider.has_trait("clone_host"):
+    from .git import GitProvider  # here, not at the top: git.py imports this module
+
+    if not isinstance(provider, GitProvider) or not provider.url_from_visitor:
         return None
     return provider.clone_url
 
@@ -87,13 +111,67 @@ async def check_host(provider: RepoProvider) -> None:
         )
     if provider.allow_private_hosts or not host:
         return
-    for address in await resolve_host(host, url):
-        if not is_public(address):
-            raise SpecNotAllowed(
-                f"{host} is on a private network; "
-                "this service only launches repositories from public hosts.",
-                log_message=f"refused {redact(url)!r}: {host} resolves to {address}",
-            )
+    address = await private_address(host, url)
+    if address is not None:
+        raise SpecNotAllowed(
+            f"{host} is on a private network; "
+            "this service only launches repositories from public hosts.",
+            log_message=f"refused {redact(url)!r}: {host} resolves to {address}",
+        )
+
+
+@dataclass(frozen=True)
+class UrlRules:
+    """What :func:`url_refusal` lets through: the provider's policy for URLs that
+    come from a repository's content (submodules)."""
+
+    #: ``file://`` URLs and local paths (only for repositories on this machine)
+    allow_local: bool = False
+    allow_ssh: bool = False
+    allow_private_hosts: bool = False
+    #: the origin of an operator-configured host: URLs there are not checked
+    trusted_origin: Origin | None = None
+
+
+async def url_refusal(url: str, rules: UrlRules) -> str | None:
+    """Why git may not fetch from ``url`` under ``rules`` (a phrase for a user
+    message), or None if it may.
+
+    The checks :func:`check_host` applies to a visitor's URL, plus the URL
+    form: what :func:`check_git_url` refuses (transport helpers, unknown
+    schemes, option-like strings) is always refused, local URLs unless
+    ``allow_local``.  One DNS lookup for a remote host.
+    """
+    try:
+        kind = check_git_url(url, "a repository URL")
+    except SpecError:
+        return f"its URL {redact(url)!r} is not a kind this service fetches from"
+    if kind is UrlKind.LOCAL:
+        return None if rules.allow_local else "it points at files on this service's own disk"
+    if rules.trusted_origin is not None and url_origin(url) == rules.trusted_origin:
+        return None
+    scheme, host = url_host(url)
+    if scheme in _SSH_SCHEMES and not rules.allow_ssh:
+        return "this service does not fetch over ssh"
+    if rules.allow_private_hosts or not host:
+        return None
+    if await private_address(host, url) is not None:
+        return f"{host} is on a private network"
+    return None
+
+
+def url_origin(url: str) -> Origin | None:
+    """``(scheme, host, port)`` of a remote git URL (lower case); None for a local
+    URL or one that cannot be parsed."""
+    scheme, host = url_host(url)
+    if not host:
+        return None
+    if scheme == "ssh" and not _SCHEME_RE.match(url):
+        return scheme, host, None
+    try:
+        return scheme, host, urlsplit(url).port
+    except ValueError:  # a port that is not a number
+        return None
 
 
 def url_host(url: str) -> tuple[str, str]:
@@ -112,6 +190,14 @@ def url_host(url: str) -> tuple[str, str]:
     if scp:
         return "ssh", scp.group(1).strip("[]").lower()
     return "", ""
+
+
+async def private_address(host: str, url: str) -> IPAddress | None:
+    """The first address of ``host`` that is not public, or None."""
+    for address in await resolve_host(host, url):
+        if not is_public(address):
+            return address
+    return None
 
 
 async def resolve_host(host: str, url: str) -> list[IPAddress]:
