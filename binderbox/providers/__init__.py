@@ -27,17 +27,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from traitlets.config import Configurable
 
 from ..errors import SpecError, SpecNotAllowed, UnknownProvider
+from . import gist, git, github, gitlab
 from .base import RepoProvider, Resolved
 from .gist import GistProvider
 from .git import GitProvider
 from .github import GitHubProvider
 from .gitlab import GitLabProvider
-from .gitutil import check_git_url, redact
+from .gitutil import SCHEME_RE, SCP_RE, check_git_url, redact
 from .local import LocalProvider
 
 __all__ = [
@@ -64,8 +65,6 @@ PROVIDERS: dict[str, type[RepoProvider]] = {
 }
 
 LOCAL_REFUSED = "This service does not launch repositories from its own disk."
-_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_SCP_RE = re.compile(r"^[^@/\s]+@[^/:\s]+:")
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _GITHUB_HOSTS = frozenset({"github.com", "www.github.com"})
 _GITLAB_HOSTS = frozenset({"gitlab.com", "www.gitlab.com"})
@@ -114,7 +113,7 @@ def make_provider(
     text = spec.strip()
     if not text:
         raise SpecError("No repository given.", hint=_WHAT_TO_GIVE)
-    if _URL_RE.match(text) or _SCP_RE.match(text):
+    if SCHEME_RE.match(text) or SCP_RE.match(text):
         prefix, sub = _from_url(text, ref)
     else:
         head, sep, rest = text.partition("/")
@@ -129,7 +128,7 @@ def make_provider(
             if not allow_local:
                 raise SpecNotAllowed(LOCAL_REFUSED, log_message=f"refused local path {text!r}")
             path = str(Path(text).expanduser().absolute())
-            prefix, sub = "local", f"{quote(path, safe='')}/{_quote_ref(ref)}"
+            prefix, sub = "local", git.make_spec(path, ref or "HEAD")
         elif sep and _PREFIX_RE.match(head):
             raise _unknown(head)
         else:
@@ -140,10 +139,6 @@ def make_provider(
     if not allow_local and isinstance(provider, GitProvider) and provider.reads_local_disk:
         raise SpecNotAllowed(LOCAL_REFUSED, log_message=f"refused local URL {redact(text)!r}")
     return provider
-
-
-def _quote_ref(ref: str | None) -> str:
-    return quote(ref or "HEAD", safe="/")
 
 
 def _looks_like_path(text: str, allow_local: bool) -> bool:
@@ -168,7 +163,7 @@ def _from_url(url: str, ref: str | None) -> tuple[str, str]:
         if host in _GIST_HOSTS:
             return "gist", _gist_spec(url, path, ref)
     check_git_url(url, "a repository URL")
-    return "git", f"{quote(url, safe='')}/{_quote_ref(ref)}"
+    return "git", git.make_spec(url, ref or "HEAD")
 
 
 def _ref_after(path: list[str], markers: tuple[str, ...] = ("tree", "commit")) -> str | None:
@@ -186,7 +181,7 @@ def _github_spec(url: str, path: list[str], ref: str | None) -> str:
         )
     owner, repo = path[0], path[1].removesuffix(".git")
     final = ref or _ref_after(path[2:]) or "HEAD"
-    return f"{owner}/{repo}/{_quote_ref(final)}"
+    return github.make_spec(owner, repo, final)
 
 
 def _gitlab_spec(url: str, path: list[str], ref: str | None) -> str:
@@ -198,7 +193,7 @@ def _gitlab_spec(url: str, path: list[str], ref: str | None) -> str:
             hint="Expected https://gitlab.com/<group>/<project>.",
         )
     final = ref or _ref_after(path[cut + 1 :]) or "HEAD"
-    return f"{quote(namespace, safe='')}/{_quote_ref(final)}"
+    return gitlab.make_spec(namespace, final)
 
 
 def _gist_spec(url: str, path: list[str], ref: str | None) -> str:
@@ -208,4 +203,4 @@ def _gist_spec(url: str, path: list[str], ref: str | None) -> str:
             hint="Expected https://gist.github.com/<user>/<gist-id>.",
         )
     final = ref or (path[2] if len(path) > 2 else "HEAD")
-    return f"{path[0]}/{path[1].removesuffix('.git')}/{_quote_ref(final)}"
+    return gist.make_spec(path[0], path[1].removesuffix(".git"), final)

@@ -10,7 +10,7 @@ commit of the gist's history).  Gists are git repositories at
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from ..errors import SpecError
 from .git import HostedGitProvider, check_ref
@@ -50,4 +50,9 @@ class GistProvider(HostedGitProvider):
         return f"{self.repo_url}/{sha}"
 
     def persistent_spec(self, sha: str) -> str:
-        return f"{self.user}/{self.gist_id}/{sha}"
+        return make_spec(self.user, self.gist_id, sha)
+
+
+def make_spec(user: str, gist_id: str, ref: str) -> str:
+    """The ``gist/`` spec of ``ref`` in ``user``'s gist ``gist_id``."""
+    return f"{user}/{gist_id}/{quote(ref, safe='/')}"

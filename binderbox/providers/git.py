@@ -142,7 +142,7 @@ class GitProvider(RepoProvider):
 
     def persistent_spec(self, sha: str) -> str:
         """The spec with the ref replaced by ``sha`` (resolves to the same commit)."""
-        return f"{quote(self.clone_url, safe='')}/{sha}"
+        return make_spec(self.clone_url, sha)
 
     # -- resolve ----------------------------------------------------------------
 
@@ -486,3 +486,8 @@ class HostedGitProvider(GitProvider):
     @default("clone_host")
     def _default_clone_host(self) -> str:
         return self.host
+
+
+def make_spec(where: str, ref: str) -> str:
+    """The ``git/`` (or ``local/``) spec of ``ref`` in the repository at ``where``."""
+    return f"{quote(where, safe='')}/{quote(ref, safe='/')}"

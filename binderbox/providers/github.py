@@ -11,7 +11,7 @@ involved.  ``repo_url`` is ``<host>/<owner>/<repo>``, ``ref_url``
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from ..errors import SpecError
 from .git import HostedGitProvider, check_ref
@@ -56,4 +56,9 @@ class GitHubProvider(HostedGitProvider):
         return f"{self.repo_url}/tree/{sha}"
 
     def persistent_spec(self, sha: str) -> str:
-        return f"{self.owner}/{self.repo}/{sha}"
+        return make_spec(self.owner, self.repo, sha)
+
+
+def make_spec(owner: str, repo: str, ref: str) -> str:
+    """The ``gh/`` spec of ``ref`` in ``owner/repo``."""
+    return f"{owner}/{repo}/{quote(ref, safe='/')}"

@@ -48,4 +48,9 @@ class GitLabProvider(HostedGitProvider):
         return f"{self.repo_url}/-/tree/{sha}"
 
     def persistent_spec(self, sha: str) -> str:
-        return f"{quote(self.namespace, safe='')}/{sha}"
+        return make_spec(self.namespace, sha)
+
+
+def make_spec(namespace: str, ref: str) -> str:
+    """The ``gl/`` spec of ``ref`` in the project ``namespace`` (``group/project``)."""
+    return f"{quote(namespace, safe='')}/{quote(ref, safe='/')}"

@@ -33,10 +33,12 @@ from ..logs import LogFn
 #: schemes git can fetch from that we accept
 GIT_SCHEMES = frozenset({"http", "https", "ssh", "git", "git+ssh", "ssh+git", "file"})
 
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+#: ``scheme://`` at the start of a URL (group 1: the scheme)
+SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _HELPER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
-#: ``[user@]host:path`` with no slash before the colon (git's scp-like syntax)
-_SCP_RE = re.compile(r"^(?:[^@/\s]+@)?(?:\[[^\]/]+\]|[^/:\s]{2,}):(?!//).")
+#: ``[user@]host:path`` with no slash before the colon (git's scp-like syntax;
+#: group 1: the host)
+SCP_RE = re.compile(r"^(?:[^@/\s]+@)?(\[[^\]/]+\]|[^/:\s]{2,}):(?!//).")
 #: the user-info part of a URL, plain (``//user:tok@``) or URL-escaped (``%2F%2F...%40``)
 _USERINFO_RE = re.compile(r"(?i)(//|%2F%2F)((?:(?!%2F)[^/?#@\s])+)(@|%40)")
 _PROGRESS_RE = re.compile(r"^(?:remote:\s*)?(?P<what>[^:]+):\s+(?P<pct>\d+)%")
@@ -147,7 +149,7 @@ def check_git_url(url: str, expected: str) -> UrlKind:
         raise SpecError(f"Malformed repository URL {redact(url)!r}: expected {expected}.")
     if url.startswith("-"):
         raise SpecError(f"Malformed repository URL {redact(url)!r}: it must not start with '-'.")
-    m = _SCHEME_RE.match(url)
+    m = SCHEME_RE.match(url)
     if m:
         scheme = m.group(1).lower()
         if scheme not in GIT_SCHEMES:
@@ -161,7 +163,7 @@ def check_git_url(url: str, expected: str) -> UrlKind:
         return UrlKind.LOCAL if scheme == "file" else UrlKind.REMOTE
     if _HELPER_RE.match(url):
         raise SpecError(f"Unsupported git transport in {redact(url)!r}.")
-    if _SCP_RE.match(url):
+    if SCP_RE.match(url):
         return UrlKind.REMOTE
     if "://" in url or url.endswith(":"):
         raise SpecError(f"Malformed repository URL {redact(url)!r}: expected {expected}.")

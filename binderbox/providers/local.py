@@ -24,12 +24,12 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from ..errors import FetchError, RefNotFound, RepositoryNotFound, SpecError
 from ..logs import LogFn
 from .base import Resolved
-from .git import GitProvider, check_ref, clear_dir, prepare_dest
+from .git import GitProvider, check_ref, clear_dir, make_spec, prepare_dest
 from .gitutil import run_git
 
 TREE_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -98,7 +98,7 @@ class LocalProvider(GitProvider):
         return self.clone_url
 
     def persistent_spec(self, sha: str) -> str:
-        return f"{quote(str(self.path), safe='')}/{sha}"
+        return make_spec(str(self.path), sha)
 
     async def resolve(self) -> Resolved:
         if not self.path.is_dir():

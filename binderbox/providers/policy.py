@@ -53,14 +53,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import RepositoryNotFound, SpecError, SpecNotAllowed
 from .base import RepoProvider
-from .gitutil import UrlKind, check_git_url, redact
+from .gitutil import SCHEME_RE, SCP_RE, UrlKind, check_git_url, redact
 
 #: seconds to wait for DNS before giving up on a host
 RESOLVE_TIMEOUT = 15.0
@@ -70,9 +69,6 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Origin = tuple[str, str, int | None]
 
 _SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-#: git's scp-like ``[user@]host:path``; group 1 is the host (maybe ``[v6]``)
-_SCP_HOST_RE = re.compile(r"^(?:[^@/\s]+@)?(\[[^\]/]+\]|[^/:\s]{2,}):(?!//)")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SSH_REFUSED = "This service does not fetch repositories over ssh."
 _SSH_HINT = "Use the repository's https:// URL instead."
@@ -166,7 +162,7 @@ def url_origin(url: str) -> Origin | None:
     scheme, host = url_host(url)
     if not host:
         return None
-    if scheme == "ssh" and not _SCHEME_RE.match(url):
+    if scheme == "ssh" and not SCHEME_RE.match(url):
         return scheme, host, None
     try:
         return scheme, host, urlsplit(url).port
@@ -179,14 +175,14 @@ def url_host(url: str) -> tuple[str, str]:
 
     The host is lower-case, without brackets, port or user; ``""`` if none.
     """
-    m = _SCHEME_RE.match(url)
+    m = SCHEME_RE.match(url)
     if m:
         try:
             host = urlsplit(url).hostname or ""
         except ValueError:  # malformed brackets
             host = ""
         return m.group(1).lower(), host
-    scp = _SCP_HOST_RE.match(url)
+    scp = SCP_RE.match(url)
     if scp:
         return "ssh", scp.group(1).strip("[]").lower()
     return "", ""
