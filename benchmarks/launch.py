@@ -155,7 +155,11 @@ async def one_launch(serve: ServeProcess, repo: Path) -> dict[str, float]:
     if "building" in stream.phases:
         raise SystemExit("a launch of the cached environment built again")
     kernel = await start_kernel(ready["url"], ready["token"])
-    out = await execute(ready["url"], ready["token"], kernel, "print(6*7)")
+    try:
+        out = await execute(ready["url"], ready["token"], kernel, "print(6*7)")
+    except AssertionError:
+        print_session_log(serve)  # the benchmark's data directory is deleted afterwards
+        raise
     first_cell = time.monotonic() - started
     assert out == "42\n", out
     await end_session(serve, ready)
@@ -172,6 +176,15 @@ async def one_launch(serve: ServeProcess, repo: Path) -> dict[str, float]:
         "after_server": ready_at - answered,
         "kernel": first_cell - ready_at,
     }
+
+
+def print_session_log(serve: ServeProcess) -> None:
+    """The end of the newest session's log (on stderr)."""
+    logs = sorted(
+        (serve.data_dir / "logs" / "sessions").glob("*.log"), key=lambda p: p.stat().st_mtime
+    )
+    if logs:
+        print(f"--- {logs[-1]}\n{logs[-1].read_text(errors='replace')[-8000:]}", file=sys.stderr)
 
 
 def report(samples: list[dict[str, float]]) -> None:
