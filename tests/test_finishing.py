@@ -136,3 +136,25 @@ async def test_a_failing_job_leaves_the_environment_usable(store: Store, tmp_pat
         await finisher.drain()
     assert work.calls == 1 and store.get(env.key) is not None
     assert await asyncio.to_thread(store.remove, env.key)  # the hold was released
+
+
+async def test_jobs_run_one_at_a_time(store: Store, tmp_path: Path) -> None:
+    first = await publish(store, tmp_path / "work", key="first")
+    second = await publish(store, tmp_path / "work", key="second")
+    jobs = {first.path: Work(), second.path: Work()}
+
+    async def work(path: Path) -> str:
+        return await jobs[path](path)
+
+    finisher = Finisher(store, work, Work.finished)
+    finisher.ensure(first)
+    finisher.ensure(second)  # e.g. resume() after an upgrade: many at once
+    async with asyncio.timeout(PATIENCE):
+        await jobs[first.path].started.wait()
+    await asyncio.sleep(0.2)  # room for a second job to start, were it allowed to
+    assert jobs[second.path].calls == 0
+    jobs[first.path].release.set()
+    jobs[second.path].release.set()
+    async with asyncio.timeout(PATIENCE):
+        await finisher.drain()
+    assert Work.finished(first.path) and Work.finished(second.path)

@@ -19,6 +19,8 @@ the bytecode is written into the published tree beside it.
 * One job per environment, across processes: ``locks/<key>.finish`` is
   held (flock) while it runs; a process that finds it held leaves the work
   to its holder.
+* Jobs run one at a time in a process (each already uses every core), so
+  resuming many environments at start does not start them all at once.
 * A job stopped half-way (shutdown, crash) leaves a usable environment
   without its completion mark; the next :meth:`Finisher.ensure` of it (any
   use of the environment, or :meth:`Finisher.resume` at service start)
@@ -54,6 +56,7 @@ class Finisher(LoggingConfigurable):
         self._work = work
         self._finished = finished
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slot = asyncio.Semaphore(1)
 
     def ensure(self, env: Env) -> None:
         """Start finishing ``env`` in the background unless it is finished or underway.
@@ -91,6 +94,10 @@ class Finisher(LoggingConfigurable):
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, env: Env) -> None:
+        async with self._slot:
+            await self._run_alone(env)
+
+    async def _run_alone(self, env: Env) -> None:
         hold = await asyncio.to_thread(self.store.hold, env.key)
         if hold is None:
             return  # deleted meanwhile
