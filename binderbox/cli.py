@@ -237,6 +237,7 @@ def configurable_classes() -> list[type]:
     from .data import DataCache
     from .data.fetchers import default_fetcher_classes
     from .hub import ManagedHub
+    from .hub.watcher import ChildWatcher
     from .pipeline import LaunchPipeline
     from .providers import PROVIDERS
     from .serve import Maintenance
@@ -253,6 +254,7 @@ def configurable_classes() -> list[type]:
         DataCache,
         *default_fetcher_classes(),
         ManagedHub,
+        ChildWatcher,
         SessionLauncher,
         WebApp,
         Maintenance,

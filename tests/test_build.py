@@ -260,6 +260,20 @@ def test_cli_json_events_and_envs(tmp_path: Path) -> None:
     assert key not in cli(data, "envs", "list").stdout
 
 
+def test_generate_config_lists_every_setting(tmp_path: Path) -> None:
+    result = cli(tmp_path / "data", "generate-config", "--force")
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "binderbox_config.py").read_text()
+    for setting in (
+        "c.PythonBuilder.seed",
+        "c.Store.budget",
+        "c.ChildWatcher.max_restarts",
+        "c.WebApp.recent_sessions",
+        "c.GitHubProvider.allow_private_hosts",
+    ):
+        assert f"# {setting} =" in text, setting
+
+
 def test_build_killed_leaves_nothing_usable(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "killed", {"requirements.txt": "six==1.16.0\npackaging==23.2\n"})
     data = tmp_path / "data"
