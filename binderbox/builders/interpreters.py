@@ -134,13 +134,19 @@ def candidates(roots: Iterable[Path]) -> Iterator[Path]:
 _cache: dict[tuple[Path, int, int], Interpreter | None] = {}
 
 
-def probe(path: Path) -> Interpreter | None:
-    """Run ``path`` once to describe it; ``None`` when it does not work."""
+def _cache_key(path: Path) -> tuple[Path, int, int] | None:
     try:
         stat = path.stat()
     except OSError:
         return None
-    key = (path, stat.st_ino, stat.st_mtime_ns)
+    return path, stat.st_ino, stat.st_mtime_ns
+
+
+def probe(path: Path) -> Interpreter | None:
+    """Run ``path`` once to describe it; ``None`` when it does not work."""
+    key = _cache_key(path)
+    if key is None:
+        return None
     if key not in _cache:
         _cache[key] = _probe(path)
     return _cache[key]
@@ -172,8 +178,11 @@ def _probe(path: Path) -> Interpreter | None:
 def find_all(roots: Iterable[Path]) -> list[Interpreter]:
     """Every working CPython under ``roots``, best first within each ``X.Y``."""
     paths = list(candidates(roots))
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(paths)))) as pool:
-        probed = list(pool.map(probe, paths))  # each probe is a process: in parallel
+    new = [path for path in paths if _cache_key(path) not in _cache]
+    if len(new) > 1:  # each probe is a process: the first lookup runs them in parallel
+        with concurrent.futures.ThreadPoolExecutor(min(8, len(new))) as pool:
+            list(pool.map(probe, new))
+    probed = [probe(path) for path in paths]
     found = [
         (order, interp)
         for order, interp in enumerate(probed)
