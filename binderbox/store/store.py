@@ -359,20 +359,19 @@ class Store(LoggingConfigurable):
         source: str,
     ) -> Env:
         key = run.key
+        waited = lock is None
         try:
             if lock is None:
                 lock = await self._wait_for_other(run)
-                env = self.get(key)
-                if env is not None:
-                    return env
+            env = await asyncio.to_thread(self.get, key)  # SQLite and a lock
+            if env is not None:
+                return env
+            if waited:
                 status = self.metadata.status(key)
                 if status is not None and status.state is BuildState.FAILED:
                     raise status.error()
                 if status is not None and status.state is not BuildState.READY:
                     run.emit("The other build of this environment stopped; building it here.")
-            env = self.get(key)
-            if env is not None:
-                return env
             return await self._build_locked(run, build, spec, source)
         finally:
             if lock is not None:
