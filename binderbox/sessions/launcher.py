@@ -214,7 +214,6 @@ class SessionLauncher(LoggingConfigurable):
 
     def user_options(self, req: SessionRequest, token: str) -> dict[str, Any]:
         """The ``user_options`` BinderSpawner reads (see binderbox/sessions/spawner.py)."""
-        r = req.resolved
         return {
             "env_key": req.env_key,
             "env_path": str(req.env_path),
@@ -223,25 +222,16 @@ class SessionLauncher(LoggingConfigurable):
             "data_mounts": {k: str(v) for k, v in req.data_mounts.items()},
             "hold_files": [str(path) for path in req.hold_files],
             "token": token,
-            "repo_url": r.repo_url,
-            "binder_ref_url": r.ref_url,
-            "binder_launch_host": req.launch_host,
-            "binder_request": r.binder_request,
-            "binder_persistent_request": r.binder_persistent_request,
+            **_binder_fields(req),
         }
 
     def _ready(self, req: SessionRequest, url: str, token: str) -> Ready:
-        r = req.resolved
         return Ready(
             message=f"server running at {url}",
             url=url,
             token=token,
             image=req.env_key,
-            repo_url=r.repo_url,
-            binder_ref_url=r.ref_url,
-            binder_launch_host=req.launch_host,
-            binder_request=r.binder_request,
-            binder_persistent_request=r.binder_persistent_request,
+            **_binder_fields(req),
         )
 
     async def _make_user(self, req: SessionRequest) -> tuple[str, str, bool]:
@@ -340,3 +330,16 @@ class SessionLauncher(LoggingConfigurable):
             quota_ok=self.total_quota is None or len(servers) < self.total_quota,
         )
         return result
+
+
+def _binder_fields(req: SessionRequest) -> dict[str, str]:
+    """What a launch tells about its repository: the ``ready`` event's fields and the
+    session's ``BINDER_*`` variables (spawner.BINDER_FIELDS), under the same names."""
+    r = req.resolved
+    return {
+        "repo_url": r.repo_url,
+        "binder_ref_url": r.ref_url,
+        "binder_launch_host": req.launch_host,
+        "binder_request": r.binder_request,
+        "binder_persistent_request": r.binder_persistent_request,
+    }
