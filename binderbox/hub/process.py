@@ -48,11 +48,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Dict, Float, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..errors import BinderboxError
+from ..logs import tail
 from ..sessions.hubclient import HubAPIError, HubClient
 from ..sessions.limits import limits_status
 from .config import (
@@ -112,13 +112,6 @@ def _secret_file(path: Path) -> str:
         handle.write(value + "\n")
     tmp.rename(path)
     return value
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 class ManagedHub(LoggingConfigurable):
@@ -409,7 +402,7 @@ class ManagedHub(LoggingConfigurable):
                 raise HubError(
                     f"The session {what} could not be started.",
                     hint=f"See {log}.",
-                    log_message=f"{what} exited with {proc.returncode}:\n{_tail(log)}",
+                    log_message=f"{what} exited with {proc.returncode}:\n{tail(log, 20)}",
                 )
             if await answers():
                 return
@@ -417,7 +410,7 @@ class ManagedHub(LoggingConfigurable):
         raise HubError(
             f"The session {what} did not start in {self.start_timeout} s.",
             hint=f"See {log}.",
-            log_message=f"{what} not answering:\n{_tail(log)}",
+            log_message=f"{what} not answering:\n{tail(log, 20)}",
         )
 
     async def _proxy_answers(self) -> bool:
@@ -429,8 +422,8 @@ class ManagedHub(LoggingConfigurable):
 
     async def _hub_answers(self) -> bool:
         try:
-            await AsyncHTTPClient().fetch(self.hub_api_url, request_timeout=2)
-        except (OSError, HTTPClientError):
+            await HubClient(self.hub_api_url, self.api_token, timeout=2).info()
+        except HubAPIError:
             return False
         return True
 

@@ -76,7 +76,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -92,7 +91,9 @@ from traitlets import Float, List, Unicode, default
 
 from ..builders.layout import apply_home_overlay, env_sandbox, session_environment
 from ..environments.spec import ENV_PREFIX, HOME
+from ..logs import tail
 from ..sandbox import USER, Sandbox
+from ..store.files import remove_tree
 from ..store.locks import FileLock
 from .limits import default_limits
 
@@ -241,8 +242,7 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
 
     def _prepare_home(self, env_path: Path, content: Path | None, start_script: str | None) -> None:
         home = self.home_path
-        if home.exists():
-            shutil.rmtree(home)
+        remove_tree(home)
         home.parent.mkdir(parents=True, exist_ok=True)
         if content is not None:
             subprocess.run(
@@ -393,12 +393,6 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             )
 
-    def _log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
     async def _wait_ready(self) -> None:
         url = f"http://{self.ip}:{self.port}{self.server.base_url}api"
         client = AsyncHTTPClient()
@@ -406,7 +400,7 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
         started = loop.time()
         while True:
             if self.proc is not None and self.proc.poll() is not None:
-                self.log.error("Session %s exited:\n%s", self.session_name, self._log_tail())
+                self.log.error("Session %s exited:\n%s", self.session_name, tail(self.log_path, 15))
                 await self.stop(now=True)
                 raise web.HTTPError(500, "the session's server exited before it was ready")
             try:
@@ -477,7 +471,5 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
             await asyncio.sleep(0.05)
 
     def _cleanup(self) -> None:
-        shutil.rmtree(self.home_path, ignore_errors=True)
-        if self.home_path.exists():  # a process was still writing: try once more
-            shutil.rmtree(self.home_path, ignore_errors=True)
+        remove_tree(self.home_path)
         default_limits().remove(self.session_name)
