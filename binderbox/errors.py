@@ -143,13 +143,6 @@ class QuotaExceeded(BinderboxError):
     reason = "quota"
 
 
-class RateLimited(BinderboxError):
-    """Too many requests from one address."""
-
-    status_code = 429
-    reason = "rate_limited"
-
-
 class LaunchError(BinderboxError):
     """The session could not be started."""
 

@@ -120,36 +120,3 @@ class Failed(Event):
     phase: ClassVar[Phase] = Phase.FAILED
     status_code: int | None = None
     reason: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Unknown(Event):
-    """A line from a builder that is not one of our events."""
-
-    phase: ClassVar[Phase] = Phase.UNKNOWN
-
-
-_BY_PHASE: dict[Phase, type[Event]] = {
-    cls.phase: cls
-    for cls in (Waiting, Fetching, Building, Built, Launching, Ready, Failed, Unknown)
-}
-
-
-def from_wire(data: dict[str, Any]) -> Event:
-    """Parse a wire object back into an event (clients, tests, the CLI).
-
-    Unknown phases and extra keys are tolerated: a newer server may send more.
-    """
-    try:
-        phase = Phase(data.get("phase", "unknown"))
-    except ValueError:
-        phase = Phase.UNKNOWN
-    cls = _BY_PHASE[phase]
-    reverse = {wire: name for name, wire in cls.wire_names.items()}
-    names = {field.name for field in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        name = reverse.get(key, key)
-        if name in names:
-            kwargs[name] = value
-    return cls(**kwargs)

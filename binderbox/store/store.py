@@ -140,10 +140,6 @@ class SharedBuild:
         self._start = start
         self.joined = joined
 
-    @property
-    def key(self) -> str:
-        return self._run.key
-
     def follow(self) -> AsyncIterator[str]:
         """The build's log lines, ending when the build ends.
 
