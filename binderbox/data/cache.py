@@ -173,6 +173,7 @@ class DataCache(LoggingConfigurable):
         super().__init__(**kwargs)
         self._jobs: dict[str, _Job] = {}
         self._fetchers: builtins.list[DataFetcher] | None = None
+        self._made: set[Path] = set()
 
     # -- keys and paths ---------------------------------------------------
 
@@ -211,8 +212,11 @@ class DataCache(LoggingConfigurable):
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def _dir(self, sub: str) -> Path:
+        """``root/sub``, created on first use (not on every path lookup of a launch)."""
         path = Path(self.root) / sub
-        path.mkdir(parents=True, exist_ok=True)
+        if path not in self._made:
+            path.mkdir(parents=True, exist_ok=True)
+            self._made.add(path)
         return path
 
     def dataset_dir(self, key: str) -> Path:
