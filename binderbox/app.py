@@ -83,7 +83,7 @@ class BinderboxApp(Application):
                 self.config.RepoProvider.setdefault(trait, True)
         builder = PythonBuilder(parent=self)
         if "cache_dir" not in self.config.PythonBuilder:
-            builder.cache_dir = str(_mkdir(data / "uv-cache"))
+            builder.cache_dir = str(data / "uv-cache")  # made on first use
         pipeline = LaunchPipeline(
             parent=self,
             store=self.make_store(),

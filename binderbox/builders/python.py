@@ -267,7 +267,6 @@ class PythonBuilder(Builder):
             raise ValueError(f"{prefix} is not empty")
         if spec.postbuild and content is None:
             raise ValueError("a spec with postBuild needs the repository content")
-        Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
 
     async def _install(
         self, spec: EnvSpec, interp: Interpreter, content: Path | None, prefix: Path
