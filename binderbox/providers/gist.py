@@ -39,7 +39,7 @@ class GistProvider(HostedGitProvider):
         self.gist_id = parts[1].removesuffix(".git")
         ref = unquote(parts[2]) if len(parts) == 3 else ""
         ref = "HEAD" if ref in LATEST_REFS else ref
-        self.unresolved_ref = check_ref(ref, spec, self.expected_form)
+        self.unresolved_ref = check_ref(ref, self.expected_form)
         self.clone_url = f"{self.clone_host.rstrip('/')}/{self.gist_id}.git"
 
     @property

@@ -69,10 +69,8 @@ _BAD_REF_RE = re.compile(r"(^-)|[\x00-\x20~^:?*\[\\\x7f]|\.\.|@\{")
 _TRANSPORTS = ("https", "http", "git", "ssh")
 _REDIRECTED = "the server answered with a redirect, which this service does not follow"
 
-#: a "HEAD" spelled in the ways people spell it
 
-
-def check_ref(ref: str, spec: str, expected: str) -> str:
+def check_ref(ref: str, expected: str) -> str:
     """Return ``ref`` if git could name a ref or commit that way, else SpecError."""
     if ref == "HEAD" or (ref and not _BAD_REF_RE.search(ref) and not ref.endswith(("/", "."))):
         return ref
@@ -116,7 +114,7 @@ class GitProvider(RepoProvider):
         kind = check_git_url(url, self.expected_form)
         self._local = kind is UrlKind.LOCAL
         self.clone_url = url
-        self.unresolved_ref = check_ref(unquote(ref) or "HEAD", spec, self.expected_form)
+        self.unresolved_ref = check_ref(unquote(ref) or "HEAD", self.expected_form)
 
     # -- what subclasses override ---------------------------------------------
 

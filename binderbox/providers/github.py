@@ -45,7 +45,7 @@ class GitHubProvider(HostedGitProvider):
         self.owner = check_name(parts[0], spec, self.expected_form)
         self.repo = check_name(parts[1].removesuffix(".git"), spec, self.expected_form)
         ref = unquote(parts[2]) if len(parts) == 3 else ""
-        self.unresolved_ref = check_ref(ref or "HEAD", spec, self.expected_form)
+        self.unresolved_ref = check_ref(ref or "HEAD", self.expected_form)
         self.clone_url = f"{self.clone_host.rstrip('/')}/{self.owner}/{self.repo}"
 
     @property

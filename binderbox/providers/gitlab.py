@@ -37,7 +37,7 @@ class GitLabProvider(HostedGitProvider):
         ):
             raise SpecError(f"Malformed spec {spec!r}.", hint=f"Expected {self.expected_form}.")
         self.namespace = namespace
-        self.unresolved_ref = check_ref(unquote(ref) or "HEAD", spec, self.expected_form)
+        self.unresolved_ref = check_ref(unquote(ref) or "HEAD", self.expected_form)
         self.clone_url = f"{self.clone_host.rstrip('/')}/{namespace}.git"
 
     @property

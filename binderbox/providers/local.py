@@ -90,7 +90,7 @@ class LocalProvider(GitProvider):
             raise SpecError(f"Malformed spec {spec!r}.", hint=f"Expected {self.expected_form}.")
         self.path = Path(os.path.normpath(path))
         self._local = True
-        self.unresolved_ref = check_ref(unquote(ref) or "HEAD", spec, self.expected_form)
+        self.unresolved_ref = check_ref(unquote(ref) or "HEAD", self.expected_form)
         self.clone_url = self.path.as_uri()
 
     @property
