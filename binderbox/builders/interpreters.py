@@ -14,7 +14,9 @@ of the requested ``X.Y`` wins):
 Shims (pyenv's ``shims/``) are never used: they are scripts that pick an
 interpreter at run time.  Each candidate is run once to learn its
 implementation, full version, platform and prefix; answers are cached per
-path and modification time.
+path and modification time.  A lookup for one ``X.Y`` probes only the
+executables named ``pythonX.Y`` (the probe still checks the version); the
+whole machine is probed only to list what is available when none fits.
 
 The *identity* of an interpreter (``Interpreter.identity``, part of the
 environment key) is ``<implementation>-<full version>-<platform>``, e.g.
@@ -117,11 +119,15 @@ def search_roots(
     return roots
 
 
-def candidates(roots: Iterable[Path]) -> Iterator[Path]:
-    """Executables named ``pythonX.Y`` in, under, or one prefix below each root."""
+def candidates(roots: Iterable[Path], minor: str | None = None) -> Iterator[Path]:
+    """Executables named ``pythonX.Y`` in, under, or one prefix below each root.
+
+    ``minor``: only those named ``python<minor>`` (before resolving links).
+    """
     seen: set[Path] = set()
+    name = "python*.*" if minor is None else f"python{minor}"
     for root in roots:
-        for pattern in ("python*.*", "bin/python*.*", "*/bin/python*.*"):
+        for pattern in (name, f"bin/{name}", f"*/bin/{name}"):
             for path in sorted(root.glob(pattern)):
                 if not _NAME.match(path.name) or not os.access(path, os.X_OK):
                     continue
@@ -175,9 +181,10 @@ def _probe(path: Path) -> Interpreter | None:
     )
 
 
-def find_all(roots: Iterable[Path]) -> list[Interpreter]:
-    """Every working CPython under ``roots``, best first within each ``X.Y``."""
-    paths = list(candidates(roots))
+def find_all(roots: Iterable[Path], minor: str | None = None) -> list[Interpreter]:
+    """Every working CPython under ``roots`` (of version ``minor`` when given),
+    best first within each ``X.Y``."""
+    paths = list(candidates(roots, minor))
     new = [path for path in paths if _cache_key(path) not in _cache]
     if len(new) > 1:  # each probe is a process: the first lookup runs them in parallel
         with concurrent.futures.ThreadPoolExecutor(min(8, len(new))) as pool:
@@ -186,7 +193,9 @@ def find_all(roots: Iterable[Path]) -> list[Interpreter]:
     found = [
         (order, interp)
         for order, interp in enumerate(probed)
-        if interp is not None and interp.implementation == "cpython"
+        if interp is not None
+        and interp.implementation == "cpython"
+        and (minor is None or interp.minor == minor)
     ]
     found.sort(key=lambda item: (tuple(-v for v in item[1].version_tuple()), item[0]))
     return [interp for _, interp in found]

@@ -211,23 +211,26 @@ class PythonBuilder(Builder):
 
     # -- interpreters -------------------------------------------------------
 
-    def interpreters(self) -> list[Interpreter]:
-        """Every usable CPython on the machine, best first within each version."""
+    def interpreters(self, minor: str | None = None) -> list[Interpreter]:
+        """Every usable CPython on the machine (of version ``minor`` when given),
+        best first within each version."""
         roots = interpreters.search_roots(
             extra=self.search_dirs,
             uv_dir=interpreters.uv_python_dir(self.uv_path),
             pyenv_root=Path(self.pyenv_root) if self.pyenv_root else None,
         )
-        return interpreters.find_all(roots)
+        return interpreters.find_all(roots, minor)
 
     def find_interpreter(self, spec: EnvSpec) -> Interpreter:
         """The interpreter for ``spec.python``, or :class:`PythonVersionUnavailable`."""
-        found = self.interpreters()
         wanted = interpreters.version_tuple(spec.python)
         floor = interpreters.version_tuple(self.min_python) or (0, 0)
-        interp = interpreters.best(found, spec.python) if wanted and wanted >= floor else None
+        interp = None
+        if wanted and wanted >= floor:  # probe only what can fit
+            minor = f"{wanted[0]}.{wanted[1]}"
+            interp = interpreters.best(self.interpreters(minor), minor)
         if interp is None:
-            offered = interpreters.available_minors(found, self.min_python)
+            offered = interpreters.available_minors(self.interpreters(), self.min_python)
             raise PythonVersionUnavailable(
                 f"Python {spec.python} is not available on this server.",
                 hint=f"Available: {', '.join(offered) or 'none'}.",
