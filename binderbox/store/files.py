@@ -168,13 +168,26 @@ def _make_writable(path: Path) -> None:
 
 def disk_usage(path: Path) -> int:
     """Bytes freed by deleting ``path``: blocks of inodes whose links are all inside it."""
-    total = 0
+    try:
+        total = os.lstat(path).st_blocks * 512
+    except OSError:
+        return 0
     shared: dict[tuple[int, int], list[int]] = {}  # inode -> [links seen, nlink, bytes]
-    for dirpath, dirnames, filenames in os.walk(path):
-        total += os.lstat(dirpath).st_blocks * 512
-        for name in filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
-            st = os.lstat(os.path.join(dirpath, name))  # noqa: PTH118 -- hot loop
-            if st.st_nlink <= 1 or stat.S_ISDIR(st.st_mode):
+    folders = [os.fspath(path)]
+    while folders:  # scandir's entries carry their lstat: one call per file
+        try:
+            entries = list(os.scandir(folders.pop()))
+        except OSError:  # vanished or unreadable meanwhile
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                folders.append(entry.path)
+                total += st.st_blocks * 512
+            elif st.st_nlink <= 1:
                 total += st.st_blocks * 512
             else:
                 seen = shared.setdefault(
