@@ -203,6 +203,21 @@ async def test_aclose_cancels_running_builds(store: Store, root: Path, workdir: 
     assert leftovers(root) == {"envs": [], "tmp": []}
 
 
+async def test_build_cancelled_before_it_ran_lets_the_next_call_build(
+    store: Store, workdir: Path
+) -> None:
+    shared = store.build(KEY, gated_build(workdir), spec={}, source="x")
+    shared.cancel()  # in the same loop turn: the build's code never ran
+    with pytest.raises(BuildError, match="stopped"):
+        await shared.wait()
+    await asyncio.sleep(0)  # the task's done-callbacks
+    # not joined to the dead build, and its lock is free for this process to build
+    again = store.build(KEY, gated_build(workdir), spec={}, source="x")
+    assert not again.joined
+    (workdir / "release").touch()
+    assert (await again.wait()).path.is_dir()
+
+
 async def test_concurrent_callers_share_one_build(store: Store, workdir: Path) -> None:
     builds = [store.build(KEY, gated_build(workdir), spec={}, source="x") for _ in range(4)]
     await until((workdir / "started").exists, "the build started")
@@ -380,6 +395,44 @@ async def test_removing_a_vanished_tree_leaves_no_lock_files(
     assert not store.remove("aaa")
     assert store.metadata.get("aaa") is None
     assert list((root / "locks").iterdir()) == []
+
+
+async def test_get_and_hold_forget_a_vanished_tree(store: Store, workdir: Path) -> None:
+    await build_envs(store, workdir, ["aaa", "bbb"])
+    for key in ["aaa", "bbb"]:
+        shutil.rmtree(store.env_path(key))  # deleted behind the store's back
+    assert store.hold("aaa") is None
+    assert store.get("bbb") is None
+    assert store.metadata.get("aaa") is None and store.metadata.get("bbb") is None
+    assert store.list() == []
+
+
+async def test_showing_an_environment_does_not_count_as_a_use(
+    tmp_path: Path, workdir: Path
+) -> None:
+    data = tmp_path / "data"
+    store = Store(root=str(data / "store"), min_idle=0)
+    envs = await build_envs(store, workdir, ["aaa", "bbb"])
+    store.metadata.touch("aaa", 1000.0)  # least recently used: evicted first
+    store.metadata.touch("bbb", 2000.0)
+
+    async with asyncio.timeout(PATIENCE):
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "binderbox", "envs", "show", "aaa", "--data-dir", str(data)),
+            stdout=asyncio.subprocess.PIPE,
+            cwd=tmp_path,
+        )
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    shown = json.loads(out)
+    assert (shown["key"], shown["last_used"]) == ("aaa", 1000.0)
+    looked = store.get("aaa", touch=False)
+    assert looked is not None and looked.last_used == 1000.0
+    record = store.metadata.get("aaa")
+    assert record is not None and record.last_used == 1000.0
+
+    store.budget = max(env.size for env in envs.values())
+    assert store.gc() == ["aaa"]  # still the least recently used
 
 
 async def test_gc_removes_orphans_and_old_failure_logs(

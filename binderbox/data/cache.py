@@ -54,12 +54,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..errors import DataError
 from ..events import Event, Fetching
+from ..store.broadcast import Broadcast
 from ..store.files import delete_unused, new_temp, remove_temps, remove_tree, stale_temps
 from ..store.locks import FileLock, try_lock
 from .fetchers import DataFetcher, FetchContext, default_fetcher_classes
@@ -93,37 +95,8 @@ class CachedDataset:
     sources: tuple[str, ...]
 
 
-class _Job:
-    """One fetch in progress, shared by every caller waiting for its key."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.error: BaseException | None = None
-        self.done = False
-        self.task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
-
-    def push(self, event: Event) -> None:
-        self.events.append(event)
-        self._wake()
-
-    def finish(self, error: BaseException | None) -> None:
-        self.error, self.done = error, True
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def follow(self) -> AsyncIterator[Event]:
-        index = 0
-        while True:
-            while index < len(self.events):
-                yield self.events[index]
-                index += 1
-            if self.done:
-                return
-            await self._changed.wait()
+#: one fetch in progress, shared by every caller waiting for its key (all events kept)
+_Job = Broadcast[Event, None]
 
 
 class DataCache(LoggingConfigurable):
@@ -316,23 +289,29 @@ class DataCache(LoggingConfigurable):
                 continue
             job = self._jobs.get(key)
             if job is None:
-                job = self._jobs[key] = _Job()
-                job.task = asyncio.create_task(self._run(job, key, name, group, env_path))
+                job = self._jobs[key] = _Job(stopped=_stopped(name))
+                task = job.start(
+                    self._run(job, key, name, group, env_path), name=f"binderbox data {key}"
+                )
+                task.add_done_callback(functools.partial(self._end_job, key, job))
             async for event in job.follow():
                 yield event
-            if job.error is not None:
-                raise job.error
+            await job.result()
             yield Fetching(message=f"Dataset '{name}' is ready.")
+
+    def _end_job(self, key: str, job: _Job, _task: object = None) -> None:
+        """When ``job``'s task is done, even if cancelled before it ran: forget it."""
+        if self._jobs.get(key) is job:
+            del self._jobs[key]
 
     async def _run(
         self, job: _Job, key: str, name: str, group: list[DataEntry], env_path: Path | None
     ) -> None:
-        error: BaseException | None = None
         try:
             lock_path = self._lock_path(key)
             lock = FileLock.try_acquire(lock_path)
             if lock is None:
-                job.push(Fetching(message=f"Dataset '{name}' is being fetched elsewhere; waiting."))
+                job.emit(Fetching(message=f"Dataset '{name}' is being fetched elsewhere; waiting."))
                 lock = await asyncio.to_thread(FileLock.acquire, lock_path)
             try:
                 if not self.published(key):
@@ -343,21 +322,15 @@ class DataCache(LoggingConfigurable):
             await self._gc_quietly(key)
         except DataError as exc:
             self.log.warning("Dataset %s (%s) failed: %s", name, key, exc.log_message)
-            error = exc
-        except asyncio.CancelledError as exc:
-            error = DataError(f"Fetching dataset '{name}' was stopped.", reason="data_cancelled")
-            job.finish(error)
-            raise exc
+            raise
         except Exception as exc:
             self.log.error("Dataset %s (%s) crashed", name, key, exc_info=exc)
-            error = DataError(
+            raise DataError(
                 f"Dataset '{name}' could not be fetched (internal error).",
                 log_message=f"{type(exc).__name__}: {exc}",
-            )
+            ) from exc
         finally:
             self._jobs.pop(key, None)
-            if not job.done:
-                job.finish(error)
 
     async def _fetch_locked(
         self, job: _Job, key: str, name: str, group: list[DataEntry], env_path: Path | None
@@ -368,7 +341,7 @@ class DataCache(LoggingConfigurable):
         loop = asyncio.get_running_loop()
 
         def emit(event: Fetching) -> None:
-            loop.call_soon_threadsafe(job.push, event)
+            loop.call_soon_threadsafe(job.emit, event)
 
         ctx = FetchContext(
             emit=emit,
@@ -421,10 +394,10 @@ class DataCache(LoggingConfigurable):
 
     async def aclose(self) -> None:
         """Cancel the fetches running in this process and wait for their cleanup."""
-        tasks = [job.task for job in self._jobs.values() if job.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*(job.ended() for job in jobs))
 
     # -- listing and removal ------------------------------------------------
 
@@ -506,3 +479,8 @@ class DataCache(LoggingConfigurable):
             self._use_path(key),
             claim=claim,
         )
+
+
+def _stopped(name: str) -> Callable[[], DataError]:
+    """The error every caller waiting for the fetch of ``name`` gets if it is cancelled."""
+    return lambda: DataError(f"Fetching dataset '{name}' was stopped.", reason="data_cancelled")

@@ -45,7 +45,6 @@ import contextlib
 import os
 import re
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from traitlets import Float, Integer, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..errors import BinderboxError, BuildError
+from .broadcast import Broadcast
 from .files import (
     LogTail,
     delete_unused,
@@ -90,42 +90,12 @@ class Env:
     last_used: float
 
 
-class _Run:
-    """One build (or wait for another process's build) of one key in this process."""
+#: one build (or wait for another process's build) of one key in this process
+_Run = Broadcast[str, Env]
 
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.lines: deque[str] = deque(maxlen=_BUFFER_LINES)
-        self.count = 0
-        self.done = False
-        self._wake = asyncio.Event()
-        self.task: asyncio.Task[Env] | None = None
 
-    def emit(self, line: str) -> None:
-        self.lines.append(line)
-        self.count += 1
-        self._notify()
-
-    def finish(self) -> None:
-        self.done = True
-        self._notify()
-
-    def _notify(self) -> None:
-        self._wake.set()
-        self._wake = asyncio.Event()
-
-    async def lines_from(self, index: int) -> AsyncIterator[str]:
-        while True:
-            first = self.count - len(self.lines)
-            index = max(index, first)
-            if index < self.count:
-                line = self.lines[index - first]
-                index += 1
-                yield line
-            elif self.done:
-                return
-            else:
-                await self._wake.wait()
+def _stopped() -> BuildError:
+    return BuildError("The build was stopped before it finished.")
 
 
 class SharedBuild:
@@ -146,7 +116,7 @@ class SharedBuild:
         A joiner first gets the recent tail of the log, then live lines.
         Leaving the iteration early does not stop the build.
         """
-        return self._run.lines_from(self._start)
+        return self._run.follow(self._start)
 
     async def wait(self) -> Env:
         """The published environment, or the build's :class:`BinderboxError`.
@@ -154,20 +124,11 @@ class SharedBuild:
         Cancelling the caller does not cancel the build (others may share
         it); use :meth:`cancel` for that.
         """
-        task = self._run.task
-        assert task is not None
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and not (current and current.cancelling()):
-                raise BuildError("The build was stopped before it finished.") from None
-            raise
+        return await self._run.result()
 
     def cancel(self) -> None:
         """Stop the build for every caller sharing it (its temp tree is deleted)."""
-        if self._run.task is not None:
-            self._run.task.cancel()
+        self._run.cancel()
 
 
 class Store(LoggingConfigurable):
@@ -262,20 +223,19 @@ class Store(LoggingConfigurable):
 
     # -- lookups --------------------------------------------------------
 
-    def get(self, key: str) -> Env | None:
-        """The published environment of ``key`` (marking it used now), or ``None``."""
-        if not _KEY.fullmatch(key) or self.metadata.get(key) is None:
+    def get(self, key: str, *, touch: bool = True) -> Env | None:
+        """The published environment of ``key``, or ``None``.
+
+        Marks it used now (which delays its eviction, see :attr:`min_idle`)
+        unless ``touch`` is false: looking at an environment is not using it.
+        """
+        used = self._use(key)
+        if used is None:
             return None
-        path = self.env_path(key)
-        # shared use-lock: gc holds it exclusively while deleting the key
-        with FileLock.acquire(self._use_path(key), shared=True):
-            record = self.metadata.get(key)
-            if record is None:
-                return None
-            if not path.is_dir():
-                self.log.warning("Environment %s vanished from %s; forgetting it", key, path)
-                self.metadata.delete(key)
-                return None
+        lock, record = used
+        with lock:
+            if not touch:
+                return self._env(record)
             now = time.time()
             self.metadata.touch(key, now)
         return self._env(record, last_used=now)
@@ -294,13 +254,30 @@ class Store(LoggingConfigurable):
         ``None`` if ``key`` is not published.  Blocks briefly if gc is deleting
         ``key`` right now.
         """
+        used = self._use(key)
+        return None if used is None else used[0]
+
+    def _use(self, key: str) -> tuple[FileLock, EnvRecord] | None:
+        """The shared use-lock on ``key`` and its record, if ``key`` is published.
+
+        gc holds the use-lock exclusively while deleting ``key``, so once it is
+        taken (after waiting for a deletion in progress) the record and tree
+        checked under it stay.  A record whose tree vanished is forgotten.
+        """
         if not _KEY.fullmatch(key) or self.metadata.get(key) is None:
-            return None
+            return None  # no lock file made for keys that were never published
         lock = FileLock.acquire(self._use_path(key), shared=True)
-        if self.metadata.get(key) is None or not self.env_path(key).is_dir():
+        record = self.metadata.get(key)
+        if record is not None and not self.env_path(key).is_dir():
+            self.log.warning(
+                "Environment %s vanished from %s; forgetting it", key, self.env_path(key)
+            )
+            self.metadata.delete(key)
+            record = None
+        if record is None:
             lock.release()
             return None
-        return lock
+        return lock, record
 
     def refresh_size(self, key: str) -> None:
         """Measure ``key``'s tree again (after work on the published tree)."""
@@ -332,33 +309,33 @@ class Store(LoggingConfigurable):
         without building.
         """
         _checked(key)
-        loop = asyncio.get_running_loop()
+        asyncio.get_running_loop()  # RuntimeError now rather than a lock taken in vain
         run = self._runs.get(key)
         if run is not None:
             return SharedBuild(run, joined=True, start=max(0, run.count - self.join_tail))
         self._ensure_root()
         lock = FileLock.try_acquire(self._lock_path(key))
-        run = _Run(key)
-        run.task = loop.create_task(
-            self._execute(run, lock, build, spec, source), name=f"binderbox build {key}"
+        run = _Run(stopped=_stopped, keep=_BUFFER_LINES)
+        task = run.start(
+            self._execute(key, run, lock, build, spec, source), name=f"binderbox build {key}"
         )
-        run.task.add_done_callback(_retrieve)
+        task.add_done_callback(lambda _task: self._end_run(key, run, lock))
         self._runs[key] = run
         return SharedBuild(run, joined=lock is None, start=0)
 
     async def _execute(
         self,
+        key: str,
         run: _Run,
         lock: FileLock | None,
         build: BuildFn,
         spec: dict[str, Any],
         source: str,
     ) -> Env:
-        key = run.key
         waited = lock is None
         try:
             if lock is None:
-                lock = await self._wait_for_other(run)
+                lock = await self._wait_for_other(key, run)
             env = await asyncio.to_thread(self.get, key)  # SQLite and a lock
             if env is not None:
                 return env
@@ -368,22 +345,28 @@ class Store(LoggingConfigurable):
                     raise status.error()
                 if status is not None and status.state is not BuildState.READY:
                     run.emit("The other build of this environment stopped; building it here.")
-            return await self._build_locked(run, build, spec, source)
+            return await self._build_locked(key, run, build, spec, source)
         finally:
             if lock is not None:
                 lock.release()
             if self._runs.get(key) is run:
                 del self._runs[key]
-            run.finish()
 
-    async def _wait_for_other(self, run: _Run) -> FileLock:
-        """Tail another process's build of ``run.key`` until its lock is free; take it."""
-        tail = LogTail(self.log_path(run.key))
+    def _end_run(self, key: str, run: _Run, lock: FileLock | None) -> None:
+        """When ``run``'s task is done, even if cancelled before it ran: let go of it."""
+        if lock is not None:
+            lock.release()  # idempotent: _execute released it unless it never ran
+        if self._runs.get(key) is run:
+            del self._runs[key]
+
+    async def _wait_for_other(self, key: str, run: _Run) -> FileLock:
+        """Tail another process's build of ``key`` into ``run`` until its lock is free; take it."""
+        tail = LogTail(self.log_path(key))
         try:
             for line in tail.read()[-self.join_tail :]:
                 run.emit(line)
             while True:
-                lock = FileLock.try_acquire(self._lock_path(run.key))
+                lock = FileLock.try_acquire(self._lock_path(key))
                 for line in tail.read():
                     run.emit(line)
                 if lock is not None:
@@ -393,10 +376,9 @@ class Store(LoggingConfigurable):
             tail.close()
 
     async def _build_locked(
-        self, run: _Run, build: BuildFn, spec: dict[str, Any], source: str
+        self, key: str, run: _Run, build: BuildFn, spec: dict[str, Any], source: str
     ) -> Env:
-        """Build and publish ``run.key``; the caller holds its lock."""
-        key = run.key
+        """Build and publish ``key``, its log lines into ``run``; the caller holds its lock."""
         await asyncio.to_thread(self._remove_temp, key)
         if self.env_path(key).is_dir():
             # a complete build whose metadata insert was interrupted
@@ -468,10 +450,10 @@ class Store(LoggingConfigurable):
 
     async def aclose(self) -> None:
         """Cancel the builds running in this process and wait for their cleanup."""
-        tasks = [run.task for run in self._runs.values() if run.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        runs = list(self._runs.values())
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*(run.ended() for run in runs))
 
     # -- removal --------------------------------------------------------
 
@@ -573,12 +555,6 @@ def _checked(key: str) -> str:
     if not _KEY.fullmatch(key):
         raise ValueError(f"invalid environment key {key!r}")
     return key
-
-
-def _retrieve(task: asyncio.Task[Env]) -> None:
-    """Mark a build's exception as retrieved: callers may all have gone."""
-    if not task.cancelled():
-        task.exception()
 
 
 async def _size_of(path: Path) -> int:
