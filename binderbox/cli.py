@@ -148,7 +148,7 @@ class EnvsCommand(Command):
             print(f"{len(envs)} environments, {_size(sum(e.size for e in envs))}", file=sys.stderr)
             return 0
         if action == "show" and len(args) == 1:
-            found = store.get(args[0])
+            found = store.get(args[0], touch=False)  # looking is not using
             if found is None:
                 raise BinderboxError(
                     f"No environment with key {args[0]}.", hint="See `binderbox envs list`."
