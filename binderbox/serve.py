@@ -24,7 +24,7 @@ from .events import Event
 from .hub import ManagedHub
 from .hub.process import free_port
 from .pipeline import LaunchPipeline, LaunchRequest
-from .providers import PROVIDERS
+from .providers import offered_providers
 from .sessions import SessionLauncher, limits_status
 from .web import SessionIndex, WebApp, make_app
 
@@ -108,7 +108,7 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
         parent=app, hub_api_url=hub.hub_api_url, api_token=hub.api_token
     )
     # the public service offers only what it launches: no local folders unless allowed
-    offered = {p: cls for p, cls in PROVIDERS.items() if p != "local" or pipeline.allow_local}
+    offered = offered_providers(pipeline.allow_local)
     # remembered across restarts: the page of a session that ended offers its relaunch
     index = SessionIndex(web_config.recent_sessions, path=app.data_path / "sessions.sqlite")
     service = Service(pipeline, hub, pipeline.launcher)

@@ -203,10 +203,8 @@ def test_bad_pattern_is_a_config_error() -> None:
 async def test_private_hosts_are_refused(url: str) -> None:
     err = await refused(provider(git_spec(url)))
     host = url_host(url)[1]
-    assert err.message == (
-        f"{host} is on a private network; "
-        "this service only launches repositories from public hosts."
-    )
+    assert err.message == f"The repository URL is not allowed: {host} is on a private network."
+    assert err.hint == "This service only launches repositories from public hosts."
     assert "tok3n" not in err.user_message and "tok3n" not in err.log_message
 
 
@@ -267,7 +265,7 @@ async def test_refused_before_any_network_work(git_server: GitServer) -> None:
 )
 async def test_ssh_is_refused(url: str) -> None:
     err = await refused(provider(git_spec(url)))
-    assert err.message == "This service does not fetch repositories over ssh."
+    assert err.message == "The repository URL is not allowed: this service does not fetch over ssh."
     assert "https://" in err.hint
 
 
@@ -285,6 +283,27 @@ def test_url_host() -> None:
     assert url_host("git@[::1]:o/r.git") == ("ssh", "::1")
     assert url_host("me@host.example:o/r.git") == ("ssh", "host.example")
     assert url_host("/srv/repo") == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("url", "config"),
+    [
+        (f"ssh://git@{PUBLIC_V4}/r.git", {}),
+        ("git@example.org:owner/r.git", {}),
+        ("http://127.0.0.1/r.git", {}),
+        ("http://[::ffff:10.0.0.1]/r.git", {}),
+        ("git@[::1]:owner/r.git", {"allow_ssh": True}),
+    ],
+)
+async def test_visitor_and_submodule_urls_are_refused_alike(
+    url: str, config: dict[str, bool]
+) -> None:
+    """One check, one wording: the visitor's URL and a submodule URL under the
+    same rules are refused for the same reason."""
+    err = await refused(provider(git_spec(url), {"GitProvider": config}))
+    reason = await url_refusal(url, UrlRules(**config))
+    assert reason is not None
+    assert err.message == f"The repository URL is not allowed: {reason}."
 
 
 # -- while fetching: URL rules ------------------------------------------------------

@@ -28,6 +28,7 @@ from binderbox.providers import (
     GitProvider,
     LocalProvider,
     make_provider,
+    offered_providers,
     provider_class,
     repoprovider_configs,
 )
@@ -268,6 +269,17 @@ def test_allow_local_false_still_takes_remote_urls() -> None:
         assert make_provider(spec, allow_local=False).prefix in ("git", "gh")
     ids = [c["id"] for c in repoprovider_configs(allow_local=False)]
     assert ids == ["gh", "gl", "gist", "git"]
+
+
+def test_offered_providers_and_their_configs() -> None:
+    assert list(offered_providers()) == list(PROVIDERS)
+    assert list(offered_providers(allow_local=False)) == ["gh", "gl", "gist", "git"]
+    assert [c["id"] for c in repoprovider_configs()] == list(PROVIDERS)
+    # given classes: their own configs, in the given order (allow_local plays no part)
+    chosen = {"git": GitProvider, "gh": GitHubProvider}
+    configs = repoprovider_configs(allow_local=False, providers=chosen)
+    assert configs == [GitProvider.repoprovider_config(), GitHubProvider.repoprovider_config()]
+    assert [c["id"] for c in configs] == ["git", "gh"]
 
 
 def test_host_traits_make_display_urls() -> None:

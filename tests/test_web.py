@@ -22,6 +22,7 @@ from web_helpers import (
 )
 
 from binderbox.events import Built, Phase
+from binderbox.providers import offered_providers, repoprovider_configs
 from binderbox.web import SessionIndex, WebApp, make_app
 from binderbox.web.base import LaunchPipelineProtocol
 
@@ -293,6 +294,30 @@ async def test_repoproviders_default_to_the_registry(monkeypatch: pytest.MonkeyP
     async with serve(app) as base:
         response = await get(base, "/api/repoproviders")
     assert [p["id"] for p in json.loads(response.body)] == ["gh"]
+
+
+async def test_repoproviders_of_the_public_service() -> None:
+    """What ``binderbox serve`` offers without allow_local: the registry minus
+    ``local``, each entry the provider's own config in BinderHub's shape; the
+    launch page knows the same providers."""
+    offered = offered_providers(allow_local=False)
+    app = make_app(ScriptedPipeline(), config=WebApp(), providers=offered)
+    async with serve(app) as base:
+        response = await get(base, "/api/repoproviders")
+        local_page = await get(base, "/v2/local/%2Fsrv%2Frepo/HEAD")
+        git_page = await get(base, "/v2/git/https%3A%2F%2Fexample.org%2Fr.git/HEAD")
+    body = json.loads(response.body)
+    assert body == repoprovider_configs(allow_local=False)
+    assert [p["id"] for p in body] == ["gh", "gl", "gist", "git"]
+    assert body[0] == {
+        "id": "gh",
+        "displayName": "GitHub",
+        "spec": {"validateRegex": ".+"},
+        "repo": {"label": "GitHub repository name or URL", "placeholder": "owner/repository"},
+        "ref": {"enabled": True, "default": "HEAD"},
+    }
+    assert local_page.code == 404
+    assert git_page.code == 200
 
 
 async def test_cors_header_and_preflight() -> None:

@@ -25,6 +25,7 @@ this machine's disk (``file://`` URLs, local paths, ``local/...``) raises
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +52,7 @@ __all__ = [
     "RepoProvider",
     "Resolved",
     "make_provider",
+    "offered_providers",
     "provider_class",
     "repoprovider_configs",
 ]
@@ -89,13 +91,23 @@ def _unknown(prefix: str) -> UnknownProvider:
     )
 
 
-def repoprovider_configs(allow_local: bool = True) -> list[dict[str, Any]]:
-    """The body of ``/api/repoproviders`` (``local`` only when allowed)."""
-    return [
-        cls.repoprovider_config()
-        for prefix, cls in PROVIDERS.items()
-        if allow_local or prefix != "local"
-    ]
+def offered_providers(allow_local: bool = True) -> dict[str, type[RepoProvider]]:
+    """Prefix -> class of the providers a service offers, in :data:`PROVIDERS`'
+    order: ``local`` only when ``allow_local``."""
+    return {p: cls for p, cls in PROVIDERS.items() if allow_local or p != "local"}
+
+
+def repoprovider_configs(
+    allow_local: bool = True, *, providers: Mapping[str, type[RepoProvider]] | None = None
+) -> list[dict[str, Any]]:
+    """The body of ``/api/repoproviders``: each provider's
+    :meth:`~RepoProvider.repoprovider_config`, in order.
+
+    ``providers`` (prefix -> class) when given, else :func:`offered_providers`
+    (``local`` only when ``allow_local``).
+    """
+    offered = offered_providers(allow_local) if providers is None else providers
+    return [cls.repoprovider_config() for cls in offered.values()]
 
 
 def make_provider(

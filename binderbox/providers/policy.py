@@ -12,7 +12,10 @@ The pipeline calls :func:`enforce_policy` once per launch, after
    unless ``allow_private_hosts``.  IPv4-mapped, 6to4, Teredo and NAT64 IPv6
    addresses are judged by the IPv4 address they carry.
 
-Every refusal is a :class:`~binderbox.errors.SpecNotAllowed` (403).  A host
+Step 2 is :func:`host_refusal`, the one ssh / private-host check; submodule
+URLs (below) go through it too, so every refusal reads ``"<what> is not
+allowed: <reason>."`` with the same reasons.  Every refusal is a
+:class:`~binderbox.errors.SpecNotAllowed` (403).  A host
 that does not resolve passes here and fails later, in ``resolve()``, as
 :class:`~binderbox.errors.RepositoryNotFound`.
 
@@ -70,8 +73,9 @@ Origin = tuple[str, str, int | None]
 
 _SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_SSH_REFUSED = "This service does not fetch repositories over ssh."
+_SSH_REFUSED = "this service does not fetch over ssh"
 _SSH_HINT = "Use the repository's https:// URL instead."
+_PUBLIC_HINT = "This service only launches repositories from public hosts."
 
 
 async def enforce_policy(provider: RepoProvider) -> None:
@@ -95,25 +99,53 @@ def visitor_url(provider: RepoProvider) -> str | None:
 
 
 async def check_host(provider: RepoProvider) -> None:
-    """Refuse ssh URLs (unless ``allow_ssh``) and hosts on private networks
-    (unless ``allow_private_hosts``) for the URL the visitor chose."""
+    """Apply :func:`host_refusal` to the URL the visitor chose; SpecNotAllowed if refused."""
     url = visitor_url(provider)
     if url is None:
         return
+    refusal = await host_refusal(
+        url, allow_ssh=provider.allow_ssh, allow_private_hosts=provider.allow_private_hosts
+    )
+    if refusal is not None:
+        raise SpecNotAllowed(
+            f"The repository URL is not allowed: {refusal.reason}.",
+            hint=refusal.hint,
+            log_message=f"refused {redact(url)!r}: {refusal.detail}",
+        )
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why :func:`host_refusal` refuses a URL.
+
+    ``reason`` is a phrase for the user (``"10.0.0.1 is on a private network"``)
+    that ends every message of the family ``"<what> is not allowed: <reason>."``
+    (the visitor's repository URL here, a submodule in
+    :class:`~binderbox.providers.git.GitProvider`); ``hint`` says what to do
+    instead; ``detail`` is for the log only.
+    """
+
+    reason: str
+    hint: str
+    detail: str
+
+
+async def host_refusal(url: str, *, allow_ssh: bool, allow_private_hosts: bool) -> Refusal | None:
+    """The one ssh / private-host check of a remote URL; None if it passes.
+
+    ssh URLs (``ssh://``, ``git+ssh://``, scp-like ``user@host:path``) are
+    refused unless ``allow_ssh``; a host with a non-public address unless
+    ``allow_private_hosts`` (one DNS lookup).  A URL without a host passes.
+    """
     scheme, host = url_host(url)
-    if scheme in _SSH_SCHEMES and not provider.allow_ssh:
-        raise SpecNotAllowed(
-            _SSH_REFUSED, hint=_SSH_HINT, log_message=f"refused ssh URL {redact(url)!r}"
-        )
-    if provider.allow_private_hosts or not host:
-        return
+    if scheme in _SSH_SCHEMES and not allow_ssh:
+        return Refusal(_SSH_REFUSED, _SSH_HINT, "ssh URL")
+    if allow_private_hosts or not host:
+        return None
     address = await private_address(host, url)
-    if address is not None:
-        raise SpecNotAllowed(
-            f"{host} is on a private network; "
-            "this service only launches repositories from public hosts.",
-            log_message=f"refused {redact(url)!r}: {host} resolves to {address}",
-        )
+    if address is None:
+        return None
+    return Refusal(f"{host} is on a private network", _PUBLIC_HINT, f"{host} resolves to {address}")
 
 
 @dataclass(frozen=True)
@@ -133,10 +165,10 @@ async def url_refusal(url: str, rules: UrlRules) -> str | None:
     """Why git may not fetch from ``url`` under ``rules`` (a phrase for a user
     message), or None if it may.
 
-    The checks :func:`check_host` applies to a visitor's URL, plus the URL
-    form: what :func:`check_git_url` refuses (transport helpers, unknown
-    schemes, option-like strings) is always refused, local URLs unless
-    ``allow_local``.  One DNS lookup for a remote host.
+    The URL form first: what :func:`check_git_url` refuses (transport helpers,
+    unknown schemes, option-like strings) is always refused, local URLs unless
+    ``allow_local``; URLs on ``trusted_origin`` pass.  Then :func:`host_refusal`,
+    the check :func:`check_host` applies to a visitor's URL (its ``reason``).
     """
     try:
         kind = check_git_url(url, "a repository URL")
@@ -146,14 +178,10 @@ async def url_refusal(url: str, rules: UrlRules) -> str | None:
         return None if rules.allow_local else "it points at files on this service's own disk"
     if rules.trusted_origin is not None and url_origin(url) == rules.trusted_origin:
         return None
-    scheme, host = url_host(url)
-    if scheme in _SSH_SCHEMES and not rules.allow_ssh:
-        return "this service does not fetch over ssh"
-    if rules.allow_private_hosts or not host:
-        return None
-    if await private_address(host, url) is not None:
-        return f"{host} is on a private network"
-    return None
+    refusal = await host_refusal(
+        url, allow_ssh=rules.allow_ssh, allow_private_hosts=rules.allow_private_hosts
+    )
+    return None if refusal is None else refusal.reason
 
 
 def url_origin(url: str) -> Origin | None:

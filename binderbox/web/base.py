@@ -8,7 +8,6 @@ the ones that need more get it by name (``pipeline``, ``limiter``...).
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sqlite3
@@ -25,6 +24,8 @@ from tornado.web import HTTPError, RequestHandler
 from .. import __version__
 from ..events import Event
 from ..pipeline import LaunchRequest
+from ..providers import offered_providers, repoprovider_configs
+from ..providers.base import RepoProvider
 from ..providers.gitutil import redact
 
 if TYPE_CHECKING:
@@ -132,26 +133,17 @@ class Site:
     config: WebApp
     templates: jinja2.Environment
     hub_url: str
-    providers: Mapping[str, type] | None = None
+    providers: Mapping[str, type[RepoProvider]] | None = None
 
-    def provider_classes(self) -> Mapping[str, type]:
-        """Provider prefix -> class; ``binderbox.providers.PROVIDERS`` unless given."""
-        if self.providers is None:
-            module = importlib.import_module("binderbox.providers")
-            found: Mapping[str, type] = getattr(module, "PROVIDERS", {})
-            return found
-        return self.providers
+    def provider_classes(self) -> Mapping[str, type[RepoProvider]]:
+        """Provider prefix -> class: the ``providers`` given, else all of
+        ``binderbox.providers.PROVIDERS`` (looked up on each call)."""
+        return offered_providers() if self.providers is None else self.providers
 
     def provider_configs(self) -> list[dict[str, Any]]:
-        """The display config of each provider (BinderHub's ``/api/repoproviders``)."""
-        configs = []
-        for prefix, cls in self.provider_classes().items():
-            make = getattr(cls, "repoprovider_config", None)
-            entry: dict[str, Any] = dict(make()) if callable(make) else {}
-            entry.setdefault("id", prefix)
-            entry.setdefault("displayName", getattr(cls, "display_name", "") or prefix)
-            configs.append(entry)
-        return configs
+        """The body of ``/api/repoproviders``: the providers' own
+        :func:`~binderbox.providers.repoprovider_configs` for these classes."""
+        return repoprovider_configs(providers=self.provider_classes())
 
 
 class BaseHandler(RequestHandler):
