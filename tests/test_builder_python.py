@@ -133,6 +133,33 @@ def test_bytecode_is_compiled(full: tuple[Path, Path, list[str]]) -> None:
     assert list((site / "demo_pkg" / "__pycache__").glob("*.cpython-310.pyc"))
 
 
+IRI_CHECK = """
+import lark
+built = []
+real_init = lark.Lark.__init__
+def counting_init(self, *args, **kwargs):
+    built.append(1)
+    real_init(self, *args, **kwargs)
+lark.Lark.__init__ = counting_init
+import jupyter_server.serverapp, jsonschema, inspect
+import rfc3987_syntax.syntax_helpers as helpers
+print("at start", len(built))
+check = jsonschema.Draft7Validator.FORMAT_CHECKER
+print(check.conforms("https://example.org/caf\u00e9", "iri"), check.conforms("no iri", "iri"))
+print("after use", len(built), "source" if inspect.getsource(helpers) else "")
+"""
+
+
+def test_server_start_defers_the_iri_parser_and_iri_checks_still_work(
+    full: tuple[Path, Path, list[str]],
+) -> None:
+    env, _, _ = full
+    result = run_in_env(env, ["python", "-c", IRI_CHECK])
+    assert result.returncode == 0, result.stderr
+    # importing the server built no parser; validating an IRI built it, once
+    assert result.stdout.split("\n")[:3] == ["at start 0", "True False", "after use 1 source"]
+
+
 def test_postbuild_effects_reach_sessions(full: tuple[Path, Path, list[str]]) -> None:
     env, pristine, log = full
     assert "postBuild running as 1000 in /home/jovyan with /srv/env" in log
@@ -226,6 +253,16 @@ def test_nonexistent_package_is_named(tmp_path: Path) -> None:
         build(light_builder(), spec, None, tmp_path / "env")
     assert name in info.value.message
     assert "\n" not in info.value.message
+
+
+def test_source_build_retry_keeps_binderboxs_own_files(tmp_path: Path) -> None:
+    env = tmp_path / "env"
+    log = build(light_builder(), python_spec(requirements=("docopt==0.6.2",)), None, env)
+    assert any("built from source" in line for line in log)  # docopt has no wheel
+    assert (env / "share/jupyter/lab/settings/overrides.json").is_file()
+    code = "import docopt, sys; print('_binderbox_startup' in sys.modules)"
+    result = run_in_env(env, ["python", "-c", code])
+    assert result.stdout.strip() == "True", result.stderr
 
 
 def test_package_that_fails_to_build_is_named(tmp_path: Path) -> None:

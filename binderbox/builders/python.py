@@ -41,6 +41,13 @@ content at launch (that is how repo2docker's image home behaves, without
 freezing the notebooks: only postBuild's own changes are replayed).
 Anything else it writes (``/tmp``, the sandbox root) is thrown away.
 
+Right after ``uv venv`` (before any build code runs, so nothing can have
+planted links there), binderbox writes its own files into the environment:
+JupyterLab's ``overrides.json`` and the ``_binderbox_startup`` module with
+the ``.pth`` file that imports it at every start (see
+:mod:`binderbox.builders.env_startup`: it defers parser builds that cost
+every Jupyter server start about 1 s).
+
 Bytecode is not part of the build: it is compiled into the published
 environment afterwards (:meth:`PythonBuilder.finish`, see
 :mod:`binderbox.builders.bytecode`), so a launch does not wait for it.
@@ -118,7 +125,7 @@ class PythonBuilder(Builder):
     """Builds ``kind == "python"`` specs with uv.  See the module docstring."""
 
     kinds: ClassVar[tuple[str, ...]] = ("python",)
-    version: ClassVar[str] = "3"
+    version: ClassVar[str] = "4"
 
     search_dirs = List(
         Unicode(),
@@ -252,7 +259,7 @@ class PythonBuilder(Builder):
         yield f"Using CPython {interp.version} ({interp.path})"
         async for line in self._venv(interp, content, prefix, caches.copying(self.cache)):
             yield line
-        _lab_settings(prefix)  # before any build code runs: it could plant links there
+        _seed(prefix, interp)
         async for line in self._install(spec, interp, content, prefix):
             yield line
         if spec.postbuild and content is not None:
@@ -305,6 +312,7 @@ class PythonBuilder(Builder):
             use = caches.copying(private)
             async for line in self._venv(interp, content, prefix, use):
                 yield line
+            _seed(prefix, interp)
             async for line in self._step(interp, content, prefix, install, what=what, cache=use):
                 yield line
         finally:
@@ -520,12 +528,25 @@ class PythonBuilder(Builder):
 #: JupyterLab settings every environment gets (a postBuild may replace them):
 #: sessions are fresh each launch, so JupyterLab's "fetch news?" question would
 #: be asked at every launch, and a public service should not phone out for users
+#: the module every environment imports at start (see its docstring)
+STARTUP_HOOK = Path(__file__).with_name("env_startup.py")
+
 LAB_OVERRIDES = {
     "@jupyterlab/apputils-extension:notification": {
         "fetchNews": "false",
         "checkForUpdates": False,
     }
 }
+
+
+def _seed(prefix: Path, interp: Interpreter) -> None:
+    """binderbox's own files in a new venv, before any build code runs (which could
+    plant links where they go): JupyterLab's overrides and the startup hook."""
+    _lab_settings(prefix)
+    site = prefix / "lib" / f"python{interp.minor}" / "site-packages"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "_binderbox_startup.py").write_text(STARTUP_HOOK.read_text())
+    (site / "_binderbox_startup.pth").write_text("import _binderbox_startup\n")
 
 
 def _lab_settings(prefix: Path) -> None:
