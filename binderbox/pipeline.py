@@ -13,6 +13,12 @@ A launch never raises a :class:`~binderbox.errors.BinderboxError`: it ends
 with a ``failed`` event carrying the user message and status code.  Anything
 else escaping a stage is a bug: it is logged with its traceback and the user
 gets a generic ``failed`` event.
+
+The first two stages are public, for ``binderbox data fetch``: it runs
+:meth:`LaunchPipeline.resolve_and_fetch`, and :meth:`LaunchPipeline.environment`
+on the same state when a dataset needs the environment.  What is read from a
+fetched tree (its spec, its ``data_requirement.json``) is read once per tree
+(:class:`TreeFacts`), not once per launch.
 """
 
 from __future__ import annotations
@@ -46,8 +52,8 @@ from .sessions import SessionLauncher, SessionRequest
 from .store import Env, Finisher, Store
 from .store.locks import FileLock
 
-#: how many fetched trees' specs the pipeline remembers
-SPEC_MEMORY = 512
+#: how many fetched trees the pipeline remembers what it read from (:class:`TreeFacts`)
+TREE_MEMORY = 512
 
 
 @dataclass(frozen=True)
@@ -77,16 +83,32 @@ class LaunchRequest:
 
 
 @dataclass
+class TreeFacts:
+    """What the pipeline reads from a fetched tree, once: trees never change once
+    fetched (their path names the version)."""
+
+    #: the environment spec (detection)
+    spec: EnvSpec
+    #: the ``data_requirement.json`` datasets, read by the first launch that needs them
+    datasets: tuple[DataEntry, ...] | None = None
+
+
+@dataclass
 class LaunchState:
     """What one run of the pipeline has learnt so far (for the later stages)."""
 
     provider: RepoProvider
     resolved: Resolved | None = None
     content: Path | None = None
-    spec: EnvSpec | None = None
+    tree: TreeFacts | None = None
     env: Env | None = None
     data_mounts: dict[str, Path] = field(default_factory=dict)
-    data_entries: list[DataEntry] = field(default_factory=list)
+    data_entries: tuple[DataEntry, ...] = ()
+
+    @property
+    def spec(self) -> EnvSpec | None:
+        """The environment spec of the content, once detected."""
+        return self.tree.spec if self.tree is not None else None
 
 
 class LaunchPipeline(LoggingConfigurable):
@@ -121,7 +143,7 @@ class LaunchPipeline(LoggingConfigurable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._specs: dict[Path, EnvSpec] = {}
+        self._trees: dict[Path, TreeFacts] = {}
         #: the builder's work on published environments (bytecode), in the background
         self.finisher = Finisher(
             self.store, self.builder.finish, self.builder.finished, parent=self
@@ -160,10 +182,9 @@ class LaunchPipeline(LoggingConfigurable):
 
     async def _flow(self, request: LaunchRequest) -> AsyncIterator[Event]:
         state = LaunchState(provider=self.provider_for(request))
-        await enforce_policy(state.provider)
-        async for event in self._resolve_and_fetch(state):
+        async for event in self.resolve_and_fetch(state):
             yield event
-        async for event in self._environment(state):
+        async for event in self.environment(state):
             yield event
         if request.build_only:
             return
@@ -177,7 +198,14 @@ class LaunchPipeline(LoggingConfigurable):
         spec = f"{request.provider}/{request.spec}" if request.provider else request.spec
         return make_provider(spec, request.ref, parent=self, allow_local=self.allow_local)
 
-    async def _resolve_and_fetch(self, state: LaunchState) -> AsyncIterator[Event]:
+    async def resolve_and_fetch(self, state: LaunchState) -> AsyncIterator[Event]:
+        """The first stage: the operator's policy, then resolve the spec and fetch its content.
+
+        Sets ``state.resolved`` and ``state.content``.  Raises
+        :class:`~binderbox.errors.BinderboxError`, as every stage does
+        (:meth:`launch` turns it into the ``failed`` event).
+        """
+        await enforce_policy(state.provider)
         yield Fetching(message=f"Resolving {unquote(state.provider.spec)}")
         state.resolved = resolved = await state.provider.resolve()
         yield Fetching(message=f"Resolved to {resolved.version}")
@@ -185,26 +213,32 @@ class LaunchPipeline(LoggingConfigurable):
             yield event
         state.content = self.content.path_for(resolved)
 
-    async def _detect(self, content: Path) -> EnvSpec:
-        """The spec of a fetched tree, read once: trees never change once fetched
-        (their path names the version), and reading hashes the repository when
-        the environment depends on it -- work every later launch would repeat."""
-        found = self._specs.get(content)
+    async def _detect(self, content: Path) -> TreeFacts:
+        """What the pipeline knows of a fetched tree, its spec detected once: trees
+        never change once fetched, and detection hashes the repository when the
+        environment depends on it -- work every later launch would repeat."""
+        found = self._trees.get(content)
         if found is None:
-            found = await asyncio.to_thread(
+            spec = await asyncio.to_thread(
                 detect,
                 content,
                 default_python=self.default_python,
                 allow_default=self.allow_default_environment,
             )
-            if len(self._specs) >= SPEC_MEMORY:
-                self._specs.pop(next(iter(self._specs)))
-            self._specs[content] = found
+            if len(self._trees) >= TREE_MEMORY:
+                self._trees.pop(next(iter(self._trees)))
+            found = self._trees[content] = TreeFacts(spec)
         return found
 
-    async def _environment(self, state: LaunchState) -> AsyncIterator[Event]:
+    async def environment(self, state: LaunchState) -> AsyncIterator[Event]:
+        """The second stage: detect the content's spec, reuse or build its environment.
+
+        Needs :meth:`resolve_and_fetch` done on ``state``; sets ``state.tree``
+        and ``state.env``; ends with ``built``.
+        """
         assert state.content is not None and state.resolved is not None
-        state.spec = spec = await self._detect(state.content)
+        state.tree = await self._detect(state.content)
+        spec = state.tree.spec
         interpreter = await asyncio.to_thread(self.builder.interpreter, spec)  # may probe
         key = spec.key(interpreter=interpreter, builder_version=self.builder.version)
         env = await asyncio.to_thread(self.store.get, key)  # SQLite and a lock
@@ -287,8 +321,8 @@ class LaunchPipeline(LoggingConfigurable):
 
     async def _datasets(self, state: LaunchState) -> AsyncIterator[Event]:
         """Fetch the repository's ``data_requirement.json`` datasets (once, cached)."""
-        assert state.content is not None and state.env is not None
-        entries = await asyncio.to_thread(read_requirements, state.content)
+        assert state.content is not None and state.env is not None and state.tree is not None
+        entries = await self._requirements(state.content, state.tree)
         if not entries:
             return
         if self.data is None:
@@ -301,6 +335,17 @@ class LaunchPipeline(LoggingConfigurable):
             yield event
         state.data_mounts = self.data.mounts(entries, env_key=env_key)
         state.data_entries = entries
+
+    @staticmethod
+    async def _requirements(content: Path, tree: TreeFacts) -> tuple[DataEntry, ...]:
+        """The tree's datasets, read once (a malformed file is read again: the launch fails).
+
+        Read in the configuration folder detection found, by its rule.
+        """
+        if tree.datasets is None:
+            folder = tree.spec.config_dir
+            tree.datasets = tuple(await asyncio.to_thread(read_requirements, content, folder))
+        return tree.datasets
 
     def _hold(self, state: LaunchState) -> list[FileLock]:
         """Use-locks on the environment and datasets, held until the session holds its own.

@@ -9,8 +9,11 @@ with a real virtualenv.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import io
 import json
 import shutil
+import stat
 import tarfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -33,7 +36,8 @@ from binderbox.data.fetchers.gdrive import GoogleDriveFetcher
 from binderbox.data.fetchers.osf import OsfFetcher
 from binderbox.data.fetchers.s3 import S3Fetcher
 from binderbox.data.fetchers.zenodo import ZenodoFetcher
-from binderbox.data.requirement import parse_requirements
+from binderbox.data.requirement import FILENAME, parse_requirements
+from binderbox.environments.detect import config_dir
 from binderbox.errors import DataError
 from binderbox.events import Event, Fetching
 
@@ -117,12 +121,26 @@ def test_read_requirements_precedence_and_shapes(tmp_path: Path) -> None:
     assert [(e.label, e.project_name) for e in entries] == [("atlas", "atlas"), ("scores", "atlas")]
     assert entries[1].get("version") == 2 and entries[0].get("dst") == "../../data"
     (repo / ".binder").mkdir()
-    with pytest.raises(DataConfigError, match=r"both a binder/ and a \.binder/"):
+    # the environment files' rule and message (detect.config_dir), as a DataConfigError
+    with pytest.raises(DataConfigError, match=r"Both binder/ and \.binder/ exist"):
         read_requirements(repo)
     single = tmp_path / "single"
     single.mkdir()
     (single / "data_requirement.json").write_text('{"src": "s3://b/p", "projectName": "ds"}')
     assert [e.project_name for e in read_requirements(single)] == ["ds"]
+
+
+def test_requirements_follow_the_environment_files_folder(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / ".binder").mkdir(parents=True)
+    (repo / "data_requirement.json").write_text('{"src": "s3://b/root", "projectName": "root"}')
+    (repo / ".binder" / FILENAME).write_text('{"src": "s3://b/dot", "projectName": "dot"}')
+    assert config_dir(repo) == ".binder"
+    assert [e.project_name for e in read_requirements(repo)] == ["dot"]
+    # the folder detection found (EnvSpec.config_dir) is used as given, not looked up again
+    assert [e.project_name for e in read_requirements(repo, "")] == ["root"]
+    assert [e.project_name for e in read_requirements(repo, ".binder")] == ["dot"]
+    assert read_requirements(repo, "binder") == []
 
 
 @pytest.mark.parametrize(
@@ -324,6 +342,74 @@ async def test_failures_leave_no_entry_and_recover(
     await ensure(cache, entries)
     published = files_under(cache.mounts(entries)["d"])
     assert published in ({"good.txt": b"ok"}, {"plain.bin": b"good"})
+
+
+def _tar_with_modes() -> bytes:
+    """An uncompressed tar: a multi-chunk executable, a private file, an empty file,
+    a folder and a hard link, each with its own mtime."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        members = [
+            ("tool/run.sh", tarfile.REGTYPE, 0o4755, BIG, 1_600_000_000),
+            ("tool/secret.txt", tarfile.REGTYPE, 0o600, b"s", 1_600_000_100),
+            ("tool/empty", tarfile.REGTYPE, 0o644, b"", 1_600_000_200),
+            ("docs", tarfile.DIRTYPE, 0o755, b"", 1_600_000_300),
+            ("docs/run-copy.sh", tarfile.LNKTYPE, 0o755, b"", 1_600_000_400),
+        ]
+        for name, kind, mode, data, mtime in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = kind, mode, mtime
+            if kind == tarfile.LNKTYPE:
+                info.linkname = "tool/run.sh"
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return buf.getvalue()
+
+
+#: larger than the extractor's chunk, so a member is copied in several pieces
+BIG = bytes(range(256)) * (2 * 1024 * 4 + 17)
+
+
+@pytest.mark.parametrize("compression", ["", "gz"])
+async def test_tar_members_keep_data_modes_and_times(
+    cache: DataCache, server: FileServer, compression: str
+) -> None:
+    body = _tar_with_modes()
+    path = "/modes.tar" if not compression else "/modes.tar.gz"
+    server.add(path, gzip.compress(body) if compression else body)
+    entries = entries_of({"src": server.url(path), "projectName": "modes"})
+    await ensure(cache, entries)
+    root = cache.mounts(entries)["modes"]
+    assert files_under(root) == {
+        "docs/run-copy.sh": BIG,
+        "tool/empty": b"",
+        "tool/run.sh": BIG,
+        "tool/secret.txt": b"s",
+    }
+    modes = {name: stat.S_IMODE((root / name).stat().st_mode) for name in files_under(root)}
+    # no set-uid, no group/other write; executables stay executable
+    assert modes == {
+        "docs/run-copy.sh": 0o755,  # a copy of its target, with the target's mode
+        "tool/empty": 0o644,
+        "tool/run.sh": 0o755,
+        "tool/secret.txt": 0o644,
+    }
+    assert (root / "tool/run.sh").stat().st_mtime == 1_600_000_000
+    assert (root / "tool/secret.txt").stat().st_mtime == 1_600_000_100
+    assert (root / "tool/run.sh").stat().st_ino != (root / "docs/run-copy.sh").stat().st_ino
+
+
+async def test_tar_cut_inside_a_member_fails_and_leaves_nothing(
+    cache: DataCache, server: FileServer
+) -> None:
+    """A complete HTTP answer whose tar stops in the middle of a member's data."""
+    body = _tar_with_modes()
+    server.add("/cut.tar", body[: tarfile.BLOCKSIZE + len(BIG) // 2])
+    entries = entries_of({"src": server.url("/cut.tar"), "projectName": "cut"})
+    with pytest.raises(DataError, match="not a valid tar archive") as info:
+        await ensure(cache, entries)
+    assert "unexpected end of data" in info.value.message
+    assert_no_leftovers(cache)
 
 
 async def test_stalled_servers_time_out(cache: DataCache, server: FileServer) -> None:

@@ -36,7 +36,7 @@ from tornado.web import Application, RequestHandler
 from binderbox.app import BinderboxApp
 from binderbox.data import DataCache
 from binderbox.errors import LaunchError
-from binderbox.events import Event, Failed, Fetching, Ready
+from binderbox.events import Built, Event, Failed, Fetching, Ready
 from binderbox.hub import ManagedHub
 from binderbox.hub.process import free_port
 from binderbox.pipeline import LaunchPipeline, LaunchRequest
@@ -313,6 +313,62 @@ async def test_broken_datasets_fail_the_launch_and_leave_nothing(
     assert "gone" in cached_names(pipeline)
 
 
+def hubless(app: BinderboxApp, pipeline: LaunchPipeline) -> LaunchPipeline:
+    """A new pipeline on the module's store, content and dataset caches, with no hub:
+    its launches end with "does not launch" right after their data step."""
+    return LaunchPipeline(
+        parent=app,
+        store=pipeline.store,
+        builder=pipeline.builder,
+        content=pipeline.content,
+        data=pipeline.data,
+        allow_local=True,
+        work_dir=pipeline.work_dir,
+    )
+
+
+async def run_events(pipeline: LaunchPipeline, request: LaunchRequest) -> list[Event]:
+    return [event async for event in pipeline.launch(request)]
+
+
+@module_loop
+async def test_data_requirement_is_read_once_per_content(
+    pipeline: LaunchPipeline, app: BinderboxApp, server: FileServer, tmp_path: Path
+) -> None:
+    server.add("/once.csv", CSV)
+    req = {"once": {"src": server.url("/once.csv"), "projectName": "once"}}
+    repo = make_repo(tmp_path / "repo", repo_files(req))
+    runs = hubless(app, pipeline)
+    request = LaunchRequest(provider="", spec=str(repo))
+    first = await run_events(runs, request)
+    assert "does not launch" in failed(first).message
+    assert any(e.message == "Dataset 'once' is ready." for e in first)
+    # the fetched tree never changes, so its file is not read again: take it away
+    content = runs.content.path_for(await runs.provider_for(request).resolve())
+    (content / "binder" / "data_requirement.json").unlink()
+    again = await run_events(runs, request)
+    assert "does not launch" in failed(again).message
+    assert any(e.message == "Dataset 'once' is ready (cached)." for e in again)
+    # a pipeline that has not read this tree yet finds no datasets in it now
+    fresh = await run_events(hubless(app, pipeline), request)
+    assert "does not launch" in failed(fresh).message
+    assert not any("Dataset" in e.message for e in fresh)
+
+
+@module_loop
+async def test_build_only_does_not_read_data_requirement(
+    pipeline: LaunchPipeline, app: BinderboxApp, tmp_path: Path
+) -> None:
+    files = {**ENV_FILES, "binder/data_requirement.json": "{not json", "README.md": "# x\n"}
+    repo = make_repo(tmp_path / "repo", files)
+    runs = hubless(app, pipeline)
+    build = LaunchRequest(provider="", spec=str(repo), build_only=True)
+    assert isinstance((await run_events(runs, build))[-1], Built)
+    event = failed(await run_events(runs, LaunchRequest(provider="", spec=str(repo))))
+    assert event.message.startswith("binder/data_requirement.json is not valid JSON")
+    assert event.status_code == 400
+
+
 @module_loop
 async def test_concurrent_launches_download_once(
     pipeline: LaunchPipeline, app: BinderboxApp, server: FileServer, tmp_path: Path
@@ -332,15 +388,7 @@ async def test_concurrent_launches_download_once(
     server.routes["/shared.txt"] = Route(fn=slow)
     req = {"one": {"src": server.url("/shared.txt"), "dst": "../data", "projectName": "shared"}}
     repo = make_repo(tmp_path / "repo", repo_files(req))
-    runs = LaunchPipeline(
-        parent=app,
-        store=pipeline.store,
-        builder=pipeline.builder,
-        content=pipeline.content,
-        data=pipeline.data,
-        allow_local=True,
-        work_dir=pipeline.work_dir,
-    )
+    runs = hubless(app, pipeline)
     request = LaunchRequest(provider="", spec=str(repo))
 
     async def run() -> list[Event]:
@@ -371,6 +419,10 @@ async def test_cli_fetch_list_rm(
     repo = make_repo(tmp_path / "repo", repo_files(req))
     result = await asyncio.to_thread(binderbox, data_dir, "fetch", str(repo))
     assert result.returncode == 0, result.stderr
+    # resolved once, and the environment (for the code source) built from that content
+    resolving = [ln.strip() for ln in result.stderr.splitlines() if "Resolv" in ln]
+    assert len(resolving) == 2 and resolving[0].startswith("Resolving"), resolving
+    assert resolving[1].startswith("Resolved to "), resolving
     assert server.url("/cli.tar.gz") in result.stderr  # progress names the URL...
     assert "(100%)" in result.stderr  # ... and the bytes and percent
     assert "Traceback" not in result.stderr

@@ -191,7 +191,7 @@ class ViewReadable(Protocol):
 
 
 class _TarStream:
-    """Exact reads, zero-copy copies and skips over a :class:`ViewReadable`."""
+    """Exact reads and skips over a :class:`ViewReadable` (member data: :class:`_MemberData`)."""
 
     def __init__(self, src: ViewReadable) -> None:
         self.src = src
@@ -206,21 +206,32 @@ class _TarStream:
             n -= len(view)
         return b"".join(parts)
 
-    def copy(self, n: int, write: Callable[[memoryview], object], ctx: FetchContext) -> None:
-        while n > 0:
-            ctx.check()
-            view = self.src.readview(min(n, CHUNK))
-            if not view:
-                raise tarfile.ReadError("unexpected end of data")
-            write(view)
-            n -= len(view)
-
     def skip(self, n: int) -> None:
         while n > 0:
             view = self.src.readview(min(n, CHUNK))
             if not view:
                 raise tarfile.ReadError("unexpected end of data")
             n -= len(view)
+
+
+class _MemberData:
+    """The data of one tar member: the next ``size`` bytes of the stream, zero-copy."""
+
+    def __init__(self, src: ViewReadable, size: int) -> None:
+        self.src = src
+        self.left = size
+
+    def readview(self, n: int, /) -> memoryview:
+        if self.left <= 0:
+            return memoryview(b"")
+        view = self.src.readview(min(n, self.left))
+        if not view:
+            raise tarfile.ReadError("unexpected end of data")
+        self.left -= len(view)
+        return view
+
+    def read(self, n: int = -1, /) -> bytes:
+        return bytes(self.readview(self.left if n < 0 else n))
 
 
 def _padded(size: int) -> int:
@@ -302,16 +313,7 @@ def _extract_member(ex: Extractor, reader: _TarStream, info: tarfile.TarInfo) ->
     else:
         if ex.ctx.would_exceed(info.size):
             raise ex.ctx.too_large(ex.entry)
-        path, perm = ex.create(name, rel, info.mode)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, perm)
-        with open(fd, "wb", buffering=0) as out:
-
-            def write(view: memoryview) -> None:
-                ex.ctx.count(len(view), ex.entry)
-                out.write(view)
-
-            reader.copy(info.size, write, ex.ctx)
-        ex.finish(path, perm, info.mtime)
+        ex.file(name, rel, _MemberData(reader.src, info.size), info.mode, info.mtime)
         reader.skip(_padded(info.size))
 
 

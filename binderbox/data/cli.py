@@ -3,12 +3,12 @@
 ``binderbox data fetch SPEC``
     SPEC is anything ``binderbox build`` accepts (a local repository, a git
     URL, ``gh/<owner>/<repo>/<ref>``...).  The repository is resolved and
-    fetched through the pipeline's provider and content cache, its
-    ``data_requirement.json`` is read, and every dataset is fetched into the
-    cache the service uses (``<data dir>/datasets``), with a progress line
-    per step (entry, URL, bytes, percent).  Python code sources need the
-    repository's environment: it is built (or reused) through the pipeline
-    first.
+    fetched by the pipeline's first stage (policy, provider, content cache),
+    its ``data_requirement.json`` is read, and every dataset is fetched into
+    the cache the service uses (``<data dir>/datasets``), with a progress
+    line per step (entry, URL, bytes, percent).  Python code sources need the
+    repository's environment: the pipeline's environment stage builds (or
+    reuses) it first, for the content just fetched (resolved once).
 ``binderbox data list``
     key, projectName, size, last use and source of every cached dataset.
 ``binderbox data rm KEY-OR-NAME...``
@@ -32,8 +32,8 @@ from traitlets import Unicode
 
 from ..cli import Command, ProgressPrinter, _size
 from ..errors import BinderboxError
-from ..events import Built, Event, Failed, Fetching
-from ..pipeline import LaunchPipeline, LaunchRequest
+from ..events import Event, Fetching
+from ..pipeline import LaunchPipeline, LaunchRequest, LaunchState
 from .cache import DataCache
 from .requirement import DataEntry, read_requirements
 
@@ -115,17 +115,21 @@ class DataCommand(Command):
         """Fetch every dataset ``spec`` declares; raises BinderboxError on failure."""
         pipeline = self.make_pipeline(allow_local=True)
         cache = self.make_data_cache()
-        request = LaunchRequest(provider="", spec=spec, build_only=True, ref=self.ref or None)
+        request = LaunchRequest(provider="", spec=spec, ref=self.ref or None)
         progress = DataProgress(sys.stderr)
         try:
-            content, pinned = await self._content(pipeline, request, progress)
-            entries = await asyncio.to_thread(read_requirements, content)
+            state = LaunchState(provider=pipeline.provider_for(request))
+            async for event in pipeline.resolve_and_fetch(state):
+                progress.show(event)
+            assert state.content is not None
+            entries = await asyncio.to_thread(read_requirements, state.content)
             if not entries:
                 print(f"{spec} declares no datasets (no data_requirement.json).", file=sys.stderr)
                 return 0
             env_path, env_key = None, None
             if any(cache.fetcher_for(e).kind == "code" for e in entries):
-                env_path, env_key = await self._environment(pipeline, pinned)
+                progress.end_line()
+                env_path, env_key = await self._environment(pipeline, state)
             async for event in cache.ensure(entries, env_path=env_path, env_key=env_key):
                 progress.show(event)
             progress.end_line()
@@ -136,37 +140,19 @@ class DataCommand(Command):
             await cache.aclose()
             await pipeline.store.aclose()
 
-    async def _content(
-        self, pipeline: LaunchPipeline, request: LaunchRequest, progress: DataProgress
-    ) -> tuple[Path, LaunchRequest]:
-        """Resolve ``request`` and fetch its content through the pipeline's caches.
-
-        Returns the content and the same request pinned to the resolved version
-        (so an environment built for it matches the content, even if a branch moves).
-        """
-        provider = pipeline.provider_for(request)
-        resolved = await provider.resolve()
-        progress.show(Fetching(message=f"Resolved {request.spec} to {resolved.version}"))
-        async for event in pipeline.content.ensure(provider, resolved):
-            progress.show(event)
-        pinned = LaunchRequest(
-            provider=resolved.provider, spec=resolved.persistent_spec, build_only=True
-        )
-        return pipeline.content.path_for(resolved), pinned
-
-    async def _environment(
-        self, pipeline: LaunchPipeline, request: LaunchRequest
-    ) -> tuple[Path, str]:
-        """Build or reuse the repository's environment (for code sources)."""
+    async def _environment(self, pipeline: LaunchPipeline, state: LaunchState) -> tuple[Path, str]:
+        """Build or reuse the environment of the fetched content (for code sources)."""
         printer = ProgressPrinter(sys.stderr, json_lines=False)
-        last: Event | None = None
-        async for event in pipeline.launch(request):
-            printer.show(event)
-            last = event
-        if isinstance(last, Failed) or not isinstance(last, Built):
-            message = last.message if last is not None else "no result"
-            raise BinderboxError(f"The repository's environment could not be built: {message}")
-        return Path(last.path), last.image_name
+        try:
+            async for event in pipeline.environment(state):
+                printer.show(event)
+        except BinderboxError as exc:
+            raise BinderboxError(
+                f"The repository's environment could not be built: {exc.user_message}",
+                log_message=exc.log_message,
+            ) from None
+        assert state.env is not None
+        return state.env.path, state.env.key
 
     def _summary(self, cache: DataCache, entries: list[DataEntry], env_key: str | None) -> None:
         for name, path in sorted(cache.mounts(entries, env_key=env_key).items()):

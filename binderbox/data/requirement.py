@@ -1,8 +1,9 @@
 """Reading ``data_requirement.json`` (the Repo2Data convention) into :class:`DataEntry`.
 
-Where the file is looked up follows the environment files' rule: if the
-repository has a ``binder/`` (or ``.binder/``) folder, only that folder is
-read; both folders at once is an error; otherwise the root is read.
+Where the file is looked up is the environment files' rule,
+:func:`binderbox.environments.detect.config_dir`: if the repository has a
+``binder/`` (or ``.binder/``) folder, only that folder is read; both folders
+at once is an error; otherwise the root is read.
 
 The file holds one entry (an object with ``src``) or an object whose values
 are entries (the keys are free labels).  Every entry needs ``src`` and a
@@ -17,12 +18,14 @@ in the folder named by its ``projectName``, and entries sharing a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..environments.detect import config_dir
 from ..environments.requirements import read_text
 from ..errors import DataError, EnvironmentConfigError
 
@@ -75,7 +78,13 @@ class DataEntry:
         }
 
     def identity_hash(self) -> str:
-        """A stable hex digest of :meth:`identity`."""
+        """A stable hex digest of :meth:`identity` (computed once per entry)."""
+        return self._identity_hash
+
+    @functools.cached_property
+    def _identity_hash(self) -> str:
+        # every key of the cache hashes its entries' digests: ensure, mounts and
+        # hold each compute the keys of a launch, from the same entry objects
         text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -148,25 +157,26 @@ def parse_requirements(text: str, *, source: str = FILENAME) -> list[DataEntry]:
     return [parse_entry(str(label), raw) for label, raw in data.items()]
 
 
-def find_requirements_file(repo: Path) -> Path | None:
-    """The ``data_requirement.json`` to read, by the environment files' precedence."""
-    folders = [repo / name for name in ("binder", ".binder") if (repo / name).is_dir()]
-    if len(folders) > 1:
-        raise DataConfigError(
-            "The repository has both a binder/ and a .binder/ folder.",
-            hint="Keep one of them.",
-        )
-    base = folders[0] if folders else repo
+def find_requirements_file(repo: Path, folder: str | None = None) -> Path | None:
+    """The ``data_requirement.json`` to read, in the configuration folder.
+
+    ``folder``: that folder as detection found it (``EnvSpec.config_dir``);
+    looked up with detection's rule when ``None``.
+    """
+    base = repo / (config_dir(repo) if folder is None else folder)
     path = base / FILENAME
     return path if path.is_file() else None
 
 
-def read_requirements(repo: Path) -> list[DataEntry]:
-    """The datasets a repository declares (empty when it declares none)."""
-    path = find_requirements_file(repo)
-    if path is None:
-        return []
+def read_requirements(repo: Path, folder: str | None = None) -> list[DataEntry]:
+    """The datasets a repository declares (empty when it declares none).
+
+    ``folder``: see :func:`find_requirements_file`.
+    """
     try:
+        path = find_requirements_file(repo, folder)
+        if path is None:
+            return []
         # the environment files' reader: stays inside the repository, whatever links say
         text = read_text(repo, path)
     except EnvironmentConfigError as exc:

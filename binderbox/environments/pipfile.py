@@ -180,12 +180,8 @@ def _read_lock(repo: Path, lock: Path) -> Pipenv:
     if not isinstance(data, dict):
         raise EnvironmentConfigError(f"{where}: not a Pipfile.lock")
     meta = _table(data.get("_meta"))
-    requires = _table(meta.get("requires"))
-    version = requires.get("python_version") or requires.get("python_full_version")
-    result = Pipenv(sources=[where], python=_python(version, where))
-    result.lines.extend(_index_lines(meta.get("sources")))
-    _add_packages(result, repo, [data.get("default"), data.get("develop")], lock.parent, where)
-    return result
+    groups = [data.get("default"), data.get("develop")]
+    return _pipenv(repo, lock, where, meta.get("requires"), meta.get("sources"), groups)
 
 
 def _read_pipfile(repo: Path, pipfile: Path) -> Pipenv:
@@ -194,12 +190,19 @@ def _read_pipfile(repo: Path, pipfile: Path) -> Pipenv:
         data = tomllib.loads(read_text(repo, pipfile))
     except tomllib.TOMLDecodeError as e:
         raise EnvironmentConfigError(f"{where}: not valid TOML ({e})") from None
-    requires = _table(data.get("requires"))
-    version = requires.get("python_version") or requires.get("python_full_version")
-    result = Pipenv(sources=[where], python=_python(version, where))
-    result.lines.extend(_index_lines(data.get("source")))
     groups = [data.get("packages"), data.get("dev-packages")]
-    _add_packages(result, repo, groups, pipfile.parent, where)
+    return _pipenv(repo, pipfile, where, data.get("requires"), data.get("source"), groups)
+
+
+def _pipenv(
+    repo: Path, path: Path, where: str, requires: Any, sources: Any, groups: list[Any]
+) -> Pipenv:
+    """The end both readers share: ``path``'s Python version, index lines, then packages."""
+    table = _table(requires)
+    version = table.get("python_version") or table.get("python_full_version")
+    result = Pipenv(sources=[where], python=_python(version, where))
+    result.lines.extend(_index_lines(sources))
+    _add_packages(result, repo, groups, path.parent, where)
     return result
 
 
