@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,22 +154,32 @@ def _system_mounts() -> list[str]:
     return args
 
 
+#: the passwd/group pair every sandbox sees (uid 1000 ``jovyan``)
+PASSWD_TEXT = f"root:x:0:0:root:/root:/bin/sh\n{USER}:x:{UID}:{GID}:{USER}:/home/{USER}:/bin/bash\n"
+GROUP_TEXT = f"root:x:0:\n{USER}:x:{GID}:\n"
+#: directories whose pair this process wrote or checked (see :func:`passwd_file`)
+_checked: set[Path] = set()
+_writing = threading.Lock()
+
+
 def passwd_file(directory: Path) -> Path:
     """Write (once) an /etc/passwd + /etc/group pair naming uid 1000 ``jovyan``.
 
     Returns the directory holding ``passwd`` and ``group``; bind each with
     :meth:`Sandbox.file`.  Programs that look up their user (git, pip, Jupyter)
-    need an entry for the uid they run as.
+    need an entry for the uid they run as.  The files are written (or read
+    and checked) once per process and directory; later calls only see that
+    they still exist, and write them again when a tmp cleaner removed them.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    passwd = directory / "passwd"
-    group = directory / "group"
-    home = "/home/jovyan"
-    passwd_text = f"root:x:0:0:root:/root:/bin/sh\n{USER}:x:{UID}:{GID}:{USER}:{home}:/bin/bash\n"
-    group_text = f"root:x:0:\n{USER}:x:{GID}:\n"
-    for path, text in ((passwd, passwd_text), (group, group_text)):
-        if not path.exists() or path.read_text() != text:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(text)
-            tmp.rename(path)
+    passwd, group = directory / "passwd", directory / "group"
+    if directory in _checked and passwd.is_file() and group.is_file():
+        return directory
+    with _writing:
+        directory.mkdir(parents=True, exist_ok=True)
+        for path, text in ((passwd, PASSWD_TEXT), (group, GROUP_TEXT)):
+            if not path.is_file() or path.read_text() != text:
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(text)
+                tmp.rename(path)
+        _checked.add(directory)
     return directory

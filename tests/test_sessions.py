@@ -363,15 +363,16 @@ async def test_quotas(hub: dict[str, Any], env_path: Path, content: Path) -> Non
 @module_loop
 async def test_a_culler_that_exits_is_started_again(hub: dict[str, Any]) -> None:
     managed: ManagedHub = hub["hub"]
-    old = managed.culler_proc
-    assert old is not None and old.returncode is None
+    culler = managed.children["culler"]
+    old = culler.proc
+    assert old is not None and culler.running
     watch = asyncio.create_task(managed.watch(interval=0.2))
     try:
         old.kill()
         await old.wait()
         assert managed.status()["culler"] is False
         async with asyncio.timeout(30):
-            while managed.culler_proc is old or not managed.status()["culler"]:  # noqa: ASYNC110
+            while culler.proc is old or not managed.status()["culler"]:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
     finally:
         watch.cancel()
@@ -453,7 +454,7 @@ async def main():
     await hub.start()
     stopped = asyncio.Event()
     hub.stop_on_signals(then=stopped.set)
-    print(hub.hub_proc.pid, hub.proxy_proc.pid, hub.culler_proc.pid, flush=True)
+    print(*(child.proc.pid for child in hub.children.values()), flush=True)
     await stopped.wait()
 asyncio.run(main())
 """
@@ -500,7 +501,7 @@ async def test_busy_port_is_a_plain_error_and_leaves_nothing(
             await managed.start()
     assert f"Port {ports[taken]}" in info.value.user_message
     assert words in info.value.user_message
-    assert managed.hub_proc is None and managed.proxy_proc is None
+    assert all(child.proc is None for child in managed.children.values())
 
 
 @module_loop
@@ -512,7 +513,7 @@ async def test_hub_that_exits_is_a_plain_error_and_leaves_nothing(tmp_path: Path
         await managed.start()
     assert info.value.user_message.startswith("The session hub could not be started.")
     assert "exited" in info.value.log_message
-    assert managed.hub_proc is None and managed.proxy_proc is None
+    assert all(child.proc is None for child in managed.children.values())
     with socket.socket() as probe:  # the proxy is gone: its public port is free again
         probe.bind(("127.0.0.1", ports["public"]))
 

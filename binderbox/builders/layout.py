@@ -60,19 +60,23 @@ def base_sandbox(prefixes: Iterable[Path], content: Path | None) -> Sandbox:
 
 
 def env_interpreter_prefixes(env_path: Path) -> list[Path]:
-    """The interpreter directories a built environment needs bound read-only."""
+    """The interpreter directories a built environment needs bound read-only.
+
+    They come from ``build.json``, which the host wrote after the build, never
+    from files build code could have changed (``pyvenv.cfg``): what is named
+    here is shown inside the sandbox.  FileNotFoundError when ``env_path`` is
+    not a built environment.
+    """
     info = env_path / META / "build.json"
-    if info.is_file():
-        return [Path(p) for p in json.loads(info.read_text())["interpreter_prefixes"]]
-    for line in (env_path / "pyvenv.cfg").read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "home":
-            return [Path(value.strip()).parent]
-    raise FileNotFoundError(f"{env_path} is not a built environment")
+    if not info.is_file():
+        raise FileNotFoundError(f"{env_path} is not a built environment (no {META}/build.json)")
+    return [Path(p) for p in json.loads(info.read_text())["interpreter_prefixes"]]
 
 
 def env_sandbox(env_path: Path, content: Path | None = None) -> Sandbox:
-    """The session layout: env read-only at /srv/env, content writable at the home."""
+    """The session layout: env read-only at /srv/env, content writable at the home
+    (``None``: a private empty home).  Raises FileNotFoundError like
+    :func:`env_interpreter_prefixes`."""
     box = base_sandbox(env_interpreter_prefixes(env_path), content and content.resolve())
     return box.ro_bind(env_path.resolve(), ENV_PREFIX)
 

@@ -64,9 +64,18 @@ CULLER_SCOPES = (
 )
 
 
+def normalise_base_url(value: str) -> str:
+    """``value`` as a base URL: one leading and one trailing ``/`` (``binder`` ->
+    ``/binder/``, ``''`` -> ``/``).  The one place the service's base URL is
+    normalised (``WebApp.base_url``, ``ManagedHub.base_url``)."""
+    inner = value.strip("/")
+    return f"/{inner}/" if inner else "/"
+
+
 @dataclass(frozen=True)
 class HubParams:
-    """Everything the generated config depends on (no secrets)."""
+    """Everything the generated config depends on (no secrets); ``base_url`` is
+    normalised (:func:`normalise_base_url`)."""
 
     data_dir: Path
     public_ip: str
@@ -96,7 +105,6 @@ def culler_command(params: HubParams, api_url: str) -> list[str]:
         "jupyterhub_idle_culler",
         f"--url={api_url}",
         f"--timeout={params.cull_timeout}",
-        "--remove-named-servers=True",
         "--cull-users=True",
     ]
     if params.cull_max_age:
@@ -109,7 +117,7 @@ def culler_command(params: HubParams, api_url: str) -> list[str]:
 def render_config(params: HubParams) -> str:
     """The text of ``jupyterhub_config.py`` for ``params`` (see module docstring)."""
     hub_dir = params.hub_dir
-    base = params.base_url if params.base_url.endswith("/") else params.base_url + "/"
+    base = params.base_url
     services = [
         {"name": SERVICE_NAME, "display": False},
         {"name": "idle-culler", "display": False},
@@ -130,7 +138,6 @@ def render_config(params: HubParams) -> str:
         f"c.JupyterHub.hub_routespec = {base + 'hub/'!r}",
         "c.JupyterHub.cleanup_servers = False",
         "c.JupyterHub.cleanup_proxy = False",
-        "c.JupyterHub.allow_named_servers = True",
         "# answer POST .../server at once (202) so launches relay the spawn progress",
         "c.JupyterHub.tornado_settings = {'slow_spawn_timeout': 0}",
         f"c.JupyterHub.db_url = {'sqlite:///' + str(hub_dir / 'jupyterhub.sqlite')!r}",

@@ -1,6 +1,6 @@
 """JupyterHub and the Node proxy as managed child processes.
 
-:class:`ManagedHub` owns, for one data directory, the two long-running
+:class:`ManagedHub` owns, for one data directory, the three long-running
 children of ``binderbox serve``:
 
 * the Node ``configurable-http-proxy`` (public ip/port; REST API on
@@ -45,10 +45,11 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlets import Dict, Float, Int, Unicode, default
+from traitlets import Dict, Float, Int, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..errors import BinderboxError
@@ -61,9 +62,10 @@ from .config import (
     SERVICE_TOKEN_ENV,
     HubParams,
     culler_command,
+    normalise_base_url,
     render_config,
 )
-from .watcher import ChildWatcher
+from .watcher import ORDER, ChildWatcher
 
 #: how often readiness is polled while a child starts
 POLL = 0.1
@@ -98,6 +100,26 @@ def _die_with_parent() -> None:
     """preexec: SIGTERM this child when binderbox dies (Linux only)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    """One managed child: its name (``proxy``, ``hub`` or ``culler``; its log is
+    ``<data>/logs/<name>.log``) and its latest process (None: not started, or
+    stopped)."""
+
+    name: str
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def running(self) -> bool:
+        """Started and not exited."""
+        return self.proc is not None and self.proc.returncode is None
+
+    @property
+    def exit_status(self) -> int | None:
+        """The exit status once it exited (None: running, or not started)."""
+        return None if self.proc is None else self.proc.returncode
 
 
 def _secret_file(path: Path) -> str:
@@ -179,11 +201,14 @@ class ManagedHub(LoggingConfigurable):
 
         return shutil.which("configurable-http-proxy") or ""
 
+    @validate("base_url")
+    def _valid_base_url(self, proposal: Any) -> str:
+        return normalise_base_url(str(proposal["value"]))
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.hub_proc: asyncio.subprocess.Process | None = None
-        self.culler_proc: asyncio.subprocess.Process | None = None
-        self.proxy_proc: asyncio.subprocess.Process | None = None
+        #: the children by name, in the order they start (watcher.ORDER)
+        self.children = {name: Child(name) for name in ORDER}
         #: set by :meth:`stop`: the watcher starts nothing again from then on
         self.stopping = False
         self.watcher = ChildWatcher(parent=self)
@@ -228,7 +253,7 @@ class ManagedHub(LoggingConfigurable):
     @property
     def hub_api_url(self) -> str:
         """The hub's REST API, e.g. ``http://127.0.0.1:8081/hub/api/``."""
-        return f"http://127.0.0.1:{self.hub_port}{self._base}hub/api/"
+        return f"http://127.0.0.1:{self.hub_port}{self.base_url}hub/api/"
 
     @property
     def proxy_api_url(self) -> str:
@@ -239,11 +264,7 @@ class ManagedHub(LoggingConfigurable):
     def public_url(self) -> str:
         """The proxy's public URL as seen from this machine."""
         host = self.public_ip if self.public_ip not in ("", "0.0.0.0") else "127.0.0.1"
-        return f"http://{host}:{self.public_port}{self._base}"
-
-    @property
-    def _base(self) -> str:
-        return self.base_url if self.base_url.endswith("/") else self.base_url + "/"
+        return f"http://{host}:{self.public_port}{self.base_url}"
 
     def _spawner_config(self) -> dict[str, object]:
         config: dict[str, object] = {}
@@ -276,7 +297,7 @@ class ManagedHub(LoggingConfigurable):
             public_port=self.public_port,
             hub_port=self.hub_port,
             proxy_api_port=self.proxy_api_port,
-            base_url=self._base,
+            base_url=self.base_url,
             cull_timeout=self.cull_timeout,
             cull_max_age=self.cull_max_age,
             cull_every=self.cull_every,
@@ -332,7 +353,6 @@ class ManagedHub(LoggingConfigurable):
 
     async def _start_proxy(self) -> None:
         self._check_proxy_command()
-        log = self.root / "logs" / "proxy.log"
         cmd = [
             self.proxy_command,
             "--ip",
@@ -344,31 +364,32 @@ class ManagedHub(LoggingConfigurable):
             "--api-port",
             str(self.proxy_api_port),
             "--error-target",
-            f"http://127.0.0.1:{self.hub_port}{self._base}hub/error",
+            f"http://127.0.0.1:{self.hub_port}{self.base_url}hub/error",
             "--log-level",
             "warn",
         ]
-        self.proxy_proc = await self._spawn(cmd, log)
-        await self._wait_ready(self.proxy_proc, log, "proxy", self._proxy_answers)
+        await self._wait_ready(await self._spawn("proxy", cmd), self._proxy_answers)
 
     async def _start_hub(self, config: Path) -> None:
-        log = self.root / "logs" / "hub.log"
         cmd = [sys.executable, "-m", "jupyterhub", "-f", str(config)]
-        self.hub_proc = await self._spawn(cmd, log, cwd=self.hub_dir)
-        await self._wait_ready(self.hub_proc, log, "hub", self._hub_answers)
+        await self._wait_ready(await self._spawn("hub", cmd, cwd=self.hub_dir), self._hub_answers)
 
     async def _start_culler(self) -> None:
         cmd = culler_command(self.params(), self.hub_api_url.rstrip("/"))
-        env = {"JUPYTERHUB_API_TOKEN": self.culler_token}
-        self.culler_proc = await self._spawn(cmd, self.root / "logs" / "culler.log", env=env)
+        await self._spawn("culler", cmd, env={"JUPYTERHUB_API_TOKEN": self.culler_token})
+
+    def _log(self, child: Child) -> Path:
+        return self.root / "logs" / f"{child.name}.log"
 
     async def _spawn(
         self,
+        name: str,
         cmd: list[str],
-        log: Path,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
-    ) -> asyncio.subprocess.Process:
+    ) -> Child:
+        """Start child ``name`` with ``cmd`` (output to its log); returns its record."""
+        child = self.children[name]
         if env is None:
             env = {
                 PROXY_TOKEN_ENV: self.proxy_token,
@@ -376,8 +397,8 @@ class ManagedHub(LoggingConfigurable):
                 CULLER_TOKEN_ENV: self.culler_token,
             }
         env = {**os.environ, **env}
-        with log.open("ab") as out:
-            return await asyncio.create_subprocess_exec(
+        with self._log(child).open("ab") as out:
+            child.proc = await asyncio.create_subprocess_exec(
                 *cmd,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
@@ -387,22 +408,20 @@ class ManagedHub(LoggingConfigurable):
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
+        return child
 
-    async def _wait_ready(
-        self,
-        proc: asyncio.subprocess.Process,
-        log: Path,
-        what: str,
-        answers: Callable[[], Any],
-    ) -> None:
+    async def _wait_ready(self, child: Child, answers: Callable[[], Any]) -> None:
+        """Return once ``answers()`` is true; HubError if ``child`` exits or times out."""
+        what, log = child.name, self._log(child)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.start_timeout
         while loop.time() < deadline:
-            if proc.returncode is not None:
+            status = child.exit_status
+            if status is not None:
                 raise HubError(
                     f"The session {what} could not be started.",
                     hint=f"See {log}.",
-                    log_message=f"{what} exited with {proc.returncode}:\n{tail(log, 20)}",
+                    log_message=f"{what} exited with {status}:\n{tail(log, 20)}",
                 )
             if await answers():
                 return
@@ -430,20 +449,14 @@ class ManagedHub(LoggingConfigurable):
     async def stop(self) -> None:
         """Stop the culler, the hub, then the proxy (never the sessions)."""
         self.stopping = True
-        for attr in ("culler_proc", "hub_proc", "proxy_proc"):
-            proc = getattr(self, attr)
-            if proc is not None:
-                await _terminate(proc)
-                setattr(self, attr, None)
+        for child in reversed(self.children.values()):
+            if child.proc is not None:
+                await _terminate(child.proc)
+                child.proc = None
 
     def status(self) -> dict[str, bool]:
         """Which managed children are running (for /health and the log)."""
-        children = (
-            ("proxy", self.proxy_proc),
-            ("hub", self.hub_proc),
-            ("culler", self.culler_proc),
-        )
-        return {name: proc is not None and proc.returncode is None for name, proc in children}
+        return {name: child.running for name, child in self.children.items()}
 
     def given_up(self) -> dict[str, str]:
         """The children (``proxy``, ``hub``, ``culler``) that kept exiting and are no
@@ -462,9 +475,8 @@ class ManagedHub(LoggingConfigurable):
         """The exit status of each child that exited (None: running or not started).
 
         The culler counts only while the hub runs: it is a client of the hub."""
-        children = {"proxy": self.proxy_proc, "hub": self.hub_proc, "culler": self.culler_proc}
-        exited = {name: None if p is None else p.returncode for name, p in children.items()}
-        if not self.status()["hub"]:
+        exited = {name: child.exit_status for name, child in self.children.items()}
+        if not self.children["hub"].running:
             exited["culler"] = None
         return exited
 
@@ -489,8 +501,8 @@ class ManagedHub(LoggingConfigurable):
             else:
                 await self._start_culler()
         except HubError:
-            proc = getattr(self, f"{name}_proc")
-            if proc is not None:
+            proc = self.children[name].proc
+            if proc is not None:  # kept: its exit status makes the watcher try again
                 await _terminate(proc)
             raise
 
@@ -521,7 +533,7 @@ class ManagedHub(LoggingConfigurable):
 
     async def _sync_hub_routes(self) -> None:
         """Ask a running hub to add its routes (hub, sessions) to the proxy now."""
-        if not self.status()["hub"]:
+        if not self.children["hub"].running:
             return  # the hub adds them when it starts
         try:
             await HubClient(self.hub_api_url, self.api_token).request("POST", "proxy")

@@ -8,9 +8,9 @@ BinderHub does:
    per-repository quota (``per_repo_quota``, or ``per_repo_quota_higher``
    for specs the provider's ``high_quota_specs`` match), counted over the hub's active
    servers by their ``repo_url`` user option -> :class:`QuotaExceeded`;
-2. anonymous mode: a temporary user named after the repository plus random
-   characters (``[a-z0-9-]``, at most 30); authenticated mode: the given
-   user, with a named server per launch;
+2. a temporary user named after the repository plus random characters
+   (``[a-z0-9-]``, at most 30), with its default server (nobody logs in:
+   see :mod:`binderbox.hub.config`);
 3. a launch token: a hub API token owned by that user, allowed only to use
    its servers (``access:servers!user=<name>``); ``?token=<token>`` links
    work on the single-user server;
@@ -59,7 +59,6 @@ class SessionRequest:
     ``start_script``: the repository's ``start`` script relative to its root;
     ``launch_host``: the public base URL of the service (``http://host:8000/``);
     ``data_mounts``: datasets bound read-only at ``~/data/<name>``;
-    ``username``: ``None`` for an anonymous temporary user;
     ``hold_files``: use-lock files (``locks/<key>.use`` of the store and of
     the dataset cache) the session holds shared while it runs, so neither
     its environment nor its datasets are evicted;
@@ -74,7 +73,6 @@ class SessionRequest:
     start_script: str | None = None
     launch_host: str = ""
     data_mounts: Mapping[str, Path] = field(default_factory=dict)
-    username: str | None = None
     hold_files: Sequence[Path] = ()
     high_quota: bool = False
 
@@ -172,45 +170,44 @@ class SessionLauncher(LoggingConfigurable):
     async def launch(self, req: SessionRequest) -> AsyncIterator[Event]:
         """Yield ``Launching`` events, then ``Ready``.  Raises QuotaExceeded / LaunchError."""
         yield Launching(message=f"Launching server for {req.resolved.repo_url}")
-        name, server, temporary, token, ready = await self._admit(req)
+        name, token, ready = await self._admit(req)
         done = False
         found: dict[str, str] = {}
         try:
             if not ready:
-                async for event in self._follow(name, server, found):
+                async for event in self._follow(name, found):
                     yield event
             path = found.get("url")  # the hub's ready event names it
             if not path:
                 model = await self._call(self.hub.get_user(name))
-                path = model["servers"][server]["url"]
+                path = model["servers"][""]["url"]
             done = True
             yield self._ready(req, urljoin(req.launch_host or "/", path), token)
         finally:
-            if not done and temporary:
+            if not done:
                 await asyncio.shield(self._forget(name))
 
-    async def _admit(self, req: SessionRequest) -> tuple[str, str, bool, str, bool]:
+    async def _admit(self, req: SessionRequest) -> tuple[str, str, bool]:
         """Check the quotas and ask for the server as one step.
 
         Where a quota applies, launches are admitted one at a time (the step
         takes a few hub API calls), so two launches at once cannot both pass
-        it: the second sees the first's pending server.  Returns (user, server name,
-        temporary user?, launch token, already ready?).
+        it: the second sees the first's pending server.  Returns (temporary
+        user, launch token, already ready?).
         """
         limited = bool(self.repo_quota(req.high_quota)) or self.total_quota is not None
         async with self._admission if limited else contextlib.nullcontext():
             await self.check_quota(req.resolved, req.high_quota)
-            name, server, temporary = await self._make_user(req)
+            name = await self._make_user(req)
             try:
                 scopes = [f"access:servers!user={name}"]
                 token = await self._call(self.hub.create_token(name, scopes, "binder launch"))
                 options = self.user_options(req, token)
-                ready = await self._call(self.hub.start_server(name, options, server))
+                ready = await self._call(self.hub.start_server(name, options))
             except BaseException:
-                if temporary:
-                    await asyncio.shield(self._forget(name))
+                await asyncio.shield(self._forget(name))
                 raise
-        return name, server, temporary, token, ready
+        return name, token, ready
 
     def user_options(self, req: SessionRequest, token: str) -> dict[str, Any]:
         """The ``user_options`` BinderSpawner reads (see binderbox/sessions/spawner.py)."""
@@ -234,13 +231,8 @@ class SessionLauncher(LoggingConfigurable):
             **_binder_fields(req),
         )
 
-    async def _make_user(self, req: SessionRequest) -> tuple[str, str, bool]:
-        """(user, server name, temporary?) for this launch; creates the user."""
-        if req.username is not None:
-            with contextlib.suppress(HubAPIError):
-                await self.hub.create_user(req.username)
-            server = user_name_for(req.resolved)
-            return req.username, server, False
+    async def _make_user(self, req: SessionRequest) -> str:
+        """Create this launch's temporary user; returns its name."""
         for _ in range(5):
             name = user_name_for(req.resolved)
             try:
@@ -249,15 +241,15 @@ class SessionLauncher(LoggingConfigurable):
                 if err.status == 409:
                     continue
                 raise self._unavailable(err) from err
-            return name, "", True
+            return name
         raise LaunchError("Could not create a session user.", log_message="5 name collisions")
 
-    async def _follow(self, name: str, server: str, found: dict[str, str]) -> AsyncIterator[Event]:
+    async def _follow(self, name: str, found: dict[str, str]) -> AsyncIterator[Event]:
         """Relay the hub's spawn progress until ready (its URL path into ``found["url"]``);
         LaunchError on failure."""
         try:
             async with asyncio.timeout(self.launch_timeout):
-                async for event in self.hub.progress(name, server):
+                async for event in self.hub.progress(name):
                     if event.get("failed"):
                         raise LaunchError(
                             "The session could not be started.",

@@ -19,6 +19,7 @@ from tornado.web import Application, url
 from traitlets import Bool, Bytes, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
+from ..hub.config import normalise_base_url
 from . import api, pages
 from .base import STATIC, TEMPLATES, LaunchPipelineProtocol, SessionIndex, Site, log_request
 from .ratelimit import LaunchTokens, RateLimiter
@@ -112,8 +113,7 @@ class WebApp(LoggingConfigurable):
 
     @validate("base_url")
     def _valid_base_url(self, proposal: Any) -> str:
-        value = "/" + str(proposal["value"]).strip("/") + "/"
-        return "/" if value == "//" else value
+        return normalise_base_url(str(proposal["value"]))
 
     @validate("public_url")
     def _valid_public_url(self, proposal: Any) -> str:

@@ -2,12 +2,12 @@
 datasets.fetch_development_fmri(data_dir=_dst, n_subjects=1);``) that
 downloads into the variable ``_dst``.
 
-It is untrusted repository code, so it runs like postBuild does: in a
-bubblewrap sandbox (:class:`~binderbox.sandbox.Sandbox`) with
+It is untrusted repository code, so it runs in the sessions' bubblewrap
+layout (:func:`~binderbox.builders.layout.env_sandbox`, without content) with
 
 * the repository's environment read-only at ``/srv/env`` (its interpreter is
-  ``/srv/env/bin/python``; the base interpreter a venv points to, from
-  ``pyvenv.cfg``, is shown read-only too),
+  ``/srv/env/bin/python``; the interpreter directories that the environment's
+  ``.binderbox/build.json`` names are shown read-only too, as in a session),
 * the dataset's temporary folder as the only writable host path, at
   ``/home/jovyan/data/<projectName>`` (``_dst`` and the working directory),
 * a private empty home and ``/tmp``, the network shared,
@@ -26,16 +26,16 @@ import asyncio
 import contextlib
 import os
 import re
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
 
 from traitlets import Bool, Float
 
+from ...builders.layout import env_sandbox
 from ...environments.spec import ENV_PREFIX, HOME
 from ...errors import DataError
-from ...sandbox import Sandbox, passwd_file
+from ...sandbox import Sandbox
 from ..requirement import DataEntry
 from .base import DataFetcher, FetchContext
 
@@ -63,18 +63,6 @@ def tree_size(path: Path) -> int:
     return total
 
 
-def base_interpreter(env: Path) -> Path | None:
-    """The prefix of the interpreter a venv was made from (``home`` in pyvenv.cfg)."""
-    cfg = env / "pyvenv.cfg"
-    if not cfg.is_file():
-        return None
-    for line in cfg.read_text(errors="replace").splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == "home" and value.strip():
-            return Path(value.strip()).parent
-    return None
-
-
 class CodeFetcher(DataFetcher):
     """Runs a code source in the build sandbox; see the module docstring."""
 
@@ -93,19 +81,13 @@ class CodeFetcher(DataFetcher):
         return is_code(entry.src)
 
     def sandbox(self, env: Path, dest: Path, inside: str) -> Sandbox:
-        """The sandbox a code source runs in (env read-only, ``dest`` writable)."""
-        box = Sandbox(cwd=inside)
-        base = base_interpreter(env)
-        if base is not None and base.is_dir() and not str(base).startswith("/usr"):
-            box.ro_bind(base)
-        box.ro_bind(env, ENV_PREFIX).tmpfs(HOME).bind(dest, inside)
-        etc = passwd_file(Path(tempfile.gettempdir()) / f"binderbox-etc-{os.getuid()}")
-        box.file(etc / "passwd", "/etc/passwd").file(etc / "group", "/etc/group")
+        """The sandbox a code source runs in: the session layout with a private
+        empty home (env read-only), ``dest`` writable at ``inside``, the cwd.
+        FileNotFoundError when ``env`` is not a built environment."""
+        box = env_sandbox(env).bind(dest, inside)
+        box.cwd = inside
         box.setenv(
             {
-                "PATH": f"{ENV_PREFIX}/bin:/usr/bin:/bin",
-                "HOME": HOME,
-                "LANG": "C.UTF-8",
                 "MPLBACKEND": "Agg",
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONDONTWRITEBYTECODE": "1",
@@ -132,7 +114,15 @@ class CodeFetcher(DataFetcher):
             )
         inside = f"{HOME}/data/{entry.project_name}"
         script = f"_dst = {inside!r}\n{entry.src}\n"
-        box = self.sandbox(ctx.env_path, dest, inside)
+        try:
+            box = self.sandbox(ctx.env_path, dest, inside)
+        except FileNotFoundError as err:
+            raise DataError(
+                f"Dataset {entry.describe()} is Python code, but its environment is not "
+                "a built environment.",
+                log_message=str(err),
+                reason="data_code_env",
+            ) from err
         argv = box.argv([f"{ENV_PREFIX}/bin/python", "-c", script])
         before = await asyncio.to_thread(tree_size, dest)
         proc = await asyncio.create_subprocess_exec(
