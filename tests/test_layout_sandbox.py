@@ -8,6 +8,7 @@ Real files in temp dirs and real sandboxes (bubblewrap) where one runs.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from binderbox.builders.layout import META, env_interpreter_prefixes
+from binderbox.builders.layout import META, env_interpreter_prefixes, private_tmp
 from binderbox.data.fetchers.base import FetchContext
 from binderbox.data.fetchers.code import CodeFetcher
 from binderbox.data.requirement import DataEntry
@@ -30,6 +31,25 @@ needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewr
 
 
 # -- passwd/group -----------------------------------------------------------------
+
+
+def test_shared_tmp_folder_planted_by_someone_else_is_not_used(tmp_path: Path) -> None:
+    mine = private_tmp(tmp_path)
+    assert mine == tmp_path / f"binderbox-{os.getuid()}" and (mine.stat().st_mode & 0o777) == 0o700
+    # a symlink planted under that name (to /etc, say) is never written through
+    target = tmp_path / "victim"
+    target.mkdir()
+    mine.rmdir()
+    mine.symlink_to(target)
+    other = private_tmp(tmp_path)
+    assert other != mine and other.parent == tmp_path and not other.is_symlink()
+    passwd_file(other / "etc")
+    assert list(target.iterdir()) == []
+    # nor a folder others may write to
+    mine.unlink()
+    mine.mkdir(mode=0o777)
+    mine.chmod(0o777)
+    assert private_tmp(tmp_path) == other
 
 
 def test_passwd_pair_is_written_once_and_again_after_a_tmp_cleaner(tmp_path: Path) -> None:

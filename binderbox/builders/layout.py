@@ -10,6 +10,7 @@ session's fresh copy of the repository.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -43,7 +44,34 @@ def session_environment() -> dict[str, str]:
 
 
 def _etc_dir() -> Path:
-    return passwd_file(Path(tempfile.gettempdir()) / f"binderbox-{os.getuid()}" / "etc")
+    return passwd_file(private_tmp() / "etc")
+
+
+_private: list[Path] = []
+
+
+def private_tmp(tmp: Path | None = None) -> Path:
+    """``/tmp/binderbox-<uid>``, made 0700 by this uid; a fresh private folder instead
+    when someone else planted that name (a symlink, another owner, open modes):
+    files are written in it as the service's user."""
+    tmp = Path(tempfile.gettempdir()) if tmp is None else tmp
+    wanted = tmp / f"binderbox-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        wanted.mkdir(mode=0o700)
+    if _is_private(wanted):
+        return wanted
+    if not _private or not _is_private(_private[0]):
+        _private[:] = [Path(tempfile.mkdtemp(prefix="binderbox-", dir=tmp))]
+    return _private[0]
+
+
+def _is_private(path: Path) -> bool:
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    mine = info.st_uid == os.getuid() and not info.st_mode & 0o022
+    return stat.S_ISDIR(info.st_mode) and mine
 
 
 def base_sandbox(prefixes: Iterable[Path], content: Path | None) -> Sandbox:
