@@ -73,10 +73,9 @@ class HubClient:
         return json.loads(response.body) if response.body else None
 
     @staticmethod
-    def user_path(name: str, server: str = "") -> str:
-        """``users/<name>/server`` or ``users/<name>/servers/<server>``."""
-        base = f"users/{quote(name, safe='')}"
-        return f"{base}/servers/{quote(server, safe='')}" if server else f"{base}/server"
+    def user_path(name: str) -> str:
+        """``users/<name>/server`` (the default server: sessions use no named ones)."""
+        return f"users/{quote(name, safe='')}/server"
 
     async def info(self) -> dict[str, Any]:
         """``GET /`` -- the hub's version (answers without special scopes)."""
@@ -107,9 +106,9 @@ class HubClient:
         result = await self.request("POST", f"users/{quote(name, safe='')}/tokens", body)
         return str(result["token"])
 
-    async def start_server(self, name: str, user_options: dict[str, Any], server: str = "") -> bool:
+    async def start_server(self, name: str, user_options: dict[str, Any]) -> bool:
         """Ask for a server; True if it is already ready (201), False if pending (202)."""
-        response = await self._fetch("POST", self.user_path(name, server), user_options)
+        response = await self._fetch("POST", self.user_path(name), user_options)
         return response.code == 201
 
     async def active_users(self) -> list[dict[str, Any]]:
@@ -124,11 +123,11 @@ class HubClient:
                 return users
             offset += limit
 
-    async def progress(self, name: str, server: str = "") -> AsyncIterator[dict[str, Any]]:
+    async def progress(self, name: str) -> AsyncIterator[dict[str, Any]]:
         """Follow the spawn-progress event stream (SSE) until it ends."""
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         request = HTTPRequest(
-            self._url(self.user_path(name, server) + "/progress"),
+            self._url(self.user_path(name) + "/progress"),
             headers={"Authorization": f"token {self.token}", "Accept": "text/event-stream"},
             request_timeout=3600,
             streaming_callback=queue.put_nowait,

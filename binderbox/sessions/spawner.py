@@ -48,7 +48,7 @@ Process layout and why:
 * The sandbox (:class:`binderbox.sandbox.Sandbox`): own user, pid, ipc and
   uts namespaces, uid 1000 ``jovyan`` inside, the host network namespace
   (the hub and the proxy reach the server on 127.0.0.1:<port>), the system
-  directories, the environment and its interpreter (``pyvenv.cfg`` ``home``)
+  directories, the environment and its interpreter (``.binderbox/build.json``)
   read-only, the home ``<data>/homes/<user>-<server>`` writable at
   ``/home/jovyan``, data read-only.
 * Host uid: the sandbox runs as the service's own uid (root here) mapped to
