@@ -123,7 +123,7 @@ def time_cache(url: str, root: Path) -> float:
     entries = parse_requirements(f'{{"src": "{url}", "projectName": "bench"}}')
 
     async def run() -> None:
-        async for _ in cache.ensure(entries):
+        async for _ in cache.ensure(cache.folders(entries)):
             pass
 
     start = time.perf_counter()

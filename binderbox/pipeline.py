@@ -18,7 +18,8 @@ The first two stages are public, for ``binderbox data fetch``: it runs
 :meth:`LaunchPipeline.resolve_and_fetch`, and :meth:`LaunchPipeline.environment`
 on the same state when a dataset needs the environment.  What is read from a
 fetched tree (its spec, its ``data_requirement.json``) is read once per tree
-(:class:`TreeFacts`), not once per launch.
+(:class:`TreeFacts`), not once per launch; so are its datasets' cache keys,
+once per tree and environment.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from traitlets.config import LoggingConfigurable
 from . import metrics
 from .builders.base import Builder
 from .content import ContentCache
-from .data import DataCache, DataEntry, read_requirements
+from .data import DataCache, DataEntry, DatasetFolder, read_requirements
 from .environments import EnvSpec
 from .environments.detect import detect
 from .errors import BinderboxError, BuildTimeout, DataError, LaunchError
@@ -91,6 +92,8 @@ class TreeFacts:
     spec: EnvSpec
     #: the ``data_requirement.json`` datasets, read by the first launch that needs them
     datasets: tuple[DataEntry, ...] | None = None
+    #: those datasets grouped and keyed (:meth:`DataCache.folders`), per environment key
+    folders: dict[str, tuple[DatasetFolder, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,7 +106,7 @@ class LaunchState:
     tree: TreeFacts | None = None
     env: Env | None = None
     data_mounts: dict[str, Path] = field(default_factory=dict)
-    data_entries: tuple[DataEntry, ...] = ()
+    data_folders: tuple[DatasetFolder, ...] = ()
 
     @property
     def spec(self) -> EnvSpec | None:
@@ -330,11 +333,14 @@ class LaunchPipeline(LoggingConfigurable):
                 "This repository asks for datasets (data_requirement.json),"
                 " but this service does not provide datasets."
             )
-        env_path, env_key = state.env.path, state.env.key
-        async for event in self.data.ensure(entries, env_path=env_path, env_key=env_key):
+        folders = state.tree.folders.get(state.env.key)
+        if folders is None:  # keyed once per tree and environment (the keys include it)
+            folders = self.data.folders(entries, env_key=state.env.key)
+            state.tree.folders[state.env.key] = folders
+        async for event in self.data.ensure(folders, env_path=state.env.path):
             yield event
-        state.data_mounts = self.data.mounts(entries, env_key=env_key)
-        state.data_entries = entries
+        state.data_mounts = self.data.mounts(folders)
+        state.data_folders = folders
 
     @staticmethod
     async def _requirements(content: Path, tree: TreeFacts) -> tuple[DataEntry, ...]:
@@ -364,9 +370,9 @@ class LaunchPipeline(LoggingConfigurable):
                 log_message=f"environment {state.env.key} evicted before the launch",
             )
         holds.append(env_hold)
-        if self.data is not None and state.data_entries:
+        if self.data is not None and state.data_folders:
             try:
-                holds += self.data.hold(state.data_entries, env_key=state.env.key)
+                holds += self.data.hold(state.data_folders)
             except BaseException:
                 env_hold.release()  # a dataset was removed meanwhile: hold nothing
                 raise

@@ -72,8 +72,21 @@ def entries_of(obj: object) -> list[DataEntry]:
     return parse_requirements(json.dumps(obj))
 
 
-async def ensure(cache: DataCache, entries: list[DataEntry], **kw: object) -> list[Event]:
-    return [event async for event in cache.ensure(entries, **kw)]  # type: ignore[arg-type]
+async def ensure(
+    cache: DataCache,
+    entries: list[DataEntry],
+    env_path: Path | None = None,
+    env_key: str | None = None,
+) -> list[Event]:
+    folders = cache.folders(entries, env_key=env_key)
+    return [event async for event in cache.ensure(folders, env_path=env_path)]
+
+
+def mounted(
+    cache: DataCache, entries: list[DataEntry], env_key: str | None = None
+) -> dict[str, Path]:
+    """``projectName`` -> published folder of ``entries`` (fetched already)."""
+    return cache.mounts(cache.folders(entries, env_key=env_key))
 
 
 def files_under(path: Path) -> dict[str, bytes]:
@@ -206,7 +219,7 @@ def serve_three(server: FileServer) -> list[DataEntry]:
 async def test_entries_land_in_their_project_folders(cache: DataCache, server: FileServer) -> None:
     entries = serve_three(server)
     events = await ensure(cache, entries)
-    mounts = cache.mounts(entries)
+    mounts = mounted(cache, entries)
     assert set(mounts) == {"atlas", "course"}
     assert files_under(mounts["atlas"]) == {"atlas/a.txt": b"A", "atlas/sub/b.txt": b"B"}
     assert files_under(mounts["course"]) == {
@@ -219,6 +232,32 @@ async def test_entries_land_in_their_project_folders(cache: DataCache, server: F
     assert any("course.zip" in e.message and server.base in e.message for e in progress)
     assert any(e.done == e.total and "100%" in e.message for e in progress)
     assert not (Path(cache.root) / "tmp").exists() or not list((Path(cache.root) / "tmp").iterdir())
+
+
+async def test_folders_group_by_project_name_and_key_each_folder(cache: DataCache) -> None:
+    code = "import os; os.mkdir(_dst + '/x');"
+    entries = entries_of(
+        {
+            "b1": {"src": "https://example.org/b1.zip", "projectName": "b"},
+            "a": {"src": "https://example.org/a.zip", "projectName": "a"},
+            "b2": {"src": code, "projectName": "b"},
+        }
+    )
+    folders = cache.folders(entries, env_key="env-1")
+    # first appearance first, entries in file order: what ensure fetches, in that order
+    assert [(f.name, [e.label for e in f.entries]) for f in folders] == [
+        ("b", ["b1", "b2"]),
+        ("a", ["a"]),
+    ]
+    assert [f.key for f in folders] == [
+        cache.key_for([entries[0], entries[2]], "env-1"),
+        cache.key_for([entries[1]]),
+    ]
+    # a code source's folder depends on the environment; a plain folder does not
+    other = cache.folders(entries, env_key="env-2")
+    assert other[0].key != folders[0].key and other[1] == folders[1]
+    with pytest.raises(DataError, match="cannot fetch the source"):
+        cache.folders(entries_of({"src": "ftp://example.org/x.zip", "projectName": "f"}))
 
 
 async def test_cached_datasets_are_not_downloaded_again(
@@ -243,7 +282,7 @@ async def test_cached_datasets_are_not_downloaded_again(
     other = read_requirements(repo)
     await ensure(cache, other)
     assert dict(server.hits) == hits
-    assert cache.mounts(other) == cache.mounts(entries)
+    assert mounted(cache, other) == mounted(cache, entries)
     # a changed version means new content: downloaded again (only that folder)
     bumped = entries_of(
         {
@@ -257,7 +296,7 @@ async def test_cached_datasets_are_not_downloaded_again(
     )
     await ensure(cache, bumped)
     assert server.hits["/rel/atlas.tar.gz"] == hits["/rel/atlas.tar.gz"] + 1
-    assert cache.mounts(bumped)["atlas"] != cache.mounts(entries)["atlas"]
+    assert mounted(cache, bumped)["atlas"] != mounted(cache, entries)["atlas"]
 
 
 async def test_concurrent_ensures_download_once(cache: DataCache, server: FileServer) -> None:
@@ -266,7 +305,7 @@ async def test_concurrent_ensures_download_once(cache: DataCache, server: FileSe
     results = await asyncio.gather(*(ensure(cache, entries) for _ in range(10)))
     assert server.hits["/big.tar"] == 1
     assert all(any("ready" in e.message for e in events) for events in results)
-    assert len(files_under(cache.mounts(entries)["big"])) == 20
+    assert len(files_under(mounted(cache, entries)["big"])) == 20
 
 
 async def test_two_caches_on_one_root_share_the_download(
@@ -278,7 +317,7 @@ async def test_two_caches_on_one_root_share_the_download(
     other = DataCache(root=cache.root)
     await asyncio.gather(ensure(cache, entries), ensure(other, entries))
     assert server.hits["/shared.tar"] == 1
-    assert cache.mounts(entries) == other.mounts(entries)
+    assert mounted(cache, entries) == mounted(other, entries)
 
 
 def _failing_cases(server: FileServer) -> dict[str, tuple[Route, str, str]]:
@@ -330,7 +369,7 @@ async def test_failures_leave_no_entry_and_recover(
     assert_no_leftovers(cache)
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path.parent / "evil.txt").exists()
     with pytest.raises(DataError, match="not been fetched"):
-        cache.mounts(entries)
+        mounted(cache, entries)
     # the author (or the server) fixes the source: the next ensure succeeds
     server.routes[path] = Route(
         zip_bytes({"good.txt": b"ok"})
@@ -340,7 +379,7 @@ async def test_failures_leave_no_entry_and_recover(
         else b"good"
     )
     await ensure(cache, entries)
-    published = files_under(cache.mounts(entries)["d"])
+    published = files_under(mounted(cache, entries)["d"])
     assert published in ({"good.txt": b"ok"}, {"plain.bin": b"good"})
 
 
@@ -379,7 +418,7 @@ async def test_tar_members_keep_data_modes_and_times(
     server.add(path, gzip.compress(body) if compression else body)
     entries = entries_of({"src": server.url(path), "projectName": "modes"})
     await ensure(cache, entries)
-    root = cache.mounts(entries)["modes"]
+    root = mounted(cache, entries)["modes"]
     assert files_under(root) == {
         "docs/run-copy.sh": BIG,
         "tool/empty": b"",
@@ -433,7 +472,7 @@ async def test_checksum_mismatch_fails(cache: DataCache, server: FileServer) -> 
     assert_no_leftovers(cache)
     good = entries_of({"src": url, "projectName": "c", "md5": md5(b"content")})
     await ensure(cache, good)
-    assert files_under(cache.mounts(good)["c"]) == {"file.txt": b"content"}
+    assert files_under(mounted(cache, good)["c"]) == {"file.txt": b"content"}
 
 
 async def test_over_limit_dataset_is_stopped_early(cache: DataCache, server: FileServer) -> None:
@@ -451,7 +490,7 @@ async def test_over_limit_dataset_is_stopped_early(cache: DataCache, server: Fil
         await ensure(cache, entries)
     cache.max_dataset_bytes = 10_000_000
     await ensure(cache, entries)
-    assert cache.mounts(entries)["plain"].joinpath("plain.bin").stat().st_size == 2_000_000
+    assert mounted(cache, entries)["plain"].joinpath("plain.bin").stat().st_size == 2_000_000
 
 
 async def test_content_disposition_names_and_gz(cache: DataCache, server: FileServer) -> None:
@@ -468,7 +507,10 @@ async def test_content_disposition_names_and_gz(cache: DataCache, server: FileSe
         }
     )
     await ensure(cache, entries)
-    assert files_under(cache.mounts(entries)["p"]) == {"t.csv": b"a,b\n", "series.csv": b"1,2,3\n"}
+    assert files_under(mounted(cache, entries)["p"]) == {
+        "t.csv": b"a,b\n",
+        "series.csv": b"1,2,3\n",
+    }
 
 
 async def test_git_sources_are_refused(cache: DataCache) -> None:
@@ -490,7 +532,7 @@ async def test_budget_evicts_least_recently_used(cache: DataCache, server: FileS
         await asyncio.sleep(0.02)
     assert sorted(d.project_name for d in cache.list()) == ["three", "two"]
     # a running session holds its dataset: neither eviction nor removal touch it
-    locks = cache.hold(made[1])
+    locks = cache.hold(cache.folders(made[1]))
     server.add("/four.bin", bytes(1_000_000))
     await ensure(cache, entries_of({"src": server.url("/four.bin"), "projectName": "four"}))
     assert sorted(d.project_name for d in cache.list()) == ["four", "two"]
@@ -506,7 +548,7 @@ async def test_remove_and_eviction_delete_lock_files(cache: DataCache, server: F
         server.add(f"/{name}.bin", bytes(1000))
         made[name] = entries_of({"src": server.url(f"/{name}.bin"), "projectName": name})
         await ensure(cache, made[name])
-        for lock in cache.hold(made[name]):  # a session came and went
+        for lock in cache.hold(cache.folders(made[name])):  # a session came and went
             lock.release()
     one, two = (cache.key_for(made[name]) for name in ("one", "two"))
     both = sorted(f"{key}.{kind}" for key in (one, two) for kind in ("lock", "use"))
@@ -541,11 +583,11 @@ async def test_hold_refuses_a_folder_deleted_meanwhile(
         }
     )
     await ensure(cache, entries)
-    mounts = cache.mounts(entries)
+    mounts = mounted(cache, entries)
     # another process's eviction deletes 'b' between the launch's data step and its hold
     assert DataCache(root=cache.root).remove("b")
     with pytest.raises(DataError, match="'b' was removed") as info:
-        cache.hold(entries)
+        cache.hold(cache.folders(entries))
     assert "\n" not in info.value.user_message and info.value.hint
     assert not mounts["b"].exists()
     # nothing stays held or behind: 'a' can be removed, no lock file of 'b' was made again
@@ -568,7 +610,7 @@ async def test_zenodo_doi_fetches_every_file(cache: DataCache, server: FileServe
     ):
         entries = entries_of({"src": src, "projectName": "zen", "dst": "../data"})
         await ensure(cache, entries)
-        assert files_under(cache.mounts(entries)["zen"]) == {
+        assert files_under(mounted(cache, entries)["zen"]) == {
             "atlas/labels.tsv": b"index\tname\n1\tcortex\n2\tcerebellum\n",
             "atlas/README.txt": b"Toy atlas for tests\n",
             "scores.csv": (RECORDED / "zenodo-6941758" / "scores.csv").read_bytes(),
@@ -599,7 +641,7 @@ async def test_osf_project_with_pages_and_folders(cache: DataCache, server: File
         server.add(f"/download/{item.name}/", item.read_bytes())
     entries = entries_of({"src": "https://osf.io/t8h9c/", "projectName": "osf"})
     await ensure(cache, entries)
-    assert files_under(cache.mounts(entries)["osf"]) == {
+    assert files_under(mounted(cache, entries)["osf"]) == {
         "README.md": b"# Toy OSF project\n",
         "derivatives/scores.tsv": b"sub\tscore\nsub-01\t0.5\n",
         "derivatives/maps/map1.txt": b"0 1 2 3\n",
@@ -612,7 +654,7 @@ async def test_osf_project_with_pages_and_folders(cache: DataCache, server: File
         }
     )
     await ensure(cache, only)
-    assert files_under(cache.mounts(only)["osf-maps"]) == {
+    assert files_under(mounted(cache, only)["osf-maps"]) == {
         "derivatives/maps/map1.txt": b"0 1 2 3\n"
     }
 
@@ -656,7 +698,7 @@ async def test_s3_prefix_with_continuation(cache: DataCache, server: FileServer)
         server.add(f"/openneuro.org/{key}", data)
     entries = entries_of({"src": "s3://openneuro.org/ds001037", "projectName": "ds001037"})
     await ensure(cache, entries)
-    assert files_under(cache.mounts(entries)["ds001037"]) == {
+    assert files_under(mounted(cache, entries)["ds001037"]) == {
         k.removeprefix("ds001037/"): d for k, d in keys[:3]
     }
     assert server.hits["/openneuro.org/"] == 2  # two listing pages
@@ -681,7 +723,7 @@ async def test_google_drive_confirmation_page(cache: DataCache, server: FileServ
         {"src": f"https://drive.google.com/file/d/{fid}/view?usp=sharing", "projectName": "gd"}
     )
     await ensure(cache, entries)
-    assert files_under(cache.mounts(entries)["gd"]) == {"big/data.txt": b"large file"}
+    assert files_under(mounted(cache, entries)["gd"]) == {"big/data.txt": b"large file"}
     # a page that is not a confirmation (file not shared) fails plainly
     server.routes["/uc"] = Route(b"<html>Sign in</html>", headers={"Content-Type": "text/html"})
     other = entries_of({"src": "https://drive.google.com/uc?id=other", "projectName": "gd2"})
@@ -717,7 +759,7 @@ async def test_code_source_writes_only_its_folder(
     )
     entries = entries_of({"nilearn": {"src": code, "projectName": "code", "dst": "../data"}})
     events = await ensure(cache, entries, env_path=env, env_key="env-1")
-    folder = cache.mounts(entries, env_key="env-1")["code"]
+    folder = mounted(cache, entries, env_key="env-1")["code"]
     assert (folder / "values.txt").read_bytes() == b"42\n"
     tries = (folder / "tries.txt").read_text()
     assert "'/srv/env/evil.txt': 'OSError'" in tries or "/srv/env/evil.txt': 'Read" in tries

@@ -65,7 +65,7 @@ def entries(server: FileServer) -> list[DataEntry]:
 
 
 async def ensure(cache: DataCache, server: FileServer) -> list[Event]:
-    return [event async for event in cache.ensure(entries(server))]
+    return [event async for event in cache.ensure(cache.folders(entries(server)))]
 
 
 async def requested(arrived: threading.Event) -> None:
@@ -78,9 +78,9 @@ async def test_callers_share_one_fetch_and_one_may_leave(
 ) -> None:
     first = asyncio.ensure_future(ensure(cache, server))
     await requested(arrived)
-    late = cache.ensure(entries(server))
+    late = cache.ensure(cache.folders(entries(server)))
     late_events = [await anext(late)]  # joined: an event sent before it came
-    leaving = cache.ensure(entries(server))
+    leaving = cache.ensure(cache.folders(entries(server)))
     await anext(leaving)
     waiting = asyncio.ensure_future(anext(leaving))
     await asyncio.sleep(0)  # now waiting for the next event
@@ -98,7 +98,7 @@ async def test_callers_share_one_fetch_and_one_may_leave(
     assert events[0].message.startswith("Fetching dataset")
     assert events[-1].message == "Dataset 'gated' is ready."
     assert server.hits[PATH] == 1
-    mounted = cache.mounts(entries(server))["gated"]
+    mounted = cache.mounts(cache.folders(entries(server)))["gated"]
     assert (mounted / "x.txt").read_bytes() == b"payload"
 
 

@@ -20,7 +20,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
 
 from binderbox.app import BinderboxApp
-from binderbox.data import DataCache
+from binderbox.data import DataCache, DataEntry
 from binderbox.errors import LaunchError
 from binderbox.events import Built, Event, Failed, Fetching, Ready
 from binderbox.hub import ManagedHub
@@ -399,6 +399,38 @@ async def test_concurrent_launches_download_once(
         assert "does not launch" in failed(events).message  # the step after the data step
         assert any("Dataset 'shared' is ready" in e.message for e in events)
     assert server.hits["/shared.txt"] == 1
+
+
+class CountingCache(DataCache):
+    """A dataset cache counting the folder keys it computes."""
+
+    computed = 0
+
+    def key_for(self, entries: Sequence[DataEntry], env_key: str | None = None) -> str:
+        self.computed += 1
+        return super().key_for(entries, env_key)
+
+
+@module_loop
+async def test_dataset_keys_computed_once_per_tree(
+    pipeline: LaunchPipeline, app: BinderboxApp, hub: ManagedHub, server: FileServer, tmp_path: Path
+) -> None:
+    """A launch keys each folder once for its fetch, mounts and use-locks; a
+    launch of a tree launched before keys none."""
+    assert pipeline.data is not None
+    req = {
+        "one": {"src": server.url("/scores.csv"), "projectName": "keyed"},
+        "two": {"src": server.url("/extra.zip"), "dst": "../data", "projectName": "keyed-too"},
+    }
+    repo = make_repo(tmp_path / "repo", repo_files(req))
+    counting = CountingCache(parent=app, root=pipeline.data.root)
+    runs = hubless(app, pipeline)
+    runs.data, runs.launcher = counting, pipeline.launcher
+    for ready_message in ("Dataset 'keyed' is ready.", "Dataset 'keyed' is ready (cached)."):
+        events = await launched(runs, hub, repo)
+        assert any(e.message == ready_message for e in events)
+        assert counting.computed == 2
+    await counting.aclose()
 
 
 def binderbox(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@
   ``/home/jovyan/data/<projectName>``.
 """
 
-from .cache import CachedDataset, DataCache
+from .cache import CachedDataset, DataCache, DatasetFolder
 from .fetchers import DataFetcher, FetchContext
 from .requirement import DataConfigError, DataEntry, parse_requirements, read_requirements
 
@@ -19,6 +19,7 @@ __all__ = [
     "DataConfigError",
     "DataEntry",
     "DataFetcher",
+    "DatasetFolder",
     "FetchContext",
     "parse_requirements",
     "read_requirements",

@@ -40,13 +40,15 @@ Guarantees:
 
 API used by the launch pipeline::
 
-    async for event in cache.ensure(entries, env_path=env, env_key=key):
+    folders = cache.folders(entries, env_key=key)  # grouped and keyed, once per launch
+    async for event in cache.ensure(folders, env_path=env):
         ...                                  # binderbox.events.Fetching events
-    mounts = cache.mounts(entries, env_key=key)   # {projectName: published folder}
-    locks = cache.hold(entries, env_key=key)      # keep while the session runs
+    mounts = cache.mounts(folders)           # {projectName: published folder}
+    locks = cache.hold(folders)              # keep while the session runs
 
-``ensure`` raises :class:`~binderbox.errors.DataError` on failure, ``hold``
-when a folder was evicted since ``ensure``.
+``folders`` raises :class:`~binderbox.errors.DataError` for a source no
+fetcher handles, ``ensure`` when a fetch fails, ``hold`` when a folder was
+evicted since ``ensure``.
 """
 
 from __future__ import annotations
@@ -93,6 +95,19 @@ class CachedDataset:
     size: int
     last_used: float
     sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DatasetFolder:
+    """One ``projectName`` folder of a repository: its entries (in file order) and cache key.
+
+    Made by :meth:`DataCache.folders`, so that a launch computes each key once
+    for :meth:`DataCache.ensure`, :meth:`DataCache.mounts` and :meth:`DataCache.hold`.
+    """
+
+    name: str
+    key: str
+    entries: tuple[DataEntry, ...]
 
 
 #: one fetch in progress, shared by every caller waiting for its key (all events kept)
@@ -184,6 +199,20 @@ class DataCache(LoggingConfigurable):
         text = json.dumps(ident, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
+    def folders(
+        self, entries: Sequence[DataEntry], env_key: str | None = None
+    ) -> tuple[DatasetFolder, ...]:
+        """``entries`` grouped by ``projectName`` (first appearance first), each keyed.
+
+        ``env_key``: the repository's environment key (part of the key of a
+        folder with a code source).  Raises :class:`DataError` for an entry no
+        fetcher handles.
+        """
+        return tuple(
+            DatasetFolder(name, self.key_for(group, env_key), tuple(group))
+            for name, group in group_by_project(list(entries)).items()
+        )
+
     def _dir(self, sub: str) -> Path:
         """``root/sub``, created on first use (not on every path lookup of a launch)."""
         path = Path(self.root) / sub
@@ -206,28 +235,26 @@ class DataCache(LoggingConfigurable):
         """Whether ``key`` is published (its completion marker exists)."""
         return (self.dataset_dir(key) / "meta.json").is_file()
 
-    def mounts(self, entries: Sequence[DataEntry], env_key: str | None = None) -> dict[str, Path]:
+    def mounts(self, folders: Sequence[DatasetFolder]) -> dict[str, Path]:
         """``projectName`` -> published folder, after :meth:`ensure`; marks them used."""
         result: dict[str, Path] = {}
-        for name, group in group_by_project(list(entries)).items():
-            key = self.key_for(group, env_key)
-            if not self.published(key):
-                raise DataError(f"Dataset '{name}' has not been fetched yet.")
-            self._touch(key)
-            result[name] = self.dataset_dir(key) / "data"
+        for folder in folders:
+            if not self.published(folder.key):
+                raise DataError(f"Dataset '{folder.name}' has not been fetched yet.")
+            self._touch(folder.key)
+            result[folder.name] = self.dataset_dir(folder.key) / "data"
         return result
 
-    def hold(self, entries: Sequence[DataEntry], env_key: str | None = None) -> list[FileLock]:
+    def hold(self, folders: Sequence[DatasetFolder]) -> list[FileLock]:
         """Shared use-locks that keep the folders from eviction; release them when done.
 
         Raises :class:`DataError` (holding nothing) if a folder is no longer
         published: evicted or removed since :meth:`ensure`.  Blocks briefly
         while a folder is being deleted.
         """
-        groups = group_by_project(list(entries))
-        keys = {name: self.key_for(group, env_key) for name, group in groups.items()}
         locks: list[FileLock] = []
-        for name, key in keys.items():
+        for folder in folders:
+            name, key = folder.name, folder.key
             lock = FileLock.acquire(self._use_path(key), shared=True)
             # a deletion may have run since ensure(), or have made us wait until it was done
             if not self.published(key):
@@ -267,22 +294,17 @@ class DataCache(LoggingConfigurable):
     # -- ensure -------------------------------------------------------------
 
     async def ensure(
-        self,
-        entries: Sequence[DataEntry],
-        *,
-        env_path: Path | None = None,
-        env_key: str | None = None,
+        self, folders: Sequence[DatasetFolder], *, env_path: Path | None = None
     ) -> AsyncIterator[Event]:
         """Fetch whatever is not cached yet; yields :class:`Fetching` events.
 
         Raises :class:`DataError` for the first folder that fails (folders
-        fetched before it stay cached).  ``env_path``/``env_key``: the
-        repository's built environment, needed by code sources only.
+        fetched before it stay cached).  ``env_path``: the repository's built
+        environment (the one whose key made ``folders``), needed by code
+        sources only.
         """
-        groups = group_by_project(list(entries))
-        keys = {name: self.key_for(group, env_key) for name, group in groups.items()}
-        for name, group in groups.items():
-            key = keys[name]
+        for folder in folders:
+            key, name = folder.key, folder.name
             if self.published(key):
                 self._touch(key)
                 yield Fetching(message=f"Dataset '{name}' is ready (cached).")
@@ -290,9 +312,7 @@ class DataCache(LoggingConfigurable):
             job = self._jobs.get(key)
             if job is None:
                 job = self._jobs[key] = _Job(stopped=_stopped(name))
-                task = job.start(
-                    self._run(job, key, name, group, env_path), name=f"binderbox data {key}"
-                )
+                task = job.start(self._run(job, folder, env_path), name=f"binderbox data {key}")
                 task.add_done_callback(functools.partial(self._end_job, key, job))
             async for event in job.follow():
                 yield event
@@ -304,9 +324,8 @@ class DataCache(LoggingConfigurable):
         if self._jobs.get(key) is job:
             del self._jobs[key]
 
-    async def _run(
-        self, job: _Job, key: str, name: str, group: list[DataEntry], env_path: Path | None
-    ) -> None:
+    async def _run(self, job: _Job, folder: DatasetFolder, env_path: Path | None) -> None:
+        key, name = folder.key, folder.name
         try:
             lock_path = self._lock_path(key)
             lock = FileLock.try_acquire(lock_path)
@@ -315,7 +334,7 @@ class DataCache(LoggingConfigurable):
                 lock = await asyncio.to_thread(FileLock.acquire, lock_path)
             try:
                 if not self.published(key):
-                    await self._fetch_locked(job, key, name, group, env_path)
+                    await self._fetch_locked(job, folder, env_path)
             finally:
                 self._forget_locks(key, lock)  # if the fetch failed: no folder to lock
                 lock.release()
@@ -332,11 +351,10 @@ class DataCache(LoggingConfigurable):
         finally:
             self._jobs.pop(key, None)
 
-    async def _fetch_locked(
-        self, job: _Job, key: str, name: str, group: list[DataEntry], env_path: Path | None
-    ) -> None:
+    async def _fetch_locked(self, job: _Job, folder: DatasetFolder, env_path: Path | None) -> None:
         """Fetch every entry of the folder into a temporary tree, then publish it."""
-        tmp = await asyncio.to_thread(self._new_temp, key)
+        name = folder.name
+        tmp = await asyncio.to_thread(self._new_temp, folder.key)
         data = tmp / "data"
         loop = asyncio.get_running_loop()
 
@@ -353,10 +371,10 @@ class DataCache(LoggingConfigurable):
             timeout=self.timeout,
         )
         try:
-            for entry in group:
+            for entry in folder.entries:
                 ctx.report(f"Fetching dataset {entry.describe()} from {entry.src}", force=True)
                 await self.fetcher_for(entry).fetch(entry, data, ctx)
-            size = await asyncio.to_thread(self._publish, tmp, key, name, group)
+            size = await asyncio.to_thread(self._publish, tmp, folder)
             ctx.report(f"Dataset '{name}' fetched: {human_bytes(size)}.", size, size, force=True)
         finally:
             ctx.cancel()
@@ -377,19 +395,19 @@ class DataCache(LoggingConfigurable):
         (tmp / "data").mkdir()
         return tmp
 
-    def _publish(self, tmp: Path, key: str, name: str, group: list[DataEntry]) -> int:
+    def _publish(self, tmp: Path, folder: DatasetFolder) -> int:
         """Write the completion marker into ``tmp`` and rename it into place; its size."""
         size = tree_size(tmp / "data")
         meta = {
-            "key": key,
-            "project_name": name,
-            "sources": [e.src for e in group],
-            "entries": [e.identity() for e in group],
+            "key": folder.key,
+            "project_name": folder.name,
+            "sources": [e.src for e in folder.entries],
+            "entries": [e.identity() for e in folder.entries],
             "size": size,
             "created": time.time(),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        tmp.rename(self.dataset_dir(key))
+        tmp.rename(self.dataset_dir(folder.key))
         return size
 
     async def aclose(self) -> None:

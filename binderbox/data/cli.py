@@ -35,7 +35,7 @@ from ..errors import BinderboxError
 from ..events import Event, Fetching
 from ..pipeline import LaunchPipeline, LaunchRequest, LaunchState
 from .cache import DataCache
-from .requirement import DataEntry, read_requirements
+from .requirement import read_requirements
 
 USAGE = "usage: binderbox data fetch SPEC [--ref REF] | list | rm KEY-OR-NAME... | gc"
 
@@ -130,10 +130,12 @@ class DataCommand(Command):
             if any(cache.fetcher_for(e).kind == "code" for e in entries):
                 progress.end_line()
                 env_path, env_key = await self._environment(pipeline, state)
-            async for event in cache.ensure(entries, env_path=env_path, env_key=env_key):
+            folders = cache.folders(entries, env_key=env_key)
+            async for event in cache.ensure(folders, env_path=env_path):
                 progress.show(event)
             progress.end_line()
-            self._summary(cache, entries, env_key)
+            for name, path in sorted(cache.mounts(folders).items()):
+                print(f"{name}  {path}")
             return 0
         finally:
             progress.end_line()
@@ -153,10 +155,6 @@ class DataCommand(Command):
             ) from None
         assert state.env is not None
         return state.env.path, state.env.key
-
-    def _summary(self, cache: DataCache, entries: list[DataEntry], env_key: str | None) -> None:
-        for name, path in sorted(cache.mounts(entries, env_key=env_key).items()):
-            print(f"{name}  {path}")
 
     # -- list / rm ------------------------------------------------------------
 
