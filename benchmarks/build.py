@@ -8,6 +8,9 @@ built four ways on this machine, in one run, and the figures printed:
 * cold      -- an empty uv package cache, a new environment key
 * warm      -- a new key (one extra small requirement), packages cached
 * cache hit -- the same commit again: the store already has the key
+* raw uv    -- ``uv venv`` + ``uv pip install`` of the very same requirement
+               lines into an empty cache, outside binderbox: the network's
+               share of a cold build (what binderbox adds is cold - raw uv)
 * pip       -- ``python -m venv`` + ``pip install --no-cache-dir`` of the same
                packages with the same interpreter, from PyPI (the machine's pip
                configuration ignored), as repo2docker-style builds make them
@@ -62,6 +65,28 @@ async def timed_build(app: BinderboxApp, repo: Path, name: str = "") -> tuple[fl
     return elapsed, last
 
 
+def raw_uv(work: Path, env: Built) -> float:
+    """The cold build's requirement lines with plain uv, an empty cache, no sandbox."""
+    built = Path(env.path)
+    python = json.loads((built / ".binderbox" / "build.json").read_text())
+    uv = PythonBuilder().uv_path
+    cache = ["--no-config", "--cache-dir", str(work / "raw-uv-cache")]
+    started = time.perf_counter()
+    venv = [uv, "venv", "-q", *cache, "--python", python["interpreter_path"], str(work / "rawenv")]
+    subprocess.run(venv, check=True)
+    install = [
+        uv,
+        "pip",
+        "install",
+        "-q",
+        *cache,
+        "--python",
+        str(work / "rawenv" / "bin" / "python"),
+    ]
+    subprocess.run([*install, "-r", str(built / ".binderbox" / "requirements.txt")], check=True)
+    return time.perf_counter() - started
+
+
 def pip_baseline(work: Path, env: Built) -> float:
     """venv + pip with the interpreter the environment was built with."""
     python = json.loads((Path(env.path) / ".binderbox" / "build.json").read_text())
@@ -96,12 +121,14 @@ async def main() -> None:
         assert env2.image_name != env.image_name and not env2.cached
         hit, env3 = await timed_build(app, repo)
         assert env3.cached
+        raw = raw_uv(work, env)
         pip = pip_baseline(work, env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("environment: numpy + pandas + matplotlib + the Jupyter session packages")
     print(f"pip (venv + pip install, no cache): {pip:7.2f} s")
     print(f"uv cold (empty cache):              {cold:7.2f} s   {pip / cold:5.1f}x faster than pip")
+    print(f"  (raw uv, same lines, empty cache: {raw:5.2f} s; binderbox adds {cold - raw:+.2f} s)")
     print(f"uv warm (new key, cached packages): {warm:7.2f} s   {pip / warm:5.1f}x faster than pip")
     print(f"cache hit (same environment):       {hit:7.3f} s   {pip / hit:5.0f}x faster than pip")
     print("(a build ends when its environment is published and usable; its bytecode is")
