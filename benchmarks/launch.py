@@ -55,19 +55,6 @@ from serve_helpers import (  # noqa: E402
 
 from binderbox.sessions.hubclient import HubClient  # noqa: E402
 
-#: An experiment, set through config only: jsonschema (imported by the server through
-#: jupyter_events) imports rfc3987_syntax, which builds ~35 Lark parsers at import
-#: time (~1.3 s here; jupyter_server#1559).  No Jupyter event schema uses the "iri"
-#: formats it checks.  Making it unimportable in the *server* process only (kernels
-#: and terminals are other processes) skips that work.
-SKIP_RFC = """
-c.ManagedHub.spawner_config = {"cmd": [
-    "/srv/env/bin/python", "-c",
-    "import sys; sys.modules['rfc3987_syntax'] = None; "
-    "from jupyterhub.singleuser import main; sys.exit(main())",
-]}
-"""
-
 
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100), linear between closest ranks."""
@@ -264,11 +251,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--launches", type=int, default=12, help="timed launches (>= 10)")
     parser.add_argument(
-        "--skip-rfc3987-syntax",
-        action="store_true",
-        help="experiment: start the servers with rfc3987_syntax made unimportable (see SKIP_RFC)",
-    )
-    parser.add_argument(
         "--cold",
         action="store_true",
         help="the first launch builds with empty package and bytecode caches",
@@ -280,7 +262,7 @@ def main() -> None:
             work / "bench-repo",
             {"requirements.txt": "six==1.16.0\n", "index.ipynb": notebook("print(6*7)")},
         )
-        extra = SKIP_RFC if args.skip_rfc3987_syntax else ""
+        extra = ""
         if args.cold:
             extra += f"\nc.PythonBuilder.cache_dir = {str(work / 'cold' / 'uv')!r}\n"
         serve = ServeProcess(work / "serve", work / "data", extra)
