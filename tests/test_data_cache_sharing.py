@@ -20,6 +20,7 @@ from binderbox.data import DataCache, DataEntry
 from binderbox.data.requirement import parse_requirements
 from binderbox.errors import DataError
 from binderbox.events import Event
+from binderbox.store.locks import FileLock
 
 #: upper bound for waiting on the fetch; a guard against hangs, not a timing assertion
 PATIENCE = 30.0
@@ -124,3 +125,44 @@ async def test_a_stopped_fetch_fails_every_caller_plainly(
     assert list((root / "datasets").iterdir()) == []
     assert list((root / "tmp").iterdir()) == []
     assert list((root / "locks").iterdir()) == []
+
+
+async def test_waiting_for_other_processes_fetches_keeps_the_service_responsive(
+    tmp_path: Path, server: FileServer, gate: threading.Event
+) -> None:
+    """Many datasets being fetched by another process: waiting for them takes no
+    worker threads (the event loop has a handful), and each is used once free."""
+    gate.set()
+    cache = DataCache(root=str(tmp_path / "cache"), min_idle=0.0, poll_interval=0.05)
+    names = [f"d{i}" for i in range(12)]  # more than the default executor's workers here
+    folders = cache.folders(
+        [
+            entry
+            for name in names
+            for entry in parse_requirements(
+                json.dumps({"src": server.url(PATH), "projectName": name})
+            )
+        ]
+    )
+    # the other process: flock conflicts between open files, even in one process
+    others = [FileLock.acquire(cache._lock_path(folder.key)) for folder in folders]
+    waits = [asyncio.ensure_future(drain(cache.ensure([folder]))) for folder in folders]
+    try:
+        await asyncio.sleep(0.3)
+        assert not any(w.done() for w in waits)
+        # a thread for other work is still there at once
+        async with asyncio.timeout(5):
+            assert await asyncio.to_thread(lambda: 42) == 42
+    finally:
+        for lock in others:
+            lock.release()
+    async with asyncio.timeout(PATIENCE):
+        results = await asyncio.gather(*waits)
+    for events in results:
+        assert "is being fetched elsewhere; waiting." in events[0].message
+        assert events[-1].message.endswith("is ready.")
+    await cache.aclose()
+
+
+async def drain(events: AsyncIterator[Event]) -> list[Event]:
+    return [event async for event in events]

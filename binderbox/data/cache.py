@@ -147,6 +147,9 @@ class DataCache(LoggingConfigurable):
         help="Seconds after its last use during which eviction never removes a dataset "
         "(the time a session may need to start).",
     ).tag(config=True)
+    poll_interval = Float(
+        0.2, help="Seconds between checks of a dataset another process is fetching."
+    ).tag(config=True)
     fetcher_classes = List(
         Type(klass=DataFetcher),
         help="Fetcher classes asked in order; the first whose matches() is true fetches an "
@@ -331,7 +334,7 @@ class DataCache(LoggingConfigurable):
             lock = FileLock.try_acquire(lock_path)
             if lock is None:
                 job.emit(Fetching(message=f"Dataset '{name}' is being fetched elsewhere; waiting."))
-                lock = await asyncio.to_thread(FileLock.acquire, lock_path)
+                lock = await FileLock.wait(lock_path, self.poll_interval)
             try:
                 if not self.published(key):
                     await self._fetch_locked(job, folder, env_path)

@@ -21,10 +21,11 @@ whoever deletes it (see :func:`binderbox.store.files.delete_unused`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -47,6 +48,25 @@ class FileLock:
         lock = cls._acquire(path, shared=shared, blocking=True)
         assert lock is not None
         return lock
+
+    @classmethod
+    async def wait(
+        cls, path: Path, interval: float, between: Callable[[], None] | None = None
+    ) -> FileLock:
+        """The exclusive lock on ``path``, awaited without parking a thread.
+
+        Tries every ``interval`` seconds (another process's build or download
+        can take minutes, and each waiting thread would take one of the event
+        loop's few worker threads); ``between`` runs after each failed try
+        (to follow the holder's log, say).  Cancelling the caller stops waiting.
+        """
+        while True:
+            lock = cls.try_acquire(path)
+            if lock is not None:
+                return lock
+            if between is not None:
+                between()
+            await asyncio.sleep(interval)
 
     @classmethod
     def _acquire(cls, path: Path, *, shared: bool, blocking: bool) -> FileLock | None:

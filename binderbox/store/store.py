@@ -365,13 +365,14 @@ class Store(LoggingConfigurable):
         try:
             for line in tail.read()[-self.join_tail :]:
                 run.emit(line)
-            while True:
-                lock = FileLock.try_acquire(self._lock_path(key))
+
+            def follow() -> None:
                 for line in tail.read():
                     run.emit(line)
-                if lock is not None:
-                    return lock
-                await asyncio.sleep(self.poll_interval)
+
+            lock = await FileLock.wait(self._lock_path(key), self.poll_interval, follow)
+            follow()  # its last lines
+            return lock
         finally:
             tail.close()
 
