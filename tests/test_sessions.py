@@ -63,6 +63,8 @@ out["data_write"] = attempt(lambda: open(os.path.expanduser("~/data/sample/new")
 out["home_write"] = attempt(lambda: open(os.path.expanduser("~/scratch.txt"), "w"))
 out["other_home"] = attempt(lambda: os.listdir(OTHER))
 out["homes"] = sorted(os.listdir("/home"))
+from ipykernel.connect import get_connection_info
+out["kernel"] = json.loads(get_connection_info())
 print(json.dumps(out))
 """
 
@@ -236,6 +238,10 @@ async def test_sessions_end_to_end(
     assert out["home_write"] == "ok"
     assert out["other_home"] == "FileNotFoundError"
     assert out["homes"] == ["jovyan"]
+    # the kernel listens on no port of the shared network namespace: iopub would
+    # publish its outputs to any other session that subscribes
+    assert out["kernel"]["transport"] == "ipc"
+    assert out["kernel"]["ip"].startswith("/home/jovyan/")
     assert not (env_path / "intruder").exists()
 
     # the session runs under its supervisor, in its cgroups when limits are enforced

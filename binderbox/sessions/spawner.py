@@ -267,8 +267,14 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
         return box
 
     def get_args(self) -> list[str]:
-        """``Spawner.args`` plus the CORS setting."""
-        args = list(super().get_args())
+        """``Spawner.args``, kernels on Unix sockets, and the CORS setting.
+
+        Kernels talk to their server over ``ipc`` (Unix sockets in the
+        session's private runtime folder), not TCP: every session shares the
+        host's network namespace, and a kernel's iopub port publishes every
+        output to whoever subscribes (messages are signed, not encrypted).
+        """
+        args = [*super().get_args(), "--KernelManager.transport=ipc"]
         if self.allow_origin:
             args.append(f"--ServerApp.allow_origin={self.allow_origin}")
         return args
