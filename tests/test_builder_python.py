@@ -22,6 +22,7 @@ import jupyterhub
 import pytest
 
 from binderbox.builders import apply_home_overlay, run_in_env
+from binderbox.builders.bytecode import BytecodeCache
 from binderbox.builders.interpreters import Interpreter
 from binderbox.builders.python import PythonBuilder, requirement_name
 from binderbox.environments import EnvSpec
@@ -574,3 +575,29 @@ def test_bytecode_gc_keeps_what_environments_use(tmp_path: Path) -> None:
     shutil.rmtree(env)
     builder.gc()
     assert not list(compiled.glob("*/*.pyc")), "no environment uses them any more"
+
+
+def test_what_a_server_imports_is_compiled_and_linked_first(tmp_path: Path) -> None:
+    site = tmp_path / "env" / "lib" / "python3.11" / "site-packages"
+    files = ["aaa/__init__.py", "jupyter_server/serverapp.py", "tornado/web.py", "zz/tests/t.py"]
+    for rel in files:
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text("x = 1\n")
+    cache = BytecodeCache(tmp_path / "bytecode", "cpython-311")
+    plan = cache.plan(tmp_path / "env")
+    order = [job[1].split("site-packages/")[1] for job in plan.jobs]
+    # the server's modules first, in its import order; then the rest; tests last
+    assert order[:2] == ["tornado/web.py", "jupyter_server/serverapp.py"]
+    assert order[2:] == ["aaa/__init__.py", "zz/tests/t.py"]
+    (first, all_cores), (rest, fewer) = cache.batches(plan)
+    assert len(first.jobs) == 2 and len(rest.jobs) == 2
+    assert all_cores == (os.cpu_count() or 1) and fewer == max(1, all_cores - 1)
+
+
+def test_sessions_need_only_the_first_bytecode_batch(full: tuple[Path, Path, list[str]]) -> None:
+    env, _, _ = full
+    builder = PythonBuilder(cache_dir=str(CACHE))
+    assert builder.finished(env) and builder.servable(env)
+    assert (env / ".binderbox" / "bytecode-first").is_file()
+    site = next((env / "lib").glob("python3.10/site-packages"))
+    assert list((site / "jupyter_server" / "__pycache__").glob("serverapp.*.pyc"))

@@ -158,3 +158,61 @@ async def test_jobs_run_one_at_a_time(store: Store, tmp_path: Path) -> None:
     async with asyncio.timeout(PATIENCE):
         await finisher.drain()
     assert Work.finished(first.path) and Work.finished(second.path)
+
+
+class StagedWork(Work):
+    """A job with a first stage sessions need (``servable.txt``), then the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = asyncio.Event()
+
+    async def __call__(self, path: Path) -> str:
+        self.started.set()
+        await self.first.wait()
+        (path / "servable.txt").touch()
+        return await super().__call__(path)
+
+    @classmethod
+    def servable(cls, path: Path) -> bool:
+        return cls.finished(path) or (path / "servable.txt").is_file()
+
+
+async def test_a_first_session_waits_only_for_what_sessions_need(
+    store: Store, tmp_path: Path
+) -> None:
+    env = await publish(store, tmp_path / "work")
+    work = StagedWork()
+    finisher = Finisher(store, work, work.finished, work.servable)
+    finisher.ensure(env)
+    assert finisher.underway(env)  # about to run: nothing else runs
+    waiting = asyncio.ensure_future(finisher.until_servable(env, interval=0.01))
+    async with asyncio.timeout(PATIENCE):
+        await work.started.wait()
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    work.first.set()
+    async with asyncio.timeout(PATIENCE):
+        await waiting  # servable, while the rest of the job still runs
+    assert not work.finished(env.path) and finisher.pending == [env.key]
+    assert not finisher.underway(env)
+    work.release.set()
+    async with asyncio.timeout(PATIENCE):
+        await finisher.drain()
+
+
+async def test_a_job_queued_behind_another_is_not_waited_for(store: Store, tmp_path: Path) -> None:
+    first = await publish(store, tmp_path / "one", "envone")
+    second = await publish(store, tmp_path / "two", "envtwo")
+    work = StagedWork()
+    finisher = Finisher(store, work, work.finished, work.servable)
+    finisher.ensure(first)
+    async with asyncio.timeout(PATIENCE):
+        await work.started.wait()
+    finisher.ensure(second)  # queued: jobs run one at a time
+    assert finisher.underway(first) and not finisher.underway(second)
+    work.first.set()
+    work.release.set()
+    async with asyncio.timeout(PATIENCE):
+        await finisher.drain()
+    assert work.finished(first.path) and work.finished(second.path)

@@ -19,9 +19,13 @@ into each environment (a hard link when on one filesystem, else a copy);
 only files it has never seen are compiled, in parallel, by the
 environment's own interpreter (``py_compile`` parses and compiles; it does
 not run the code), at the lowest CPU priority, so that sessions starting
-meanwhile are not slowed, and test folders last.  Each file appears whole
-(a link), so a session importing meanwhile finds a module's bytecode or
-compiles it in memory, never half a file.
+meanwhile are not slowed.  The files a session's server and its first
+kernel import (``server_modules.txt``, in import order) are compiled and
+linked first, as a batch of their own: the first session of a new
+environment, started while the rest compiles, finds them.  Test folders
+come last.  Each file appears whole (a link), so a session importing
+meanwhile finds a module's bytecode or compiles it in memory, never half a
+file.
 
 The files are *checked-hash* pycs (PEP 552): the interpreter verifies the
 source's hash on import instead of its timestamp, so a copied or re-dated
@@ -33,6 +37,7 @@ bytecode.  :meth:`BytecodeCache.gc` drops entries no environment links to.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -47,6 +52,8 @@ from ..environments import ENV_PREFIX
 
 #: written into an environment's ``.binderbox/`` once it has its bytecode
 DONE = "bytecode.json"
+#: ... once it has the bytecode of what a session's server imports (``FIRST``)
+FIRST_DONE = "bytecode-first"
 
 #: compiles the jobs listed in a JSON file: [[source, dfile, cfile], ...]
 COMPILER = """
@@ -64,13 +71,38 @@ os.nice(19)  # behind sessions starting meanwhile (inherited by the workers)
 with open(sys.argv[1]) as f:
     jobs = json.load(f)
 context = multiprocessing.get_context("fork")
-with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=context) as pool:
+workers = int(sys.argv[2]) if len(sys.argv) > 2 else (os.cpu_count() or 1)
+with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
     done = sum(pool.map(one, jobs, chunksize=64))
 print("compiled %d of %d files" % (done, len(jobs)))
 """
 
 
 _TESTS = re.compile(r"/tests?/")
+_SITE = re.compile(r"/site-packages/(.*)$")
+#: the files a session's server and first kernel import, in import order
+FIRST = Path(__file__).with_name("server_modules.txt")
+
+
+@functools.cache
+def _first_order() -> dict[str, int]:
+    """``server_modules.txt``: site-packages path -> its place in import order."""
+    lines = FIRST.read_text().splitlines() if FIRST.is_file() else []
+    paths = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return {path: index for index, path in enumerate(paths)}
+
+
+def _site_path(dfile: str) -> str:
+    match = _SITE.search(dfile)
+    return match.group(1) if match else ""
+
+
+def _job_order(dfile: str, first: dict[str, int]) -> tuple[int, int]:
+    """What the server imports first, in its order; then the rest; tests last."""
+    place = first.get(_site_path(dfile))
+    if place is not None:
+        return (0, place)
+    return (2 if _TESTS.search(dfile) else 1, 0)
 
 
 @dataclass
@@ -81,6 +113,8 @@ class Plan:
     #: (source on the host, path inside the sandbox, pyc target in the env, cache entry)
     jobs: list[tuple[Path, str, Path, Path]] = field(default_factory=list)
     workdir: Path | None = None
+    #: how many of ``jobs`` (at their start) a session's server imports
+    first: int = 0
 
 
 class BytecodeCache:
@@ -106,10 +140,20 @@ class BytecodeCache:
                 plan.reused += 1
             except FileNotFoundError:  # never compiled, or just dropped by gc
                 plan.jobs.append((source, f"{ENV_PREFIX}/{rel}", target, entry))
-        plan.jobs.sort(key=lambda job: _TESTS.search(job[1]) is not None)  # tests last
+        first = _first_order()
+        plan.jobs.sort(key=lambda job: _job_order(job[1], first))
+        plan.first = sum(1 for job in plan.jobs if _site_path(job[1]) in first)
         return plan
 
-    def compile_argv(self, python: Path, plan: Plan) -> list[str]:
+    def batches(self, plan: Plan) -> list[tuple[Plan, int]]:
+        """``plan`` split so what a session's server imports is linked in first: (batch,
+        compiling processes).  The first batch, which the first session waits for, gets
+        every core; the rest leaves one core to sessions starting meanwhile."""
+        cores = os.cpu_count() or 1
+        parts = [(plan.jobs[: plan.first], cores), (plan.jobs[plan.first :], max(1, cores - 1))]
+        return [(Plan(jobs=part), workers) for part, workers in parts if part]
+
+    def compile_argv(self, python: Path, plan: Plan, workers: int | None = None) -> list[str]:
         """The command that compiles ``plan``'s jobs (run it, then :meth:`finish`)."""
         plan.workdir = self.root.parent / "tmp" / uuid.uuid4().hex
         plan.workdir.mkdir(parents=True)
@@ -119,7 +163,8 @@ class BytecodeCache:
         ]
         jobs_file = plan.workdir / "jobs.json"
         jobs_file.write_text(json.dumps(jobs))
-        return [str(python), "-I", "-c", COMPILER, str(jobs_file)]
+        count = workers or os.cpu_count() or 1
+        return [str(python), "-I", "-c", COMPILER, str(jobs_file), str(count)]
 
     def finish(self, plan: Plan) -> int:
         """Move compiled files into the cache and link them into the env; returns how many."""
