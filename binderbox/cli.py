@@ -110,6 +110,8 @@ class BuildCommand(Command):
         if len(self.extra_args) != 1:
             print("usage: binderbox build SPEC [--ref REF] [--json]", file=sys.stderr)
             return 2
+        # no session starts meanwhile: the bytecode may have every core
+        self.config.PythonBuilder.setdefault("spare_cores", 0)
         pipeline = self.make_pipeline(allow_local=True)
         request = LaunchRequest(
             provider="", spec=self.extra_args[0], build_only=True, ref=self.ref or None

@@ -145,12 +145,13 @@ class BytecodeCache:
         plan.first = sum(1 for job in plan.jobs if _site_path(job[1]) in first)
         return plan
 
-    def batches(self, plan: Plan) -> list[tuple[Plan, int]]:
+    def batches(self, plan: Plan, spare: int = 1) -> list[tuple[Plan, int]]:
         """``plan`` split so what a session's server imports is linked in first: (batch,
         compiling processes).  The first batch, which the first session waits for, gets
-        every core; the rest leaves one core to sessions starting meanwhile."""
+        every core; the rest leaves ``spare`` cores to sessions starting meanwhile."""
         cores = os.cpu_count() or 1
-        parts = [(plan.jobs[: plan.first], cores), (plan.jobs[plan.first :], max(1, cores - 1))]
+        rest = max(1, cores - spare)
+        parts = [(plan.jobs[: plan.first], cores), (plan.jobs[plan.first :], rest)]
         return [(Plan(jobs=part), workers) for part, workers in parts if part]
 
     def compile_argv(self, python: Path, plan: Plan, workers: int | None = None) -> list[str]:

@@ -41,12 +41,9 @@ content at launch (that is how repo2docker's image home behaves, without
 freezing the notebooks: only postBuild's own changes are replayed).
 Anything else it writes (``/tmp``, the sandbox root) is thrown away.
 
-Right after ``uv venv`` (before any build code runs, so nothing can have
-planted links there), binderbox writes its own files into the environment:
-JupyterLab's ``overrides.json`` and the ``_binderbox_startup`` module with
-the ``.pth`` file that imports it at every start (see
-:mod:`binderbox.builders.env_startup`: it defers parser builds that cost
-every Jupyter server start about 1 s).
+Right after ``uv venv``, before any build code runs, binderbox writes its
+own files: JupyterLab's ``overrides.json``, and a startup hook that defers
+parser builds costing every server start about 1 s (``env_startup.py``).
 
 Bytecode is not part of the build: it is compiled into the published
 environment afterwards (:meth:`PythonBuilder.finish`, see
@@ -158,6 +155,11 @@ class PythonBuilder(Builder):
         help="""Bytes uv's package cache may hold that no environment shares; over it,
         the periodic clean-up empties the cache (the next builds download again).
         0 = no limit.""",
+    ).tag(config=True)
+    spare_cores = Integer(
+        1,
+        help="""Cores the background bytecode compile leaves to sessions starting meanwhile,
+        once what a server imports is compiled (on every core).  `binderbox build` uses 0.""",
     ).tag(config=True)
     session_packages = List(
         Unicode(),
@@ -481,7 +483,7 @@ class PythonBuilder(Builder):
         cache = BytecodeCache(Path(self.bytecode_dir), tag)
         plan = await asyncio.to_thread(cache.plan, path)
         compiled = 0
-        batches = cache.batches(plan)  # the server's modules first, linked at once
+        batches = cache.batches(plan, self.spare_cores)  # the server's first, then the rest
         if not plan.first:
             (path / META / BYTECODE_FIRST).touch()
         for batch, workers in batches:
