@@ -25,7 +25,6 @@ once per tree and environment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import tempfile
 import time
@@ -45,7 +44,7 @@ from .data import DataCache, DataEntry, DatasetFolder, read_requirements
 from .environments import EnvSpec
 from .environments.detect import detect
 from .errors import BinderboxError, BuildTimeout, DataError, LaunchError
-from .events import Building, Built, Event, Failed, Fetching, Launching, Ready, Waiting
+from .events import Building, Built, Event, Failed, Fetching, Ready, Waiting
 from .providers import make_provider
 from .providers.base import RepoProvider, Resolved
 from .providers.gitutil import redact
@@ -128,13 +127,6 @@ class LaunchPipeline(LoggingConfigurable):
     build_timeout = Float(
         3600.0, help="Seconds a build may run before it is stopped and fails."
     ).tag(config=True)
-    servable_wait = Float(
-        10.0,
-        help="""Seconds the first session of a new environment may wait for the builder's
-        background work that makes a server start fast (the Python builder: the bytecode
-        of what the server imports, compiled first).  Waiting is shorter than the server
-        compiling the same modules in memory.  0 = start at once.""",
-    ).tag(config=True)
     default_python = Unicode(
         "3.10", help="Python version for repositories that name none (repo2docker's default)."
     ).tag(config=True)
@@ -157,11 +149,7 @@ class LaunchPipeline(LoggingConfigurable):
         self._trees: dict[Path, TreeFacts] = {}
         #: the builder's work on published environments (bytecode), in the background
         self.finisher = Finisher(
-            self.store,
-            self.builder.finish,
-            self.builder.finished,
-            self.builder.servable,
-            parent=self,
+            self.store, self.builder.finish, self.builder.finished, parent=self
         )
 
     def launch(self, request: LaunchRequest) -> AsyncIterator[Event]:
@@ -398,11 +386,6 @@ class LaunchPipeline(LoggingConfigurable):
                 "This service builds environments but does not launch them (no hub).",
                 hint="Use /build/...?build_only=true, or ask the operator.",
             )
-        if self.finisher.underway(state.env):
-            yield Launching(message="Compiling what the server imports (a new environment)")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.servable_wait):
-                    await self.finisher.until_servable(state.env)
         holds = await asyncio.to_thread(self._hold, state)
         session = SessionRequest(
             env_key=state.env.key,

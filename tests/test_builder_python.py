@@ -594,12 +594,3 @@ def test_what_a_server_imports_is_compiled_and_linked_first(tmp_path: Path) -> N
     assert all_cores == (os.cpu_count() or 1) and fewer == max(1, all_cores - 1)
     # with no session to make room for (binderbox build), the rest gets every core too
     assert [workers for _, workers in cache.batches(plan, spare=0)] == [all_cores] * 2
-
-
-def test_sessions_need_only_the_first_bytecode_batch(full: tuple[Path, Path, list[str]]) -> None:
-    env, _, _ = full
-    builder = PythonBuilder(cache_dir=str(CACHE))
-    assert builder.finished(env) and builder.servable(env)
-    assert (env / ".binderbox" / "bytecode-first").is_file()
-    site = next((env / "lib").glob("python3.10/site-packages"))
-    assert list((site / "jupyter_server" / "__pycache__").glob("serverapp.*.pyc"))

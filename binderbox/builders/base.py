@@ -21,9 +21,6 @@ Contract:
   while sessions may already use it (see ``store/finishing.py`` for the
   rules); :meth:`Builder.finished` says whether any is left.  It may be
   stopped at any point and run again, and must then do only what is missing.
-  :meth:`Builder.servable` says whether a session started now would start
-  at full speed although :meth:`Builder.finish` is still running (the first
-  session of a new environment waits for that, briefly).
 * ``version`` -- changes whenever the builder's output would change.
 """
 
@@ -61,11 +58,6 @@ class Builder(LoggingConfigurable):
     async def finish(self, path: Path) -> str:
         """Finish the published environment at ``path``; returns a summary for the log."""
         return "nothing to do"
-
-    def servable(self, path: Path) -> bool:
-        """Whether a session started on ``path`` now starts at full speed, though
-        :meth:`finish` may still be running (default: once it is finished)."""
-        return self.finished(path)
 
     def gc(self) -> None:
         """Drop cache entries no environment needs any more (default: nothing)."""

@@ -52,8 +52,6 @@ from ..environments import ENV_PREFIX
 
 #: written into an environment's ``.binderbox/`` once it has its bytecode
 DONE = "bytecode.json"
-#: ... once it has the bytecode of what a session's server imports (``FIRST``)
-FIRST_DONE = "bytecode-first"
 
 #: compiles the jobs listed in a JSON file: [[source, dfile, cfile], ...]
 COMPILER = """

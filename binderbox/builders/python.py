@@ -85,7 +85,6 @@ from ..sandbox import Sandbox
 from . import bytecode, caches, interpreters, uvlog
 from .base import Builder
 from .bytecode import DONE as BYTECODE_DONE
-from .bytecode import FIRST_DONE as BYTECODE_FIRST
 from .bytecode import BytecodeCache
 from .interpreters import Interpreter
 from .layout import (
@@ -464,10 +463,6 @@ class PythonBuilder(Builder):
         """Whether the environment at ``path`` has its bytecode."""
         return (path / META / BYTECODE_DONE).is_file()
 
-    def servable(self, path: Path) -> bool:
-        """Whether the environment at ``path`` has the bytecode of what a server imports."""
-        return self.finished(path) or (path / META / BYTECODE_FIRST).is_file()
-
     async def finish(self, path: Path) -> str:
         """Link cached .pyc files into the published env; compile those never seen.
 
@@ -484,8 +479,6 @@ class PythonBuilder(Builder):
         plan = await asyncio.to_thread(cache.plan, path)
         compiled = 0
         batches = cache.batches(plan, self.spare_cores)  # the server's first, then the rest
-        if not plan.first:
-            (path / META / BYTECODE_FIRST).touch()
         for batch, workers in batches:
             argv = await asyncio.to_thread(cache.compile_argv, interp.path, batch, workers)
             try:
@@ -493,7 +486,6 @@ class PythonBuilder(Builder):
                     pass
             finally:
                 compiled += await asyncio.to_thread(cache.finish, batch)
-            (path / META / BYTECODE_FIRST).touch()
         counts = {"reused": plan.reused, "compiled": compiled, "failed": len(plan.jobs) - compiled}
         (path / META / BYTECODE_DONE).write_text(json.dumps(counts) + "\n")
         return "bytecode: {reused} modules reused, {compiled} compiled, {failed} not".format(

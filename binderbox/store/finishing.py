@@ -25,11 +25,6 @@ the bytecode is written into the published tree beside it.
   without its completion mark; the next :meth:`Finisher.ensure` of it (any
   use of the environment, or :meth:`Finisher.resume` at service start)
   runs the job again, which then only does what is missing.
-* A job may finish first what sessions need (``servable``, e.g. the
-  bytecode of what a server imports): the first session of a new
-  environment waits for that part (:meth:`Finisher.until_servable`, bounded
-  by the pipeline's ``servable_wait``) if the job is running here, not if it
-  is queued behind another environment's.
 """
 
 from __future__ import annotations
@@ -54,22 +49,14 @@ class Finisher(LoggingConfigurable):
     """Background post-publish jobs over a :class:`Store`.  See the module docstring."""
 
     def __init__(
-        self,
-        store: Store,
-        work: FinishFn,
-        finished: FinishedFn,
-        servable: FinishedFn | None = None,
-        **kwargs: object,
+        self, store: Store, work: FinishFn, finished: FinishedFn, **kwargs: object
     ) -> None:
         super().__init__(**kwargs)
         self.store = store
         self._work = work
         self._finished = finished
-        self._servable = servable or finished
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slot = asyncio.Semaphore(1)
-        #: the keys whose job holds the slot now
-        self._active: set[str] = set()
 
     def ensure(self, env: Env) -> None:
         """Start finishing ``env`` in the background unless it is finished or underway.
@@ -88,25 +75,6 @@ class Finisher(LoggingConfigurable):
         """Start the jobs that stopped before they finished (a crash, a shutdown)."""
         for env in await asyncio.to_thread(self.store.list):
             self.ensure(env)
-
-    def underway(self, env: Env) -> bool:
-        """Whether ``env``'s job runs here now (or is about to: nothing else runs) and a
-        session would not yet start at full speed (``servable`` false).  A job queued
-        behind another environment's is not underway."""
-        task = self._tasks.get(env.key)
-        if task is None or task.done() or self._servable(env.path):
-            return False
-        return env.key in self._active or not self._active  # running, or next to run
-
-    async def until_servable(self, env: Env, interval: float = 0.05) -> None:
-        """Wait until :meth:`underway` is false (bound it with ``asyncio.timeout``).
-
-        For the first session of a new environment: the Python builder compiles
-        what a server imports first, sooner than the server would compile it in
-        memory.
-        """
-        while self.underway(env):  # noqa: ASYNC110 -- the builder marks it in a file
-            await asyncio.sleep(interval)
 
     @property
     def pending(self) -> list[str]:
@@ -127,11 +95,7 @@ class Finisher(LoggingConfigurable):
 
     async def _run(self, env: Env) -> None:
         async with self._slot:
-            self._active.add(env.key)
-            try:
-                await self._run_alone(env)
-            finally:
-                self._active.discard(env.key)
+            await self._run_alone(env)
 
     async def _run_alone(self, env: Env) -> None:
         hold = await asyncio.to_thread(self.store.hold, env.key)
