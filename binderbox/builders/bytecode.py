@@ -145,8 +145,8 @@ class BytecodeCache:
 
     def batches(self, plan: Plan, spare: int = 1) -> list[tuple[Plan, int]]:
         """``plan`` split so what a session's server imports is linked in first: (batch,
-        compiling processes).  The first batch, which the first session waits for, gets
-        every core; the rest leaves ``spare`` cores to sessions starting meanwhile."""
+        compiling processes).  The first batch gets every core; the rest leaves
+        ``spare`` cores to sessions starting meanwhile."""
         cores = os.cpu_count() or 1
         rest = max(1, cores - spare)
         parts = [(plan.jobs[: plan.first], cores), (plan.jobs[plan.first :], rest)]

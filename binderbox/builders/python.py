@@ -527,12 +527,12 @@ class PythonBuilder(Builder):
         (prefix / META / "build.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
-#: JupyterLab settings every environment gets (a postBuild may replace them):
-#: sessions are fresh each launch, so JupyterLab's "fetch news?" question would
-#: be asked at every launch, and a public service should not phone out for users
 #: the module every environment imports at start (see its docstring)
 STARTUP_HOOK = Path(__file__).with_name("env_startup.py")
 
+#: JupyterLab settings every environment gets (a postBuild may replace them):
+#: sessions are fresh each launch, so JupyterLab's "fetch news?" question would
+#: be asked at every launch, and a public service should not phone out for users
 LAB_OVERRIDES = {
     "@jupyterlab/apputils-extension:notification": {
         "fetchNews": "false",

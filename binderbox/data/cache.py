@@ -351,8 +351,6 @@ class DataCache(LoggingConfigurable):
                 f"Dataset '{name}' could not be fetched (internal error).",
                 log_message=f"{type(exc).__name__}: {exc}",
             ) from exc
-        finally:
-            self._jobs.pop(key, None)
 
     async def _fetch_locked(self, job: _Job, folder: DatasetFolder, env_path: Path | None) -> None:
         """Fetch every entry of the folder into a temporary tree, then publish it."""

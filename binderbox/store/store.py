@@ -348,9 +348,7 @@ class Store(LoggingConfigurable):
             return await self._build_locked(key, run, build, spec, source)
         finally:
             if lock is not None:
-                lock.release()
-            if self._runs.get(key) is run:
-                del self._runs[key]
+                lock.release()  # the one taken after waiting (_end_run forgets the run)
 
     def _end_run(self, key: str, run: _Run, lock: FileLock | None) -> None:
         """When ``run``'s task is done, even if cancelled before it ran: let go of it."""
