@@ -1,0 +1,112 @@
+"""Real test hosts on non-public addresses, in network namespaces the test makes.
+
+:func:`test_host` creates a network namespace joined to this machine by a veth
+pair (host side ``<net>.1``, test host ``<net>.2`` in a /30), starts a real HTTP
+server inside it (``python -m http.server`` serving a folder), and removes all of
+it afterwards.  The host can reach the test host (so a test shows it is up); code
+that must not reach private addresses (a session, a build, a dataset fetch) is
+pointed at it to show that it cannot.
+
+Addresses are the caller's choice, e.g. ``10.254.7.0`` (a private range) or
+``169.254.77.0`` (link-local, the metadata address's range: tests never send to
+169.254.169.254 itself).  Names carry the pid, so parallel runs do not collide.
+Needs root (``ip netns``); tests skip with a reason otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class TestHost:
+    """A running test host: ``address:port`` serves ``root`` over HTTP."""
+
+    __test__ = False  # not a test class
+
+    namespace: str
+    address: str
+    gateway: str
+    port: int
+    root: Path
+
+    @property
+    def url(self) -> str:
+        """``http://<address>:<port>/``."""
+        return f"http://{self.address}:{self.port}/"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def can_make_hosts() -> bool:
+    """Whether this process may create network namespaces (root with iproute2)."""
+    return os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+def _wait_listening(namespace: str, address: str, port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until the server accepts connections (at most 10 s, 200 tries)."""
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the test host's server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the test host {address}:{port} in {namespace} did not answer")
+
+
+@contextlib.contextmanager
+def test_host(net: str, root: Path, port: int = 8080) -> Iterator[TestHost]:
+    """A test host at ``<net>+2`` serving ``root`` on ``port``; see the module docstring.
+
+    ``net`` is the first address of a free /30 (e.g. ``"10.254.7.0"``).
+    """
+    if not can_make_hosts():
+        pytest.skip("test hosts need root and iproute2 (network namespaces)")
+    base = IPv4Address(net)
+    gateway, address = str(base + 1), str(base + 2)
+    tag = f"{os.getpid() % 100000}{next(_counter)}"
+    namespace, outside = f"bbxt{tag}", f"bbxt{tag}h"
+    _ip("netns", "add", namespace)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        _ip("link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        _ip("addr", "add", f"{gateway}/30", "dev", outside)
+        _ip("link", "set", outside, "up")
+        _ip("-n", namespace, "addr", "add", f"{address}/30", "dev", "eth0")
+        _ip("-n", namespace, "link", "set", "eth0", "up")
+        _ip("-n", namespace, "link", "set", "lo", "up")
+        _ip("-n", namespace, "route", "add", "default", "via", gateway)
+        server = [sys.executable, "-m", "http.server", str(port), "--bind", address]
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, *server, "--directory", str(root)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_listening(namespace, address, port, proc)
+        yield TestHost(namespace, address, gateway, port, root)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _ip("link", "del", outside)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _ip("netns", "del", namespace)
