@@ -25,7 +25,8 @@ from .hub import ManagedHub
 from .hub.process import free_port
 from .pipeline import LaunchPipeline, LaunchRequest
 from .providers import offered_providers
-from .sessions import SessionLauncher, limits_status
+from .runtime.limits import limits_status
+from .sessions import SessionLauncher
 from .web import SessionIndex, WebApp, make_app
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from binderbox.builders.layout import META, env_interpreter_prefixes, private_tmp
 from binderbox.data.fetchers.base import FetchContext
 from binderbox.data.fetchers.code import CodeFetcher
 from binderbox.data.requirement import DataEntry
@@ -24,7 +23,8 @@ from binderbox.environments import ENV_PREFIX, HOME
 from binderbox.errors import DataError
 from binderbox.hub import ManagedHub
 from binderbox.hub.config import normalise_base_url, render_config
-from binderbox.sandbox import GROUP_TEXT, PASSWD_TEXT, Sandbox, passwd_file
+from binderbox.runtime.layout import META, env_interpreter_prefixes, private_tmp
+from binderbox.runtime.sandbox import GROUP_TEXT, PASSWD_TEXT, Sandbox, passwd_file
 from binderbox.web.app import WebApp
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing")

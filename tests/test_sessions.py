@@ -32,10 +32,10 @@ from binderbox.events import Event, Launching, Ready
 from binderbox.hub import HubError, ManagedHub
 from binderbox.hub.process import free_port
 from binderbox.providers.base import Resolved
+from binderbox.runtime.limits import CgroupLimits, limits_status
 from binderbox.sessions import SessionLauncher, SessionRequest
 from binderbox.sessions.hubclient import HubClient
 from binderbox.sessions.launcher import user_name_for
-from binderbox.sessions.limits import CgroupLimits, limits_status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -307,7 +307,7 @@ async def test_a_crashed_session_leaves_no_home(
     name = user_of(ready)
     home = data_dir / "homes" / f"{name}-default"
     assert home.is_dir()
-    pgrep = ["pgrep", "-f", f"binderbox.sessions.supervise.*{name}"]
+    pgrep = ["pgrep", "-f", f"binderbox.runtime.supervise.*{name}"]
     found = await asyncio.to_thread(subprocess.run, pgrep, capture_output=True, text=True)
     supervisor = found.stdout.split()
     assert supervisor, "no supervisor process found"
@@ -543,7 +543,7 @@ def test_memory_limit_kills_a_process_over_it() -> None:
     session = f"test-{secrets.token_hex(4)}"
     groups = limits.create(session, 64 * 1024 * 1024, 0.5)
     try:
-        supervise = [sys.executable, "-m", "binderbox.sessions.supervise"]
+        supervise = [sys.executable, "-m", "binderbox.runtime.supervise"]
         for group in groups:
             supervise += ["--cgroup", str(group)]
         small = subprocess.run([*supervise, "--", sys.executable, "-c", "x = 'x' * (8 << 20)"])

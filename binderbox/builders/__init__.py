@@ -1,7 +1,8 @@
 """Environment builders: an :class:`~binderbox.environments.EnvSpec` becomes a directory."""
 
+from ..runtime.layout import env_interpreter_prefixes, env_sandbox, run_in_env
 from .base import Builder
-from .layout import apply_home_overlay, env_interpreter_prefixes, env_sandbox, run_in_env
+from .overlay import apply_home_overlay
 from .python import PythonBuilder
 
 __all__ = [

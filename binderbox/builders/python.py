@@ -1,6 +1,6 @@
 """The Python builder: uv builds a virtualenv at ``/srv/env`` inside bubblewrap.
 
-Every step runs in a :class:`~binderbox.sandbox.Sandbox` (uid 1000
+Every step runs in a :class:`~binderbox.runtime.sandbox.Sandbox` (uid 1000
 ``jovyan`` inside) that sees:
 
 * the empty host directory ``prefix`` writable at :data:`ENV_PREFIX`
@@ -81,20 +81,14 @@ from traitlets import Bool, Integer, List, Unicode, default
 
 from ..environments import ENV_PREFIX, HOME, EnvSpec
 from ..errors import BuildError, PostBuildFailed, PythonVersionUnavailable
-from ..sandbox import Sandbox
+from ..runtime.layout import META, base_sandbox, reset_meta, session_environment
+from ..runtime.sandbox import Sandbox
 from . import bytecode, caches, interpreters, uvlog
 from .base import Builder
 from .bytecode import DONE as BYTECODE_DONE
 from .bytecode import BytecodeCache
 from .interpreters import Interpreter
-from .layout import (
-    META,
-    base_sandbox,
-    capture_overlay,
-    reset_meta,
-    session_environment,
-    snapshot,
-)
+from .overlay import capture_overlay, snapshot
 from .process import StepOutput, run_step
 
 #: where uv's binary and cache appear inside build sandboxes

@@ -54,8 +54,8 @@ from traitlets.config import LoggingConfigurable
 
 from ..errors import BinderboxError
 from ..logs import tail
+from ..runtime.limits import limits_status
 from ..sessions.hubclient import HubAPIError, HubClient
-from ..sessions.limits import limits_status
 from .config import (
     CULLER_TOKEN_ENV,
     PROXY_TOKEN_ENV,
@@ -175,7 +175,7 @@ class ManagedHub(LoggingConfigurable):
     session_mem_limit = Unicode(
         "2G",
         help="Memory limit of each session (e.g. '2G'; '' = none).  Enforced where "
-        "cgroups allow it (see binderbox.sessions.limits), advisory otherwise.",
+        "cgroups allow it (see binderbox.runtime.limits), advisory otherwise.",
     ).tag(config=True)
     session_cpu_limit = Float(
         1.0, help="CPU limit of each session in cores (0 = none); enforced like memory."

@@ -37,15 +37,15 @@ host directories.
 
 Process layout and why:
 
-* ``start`` runs ``python -m binderbox.sessions.supervise`` in a new session
+* ``start`` runs ``python -m binderbox.runtime.supervise`` in a new session
   (setsid).  The supervisor joins the session's cgroups
-  (:mod:`binderbox.sessions.limits`) and is the parent of ``bwrap``, so
+  (:mod:`binderbox.runtime.limits`) and is the parent of ``bwrap``, so
   ``--die-with-parent`` refers to it, not to the hub: sessions survive a
   restart of the hub (``cleanup_servers = False``).  The supervisor's pid
   and start time are the spawner state; ``poll`` checks that process (a
   zombie or a reused pid counts as gone), ``stop`` signals its process group
   (SIGTERM, then SIGKILL).  Output goes to ``<data>/logs/sessions/``.
-* The sandbox (:class:`binderbox.sandbox.Sandbox`): own user, pid, ipc and
+* The sandbox (:class:`binderbox.runtime.sandbox.Sandbox`): own user, pid, ipc and
   uts namespaces, uid 1000 ``jovyan`` inside, the host network namespace
   (the hub and the proxy reach the server on 127.0.0.1:<port>), the system
   directories, the environment and its interpreter (``.binderbox/build.json``)
@@ -89,13 +89,14 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, List, Unicode, default
 
-from ..builders.layout import apply_home_overlay, env_sandbox, session_environment
+from ..builders.overlay import apply_home_overlay
 from ..environments.spec import ENV_PREFIX, HOME
 from ..logs import tail
-from ..sandbox import USER, Sandbox
+from ..runtime.layout import env_sandbox, session_environment
+from ..runtime.limits import default_limits
+from ..runtime.sandbox import USER, Sandbox
 from ..store.files import remove_tree
 from ..store.locks import FileLock
-from .limits import default_limits
 
 #: user_options keys that become BINDER_* variables
 BINDER_FIELDS = {
@@ -370,7 +371,7 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
         limits = default_limits()
         cgroups = limits.create(self.session_name, int(self.mem_limit or 0), self.cpu_limit or 0)
         argv = self._sandbox(env_path, mounts).argv(self._command(start_script))
-        supervise = [sys.executable, "-m", "binderbox.sessions.supervise"]
+        supervise = [sys.executable, "-m", "binderbox.runtime.supervise"]
         for group in cgroups:
             supervise += ["--cgroup", str(group)]
         self._report(30, "Starting the sandboxed Jupyter server")

@@ -3,7 +3,7 @@ datasets.fetch_development_fmri(data_dir=_dst, n_subjects=1);``) that
 downloads into the variable ``_dst``.
 
 It is untrusted repository code, so it runs in the sessions' bubblewrap
-layout (:func:`~binderbox.builders.layout.env_sandbox`, without content) with
+layout (:func:`~binderbox.runtime.layout.env_sandbox`, without content) with
 
 * the repository's environment read-only at ``/srv/env`` (its interpreter is
   ``/srv/env/bin/python``; the interpreter directories that the environment's
@@ -32,10 +32,10 @@ from pathlib import Path
 
 from traitlets import Bool, Float
 
-from ...builders.layout import env_sandbox
 from ...environments.spec import ENV_PREFIX, HOME
 from ...errors import DataError
-from ...sandbox import Sandbox
+from ...runtime.layout import env_sandbox
+from ...runtime.sandbox import Sandbox
 from ..requirement import DataEntry
 from .base import DataFetcher, FetchContext
 

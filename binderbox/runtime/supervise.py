@@ -1,6 +1,6 @@
 """The detached parent of one session's bubblewrap process.
 
-Usage: ``python -m binderbox.sessions.supervise [--cgroup DIR]... -- bwrap ...``
+Usage: ``python -m binderbox.runtime.supervise [--cgroup DIR]... -- bwrap ...``
 
 Why it exists: bubblewrap's ``--die-with-parent`` kills the sandbox when
 its parent dies.  If the hub were that parent, restarting the hub would kill
