@@ -145,11 +145,11 @@ def render_config(params: HubParams) -> str:
         f"c.JupyterHub.pid_file = {str(hub_dir / 'jupyterhub.pid')!r}",
         f"c.JupyterHub.log_level = {params.log_level!r}",
         "c.JupyterHub.authenticator_class = 'jupyterhub.auth.NullAuthenticator'",
-        "c.JupyterHub.spawner_class = 'binderbox.sessions.spawner.BinderSpawner'",
+        "c.JupyterHub.spawner_class = 'binderbox.sessions.spawners.local.SandboxSpawner'",
         "c.ConfigurableHTTPProxy.should_start = False",
         f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{params.proxy_api_port}'",
         f"c.ConfigurableHTTPProxy.auth_token = os.environ[{PROXY_TOKEN_ENV!r}]",
-        f"c.BinderSpawner.data_dir = {str(params.data_dir)!r}",
+        f"c.SandboxSpawner.data_dir = {str(params.data_dir)!r}",
         f"services = json.loads({json.dumps(services)!r})",
         f"services[0]['api_token'] = os.environ[{SERVICE_TOKEN_ENV!r}]",
         f"services[1]['api_token'] = os.environ[{CULLER_TOKEN_ENV!r}]",
@@ -158,7 +158,7 @@ def render_config(params: HubParams) -> str:
     ]
     lines.insert(1, "import json")
     for name, value in sorted(params.spawner_config.items()):
-        lines.append(f"c.BinderSpawner.{name} = json.loads({json.dumps(value)!r})")
+        lines.append(f"c.SandboxSpawner.{name} = json.loads({json.dumps(value)!r})")
     if params.extra_config:
         lines += ["", "# extra config from ManagedHub.extra_config", params.extra_config]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ children of ``binderbox serve``:
   127.0.0.1), started by us so it is independent of the hub;
 * JupyterHub (``python -m jupyterhub -f <data>/hub/jupyterhub_config.py``),
   which talks to that proxy and spawns sessions with
-  :class:`~binderbox.sessions.spawner.BinderSpawner`;
+  :class:`~binderbox.sessions.spawners.local.SandboxSpawner`;
 * ``jupyterhub-idle-culler`` (an external service of the hub, see
   :mod:`binderbox.hub.config` for why it is not hub-managed).
 
@@ -20,7 +20,7 @@ Contract:
   tail of the child's log in ``log_message``; nothing is left running.
 * :meth:`ManagedHub.stop` stops the culler, the hub, then the proxy.  Sessions are
   never stopped: they run under their own supervisors (see
-  ``binderbox/sessions/spawner.py``), and starting again with the same data
+  ``binderbox/sessions/spawners/local.py``), and starting again with the same data
   directory finds them (the hub re-adds their routes to the new proxy).
 * :meth:`ManagedHub.watch` runs forever and starts again the children that
   exit (proxy, hub, culler; with a backoff, see :mod:`binderbox.hub.watcher`);
@@ -181,7 +181,7 @@ class ManagedHub(LoggingConfigurable):
         1.0, help="CPU limit of each session in cores (0 = none); enforced like memory."
     ).tag(config=True)
     spawner_config = Dict(
-        help="Extra BinderSpawner traits for the hub's config (JSON-serialisable values)."
+        help="Extra SandboxSpawner traits for the hub's config (JSON-serialisable values)."
     ).tag(config=True)
     hub_log_level = Unicode("INFO", help="The hub's log level.").tag(config=True)
     extra_config = Unicode("", help="Python appended to the generated jupyterhub_config.py.").tag(

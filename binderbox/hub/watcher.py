@@ -16,7 +16,7 @@ answers).
   separate processes: their routes come back and they answer again.
 * The hub starts again with the same config and database.  Sessions run
   under their own supervisors and the spawner's state is the supervisor's
-  pid and start time (:mod:`binderbox.sessions.spawner`), so the new hub
+  pid and start time (:mod:`binderbox.sessions.spawners.local`), so the new hub
   finds them running and re-adds their routes.
 * Backoff: a child may be restarted ``max_restarts`` times within
   ``restart_window`` seconds; the restarts after the first in a window wait

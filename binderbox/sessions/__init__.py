@@ -2,7 +2,7 @@
 
 * :mod:`.launcher` -- :class:`SessionLauncher`, the seam the pipeline calls
 * :mod:`.hubclient` -- the hub REST client
-* :mod:`.spawner` -- :class:`BinderSpawner`, loaded by the hub
+* :mod:`.spawners` -- what the hub loads: a mixin and one spawner per backend
 
 What a session shares with builds (the sandbox, its layout, limits, the
 supervisor) is in :mod:`binderbox.runtime`.

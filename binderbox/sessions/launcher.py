@@ -14,8 +14,8 @@ BinderHub does:
 3. a launch token: a hub API token owned by that user, allowed only to use
    its servers (``access:servers!user=<name>``); ``?token=<token>`` links
    work on the single-user server;
-4. ``POST .../server`` with the ``user_options`` that
-   :class:`~binderbox.sessions.spawner.BinderSpawner` reads, then follow
+4. ``POST .../server`` with the launch's
+   :class:`~binderbox.runtime.options.LaunchOptions` as ``user_options``, then follow
    ``.../progress`` (SSE), relaying the hub's messages as ``Launching``
    events, ending with ``Ready``.
 
@@ -42,6 +42,7 @@ from traitlets.config import LoggingConfigurable
 from ..errors import LaunchError, QuotaExceeded
 from ..events import Event, Launching, Ready
 from ..providers.base import Resolved
+from ..runtime.options import BinderInfo, LaunchOptions
 from .hubclient import HubAPIError, HubClient
 
 #: JupyterHub user names we make: lowercase letters, digits, '-'; at most 30
@@ -210,17 +211,17 @@ class SessionLauncher(LoggingConfigurable):
         return name, token, ready
 
     def user_options(self, req: SessionRequest, token: str) -> dict[str, Any]:
-        """The ``user_options`` BinderSpawner reads (see binderbox/sessions/spawner.py)."""
-        return {
-            "env_key": req.env_key,
-            "env_path": str(req.env_path),
-            "content_path": str(req.content_path),
-            "start_script": req.start_script,
-            "data_mounts": {k: str(v) for k, v in req.data_mounts.items()},
-            "hold_files": [str(path) for path in req.hold_files],
-            "token": token,
-            **_binder_fields(req),
-        }
+        """The ``user_options`` of the server: the launch's :class:`LaunchOptions`."""
+        return LaunchOptions(
+            env_key=req.env_key,
+            env_path=req.env_path,
+            content_path=req.content_path,
+            start_script=req.start_script,
+            data_mounts=req.data_mounts,
+            hold_files=tuple(req.hold_files),
+            token=token,
+            binder=binder_info(req),
+        ).to_user_options()
 
     def _ready(self, req: SessionRequest, url: str, token: str) -> Ready:
         return Ready(
@@ -228,7 +229,7 @@ class SessionLauncher(LoggingConfigurable):
             url=url,
             token=token,
             image=req.env_key,
-            **_binder_fields(req),
+            **binder_info(req).fields(),
         )
 
     async def _make_user(self, req: SessionRequest) -> str:
@@ -324,14 +325,14 @@ class SessionLauncher(LoggingConfigurable):
         return result
 
 
-def _binder_fields(req: SessionRequest) -> dict[str, str]:
+def binder_info(req: SessionRequest) -> BinderInfo:
     """What a launch tells about its repository: the ``ready`` event's fields and the
-    session's ``BINDER_*`` variables (spawner.BINDER_FIELDS), under the same names."""
+    session's ``BINDER_*`` variables, under the same names."""
     r = req.resolved
-    return {
-        "repo_url": r.repo_url,
-        "binder_ref_url": r.ref_url,
-        "binder_launch_host": req.launch_host,
-        "binder_request": r.binder_request,
-        "binder_persistent_request": r.binder_persistent_request,
-    }
+    return BinderInfo(
+        repo_url=r.repo_url,
+        binder_ref_url=r.ref_url,
+        binder_launch_host=req.launch_host,
+        binder_request=r.binder_request,
+        binder_persistent_request=r.binder_persistent_request,
+    )

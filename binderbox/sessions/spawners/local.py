@@ -1,39 +1,18 @@
-"""BinderSpawner: JupyterHub's LocalProcessSpawner, inside bubblewrap.
+"""SandboxSpawner: binder sessions as bubblewrap sandboxes on this machine.
 
-The hub loads this class (``c.JupyterHub.spawner_class``).  A launch is
-described entirely by ``user_options`` (set by
-:class:`~binderbox.sessions.launcher.SessionLauncher`):
-
-``env_path``        host path of the built environment, bound read-only at
-                    ``/srv/env`` (it was built *at* that path)
-``content_path``    host path of the repository content, copied (``cp -a
-                    --reflink=auto``, never hard links: the home is
-                    writable) into a fresh private home
-``start_script``    the repository's ``start`` script relative to the home,
-                    run as ``/home/jovyan/<start> jupyterhub-singleuser ...``
-                    (it must end with ``exec "$@"``); or null
-``data_mounts``     ``{name: host dir}``, bound read-only at
-                    ``/home/jovyan/data/<name>``
-``hold_files``      host paths of use-lock files (``<store>/locks/<key>.use``
-                    of the environment, ``<datasets>/locks/<key>.use`` of each
-                    dataset; see :meth:`Store.hold <binderbox.store.Store.hold>`
-                    and :meth:`DataCache.hold <binderbox.data.DataCache.hold>`).
-                    ``start`` takes a shared ``flock`` on each and hands the
-                    descriptors to the session's supervisor (``pass_fds``), then
-                    closes its own copies: the locks live exactly as long as the
-                    session, across hub restarts, so eviction (which needs the
-                    lock exclusively) never removes what a session uses.
-``token``           the launch token.  It is a hub API token of the user
-                    (scope ``access:servers!user=<name>``); the server gets
-                    ``JUPYTERHUB_ALLOW_TOKEN_IN_URL=1`` so ``?token=<token>``
-                    links work, like BinderHub's launch links.  It is also
-                    exported as ``JUPYTER_TOKEN``.
-``repo_url``, ``binder_ref_url``, ``binder_launch_host``, ``binder_request``,
-``binder_persistent_request``  -> ``BINDER_*`` environment variables.
-
-Every host path must lie under one of ``allowed_roots`` (default: the data
-directory), so a user who can start their own server cannot mount arbitrary
-host directories.
+The hub loads this class (``c.JupyterHub.spawner_class``).  What to launch is the
+server's :class:`~binderbox.runtime.options.LaunchOptions` (read and checked by
+:class:`~binderbox.sessions.spawners.mixin.BinderSpawnerMixin`); every host path
+must lie under the data directory or ``allowed_roots``, so a user who can start
+their own server cannot mount arbitrary host directories.  The content is
+copied (``cp -a --reflink=auto``, never hard links: the home is writable) into
+a fresh private home; ``hold_files`` are taken as shared ``flock`` use-locks
+and handed to the session's supervisor (``pass_fds``): the locks live exactly
+as long as the session, across hub restarts, so eviction (which needs the lock
+exclusively) never removes what a session uses.  The launch token is a hub API
+token of the user (scope ``access:servers!user=<name>``); the server gets
+``JUPYTERHUB_ALLOW_TOKEN_IN_URL=1`` so ``?token=<token>`` links work, like
+BinderHub's launch links.
 
 Process layout and why:
 
@@ -79,7 +58,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -87,25 +65,18 @@ from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import maybe_future, random_port
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Float, List, Unicode, default
+from traitlets import Unicode, default
 
-from ..builders.overlay import apply_home_overlay
-from ..environments.spec import ENV_PREFIX, HOME
-from ..logs import tail
-from ..runtime.layout import env_sandbox, session_environment
-from ..runtime.limits import default_limits
-from ..runtime.sandbox import USER, Sandbox
-from ..store.files import remove_tree
-from ..store.locks import FileLock
-
-#: user_options keys that become BINDER_* variables
-BINDER_FIELDS = {
-    "repo_url": "BINDER_REPO_URL",
-    "binder_ref_url": "BINDER_REF_URL",
-    "binder_launch_host": "BINDER_LAUNCH_HOST",
-    "binder_request": "BINDER_REQUEST",
-    "binder_persistent_request": "BINDER_PERSISTENT_REQUEST",
-}
+from ...builders.overlay import apply_home_overlay
+from ...environments.spec import HOME
+from ...logs import tail
+from ...runtime.layout import env_sandbox
+from ...runtime.limits import default_limits
+from ...runtime.options import LaunchOptions
+from ...runtime.sandbox import Sandbox
+from ...store.files import remove_tree
+from ...store.locks import FileLock
+from .mixin import BinderSpawnerMixin
 
 
 def process_start_time(pid: int) -> int | None:
@@ -120,50 +91,21 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
+class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[misc]
     """Sandboxed single-user servers for binder launches.  See the module docstring."""
 
     data_dir = Unicode(
         help="binderbox's data directory (homes under <data_dir>/homes, logs under "
         "<data_dir>/logs/sessions)."
     ).tag(config=True)
-    allowed_roots = List(
-        Unicode(),
-        help="Host directories that env_path, content_path and data_mounts must lie under "
-        "(the data directory is always allowed).",
-    ).tag(config=True)
-    allow_origin = Unicode(
-        "",
-        help="CORS Access-Control-Allow-Origin of the servers ('*' lets thebe and other "
-        "pages on any site use a session; '' = same origin only).",
-    ).tag(config=True)
-    ready_poll_interval = Float(
-        0.05, help="Seconds between readiness checks of a starting server."
-    ).tag(config=True)
 
     @default("ip")
     def _default_ip(self) -> str:
         return "127.0.0.1"
 
-    @default("default_url")
-    def _default_default_url(self) -> str:
-        return "/lab"
-
-    @default("http_timeout")
-    def _default_http_timeout(self) -> int:
-        return 30
-
-    @default("start_timeout")
-    def _default_start_timeout(self) -> int:
-        return 120
-
     @default("term_timeout")
     def _default_term_timeout(self) -> int:
         return 5
-
-    @default("cmd")
-    def _default_cmd(self) -> list[str]:
-        return [f"{ENV_PREFIX}/bin/jupyterhub-singleuser"]
 
     # -- state ------------------------------------------------------------------
 
@@ -200,44 +142,9 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
         """The session's private home on the host."""
         return Path(self.data_dir) / "homes" / self.session_name
 
-    def _checked_path(self, value: object, what: str) -> Path:
-        if not isinstance(value, str) or not value:
-            raise web.HTTPError(400, f"user_options.{what} must be a host path")
-        path = Path(value).resolve()
-        roots = [Path(self.data_dir).resolve(), *(Path(r).resolve() for r in self.allowed_roots)]
-        if not any(path.is_relative_to(root) for root in roots):
-            raise web.HTTPError(403, f"user_options.{what} is outside the allowed directories")
-        if not path.is_dir():
-            raise web.HTTPError(400, f"user_options.{what} {path} is not a directory")
-        return path
-
-    # -- environment --------------------------------------------------------------
-
-    def user_env(self, env: dict[str, str]) -> dict[str, str]:
-        """The session user's variables (no host account is involved)."""
-        env["USER"] = USER
-        env["HOME"] = HOME
-        env["SHELL"] = "/bin/bash"
-        return env
-
-    def get_env(self) -> dict[str, str]:
-        """Only what the server needs: JUPYTERHUB_*, BINDER_*, NB_*, PATH, limits."""
-        hub_env: dict[str, str] = super().get_env()
-        env = {
-            k: v
-            for k, v in hub_env.items()
-            if k.startswith(("JUPYTERHUB_", "JPY_", "MEM_", "CPU_")) or k in ("LANG", "LC_ALL")
-        }
-        options = self.user_options or {}
-        # what postBuild saw too (one list), the hub's LANG winning
-        env = {**session_environment(), **env}
-        env.update({"VIRTUAL_ENV": ENV_PREFIX, "JUPYTERHUB_ALLOW_TOKEN_IN_URL": "1"})
-        for key, name in BINDER_FIELDS.items():
-            if options.get(key):
-                env[name] = str(options[key])
-        if options.get("token"):
-            env["JUPYTER_TOKEN"] = str(options["token"])
-        return env
+    def option_roots(self) -> list[Path]:
+        """The data directory and ``allowed_roots``."""
+        return [Path(self.data_dir), *super().option_roots()]
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -260,65 +167,18 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
             if script.is_file():
                 script.chmod(script.stat().st_mode | 0o111)
 
-    def _sandbox(self, env_path: Path, mounts: dict[str, Path]) -> Sandbox:
-        box = env_sandbox(env_path, self.home_path)  # the layout run_in_env uses too
-        for name, host in sorted(mounts.items()):
+    def _sandbox(self, options: LaunchOptions) -> Sandbox:
+        box = env_sandbox(options.env_path, self.home_path)  # the layout run_in_env uses too
+        for name, host in sorted(options.data_mounts.items()):
             box.ro_bind(host, f"{HOME}/data/{name}")
         box.setenv(self.get_env())
         return box
-
-    def get_args(self) -> list[str]:
-        """``Spawner.args``, kernels on Unix sockets, and the CORS setting.
-
-        Kernels talk to their server over ``ipc`` (Unix sockets in the
-        session's private runtime folder), not TCP: every session shares the
-        host's network namespace, and a kernel's iopub port publishes every
-        output to whoever subscribes (messages are signed, not encrypted).
-        """
-        args = [*super().get_args(), "--KernelManager.transport=ipc"]
-        if self.allow_origin:
-            args.append(f"--ServerApp.allow_origin={self.allow_origin}")
-        return args
 
     def _command(self, start_script: str | None) -> list[str]:
         cmd = [*self.cmd, *self.get_args()]
         if start_script:
             cmd = [f"{HOME}/{start_script}", *cmd]
         return cmd
-
-    def _launch_options(self) -> tuple[Path, Path | None, str | None, dict[str, Path]]:
-        options = self.user_options or {}
-        env_path = self._checked_path(options.get("env_path"), "env_path")
-        content = options.get("content_path")
-        content_path = self._checked_path(content, "content_path") if content else None
-        start = options.get("start_script") or None
-        if start is not None and (
-            not isinstance(start, str) or start.startswith("/") or ".." in Path(start).parts
-        ):
-            raise web.HTTPError(400, "user_options.start_script must be a relative path")
-        raw_mounts = options.get("data_mounts") or {}
-        mounts: dict[str, Path] = {}
-        for name, host in dict(raw_mounts).items():
-            if not name or "/" in name or name in (".", ".."):
-                raise web.HTTPError(400, f"bad data mount name {name!r}")
-            mounts[name] = self._checked_path(host, f"data_mounts.{name}")
-        return env_path, content_path, start, mounts
-
-    def _hold_paths(self) -> list[Path]:
-        """``user_options.hold_files``, checked: ``locks/*.use`` files in allowed directories."""
-        raw = (self.user_options or {}).get("hold_files") or []
-        if not isinstance(raw, list):
-            raise web.HTTPError(400, "user_options.hold_files must be a list of paths")
-        paths = []
-        for value in raw:
-            if not isinstance(value, str) or not value.endswith(".use"):
-                raise web.HTTPError(400, "user_options.hold_files must name *.use lock files")
-            path = Path(value)
-            folder = self._checked_path(str(path.parent), "hold_files")
-            if folder.name != "locks":
-                raise web.HTTPError(400, "user_options.hold_files must lie in a locks/ folder")
-            paths.append(folder / path.name)
-        return paths
 
     @staticmethod
     def _take_holds(paths: list[Path]) -> list[FileLock]:
@@ -333,48 +193,38 @@ class BinderSpawner(LocalProcessSpawner):  # type: ignore[misc]
             raise
         return holds
 
-    def _report(self, progress: int, message: str) -> None:
-        if not hasattr(self, "_messages"):
-            self._messages = []
-        self._messages.append({"progress": progress, "message": message})
-
-    async def progress(self) -> AsyncIterator[dict[str, Any]]:
-        """Relay the steps of :meth:`start` (the hub stops iterating when it ends)."""
-        seen = 0
-        while True:
-            messages = getattr(self, "_messages", [])
-            while seen < len(messages):
-                yield messages[seen]
-                seen += 1
-            await asyncio.sleep(self.ready_poll_interval)
-
     async def start(self) -> tuple[str, int]:
         """Start the sandboxed server; return (ip, port) once it answers HTTP."""
         self._messages = []
-        holds = await asyncio.to_thread(self._take_holds, self._hold_paths())
+        options = self.launch_options
+        holds = await asyncio.to_thread(self._take_holds, list(options.hold_files))
         try:
-            return await self._start_holding(holds)
+            return await self._start_holding(options, holds)
         finally:
             for hold in holds:  # the supervisor has its own copies of the descriptors
                 hold.release()
 
-    async def _start_holding(self, holds: list[FileLock]) -> tuple[str, int]:
-        env_path, content_path, start_script, mounts = self._launch_options()
-        if not (env_path / "bin" / "jupyterhub-singleuser").exists():
+    async def _start_holding(
+        self, options: LaunchOptions, holds: list[FileLock]
+    ) -> tuple[str, int]:
+        if not (options.env_path / "bin" / "jupyterhub-singleuser").exists():
             raise web.HTTPError(400, "the environment has no jupyterhub-singleuser")
         if self.port == 0:  # type: ignore[has-type]
             self.port = random_port()
-        self._report(10, "Copying the repository into a private home")
-        await asyncio.to_thread(self._prepare_home, env_path, content_path, start_script)
+        self.report(10, "Copying the repository into a private home")
+        start_script = options.start_script
+        await asyncio.to_thread(
+            self._prepare_home, options.env_path, options.content_path, start_script
+        )
         if start_script and not (self.home_path / start_script).is_file():
             start_script = None
         limits = default_limits()
         cgroups = limits.create(self.session_name, int(self.mem_limit or 0), self.cpu_limit or 0)
-        argv = self._sandbox(env_path, mounts).argv(self._command(start_script))
+        argv = self._sandbox(options).argv(self._command(start_script))
         supervise = [sys.executable, "-m", "binderbox.runtime.supervise"]
         for group in cgroups:
             supervise += ["--cgroup", str(group)]
-        self._report(30, "Starting the sandboxed Jupyter server")
+        self.report(30, "Starting the sandboxed Jupyter server")
         self.proc = self._spawn([*supervise, "--", *argv], [h.fileno() for h in holds])
         self.pid = self.proc.pid
         self.start_ticks = process_start_time(self.pid) or 0
