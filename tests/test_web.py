@@ -363,7 +363,8 @@ async def test_badges_are_svg() -> None:
         # escapes that are unsafe in a header stay escapes in the Location
         ("/repo/a%0d%0a/demo%00", "/v2/gh/a%0D%0A/demo%00/master"),
         ("/repo/a%2Fb/demo%7f", "/v2/gh/a%2Fb/demo%7F/master"),
-        ("/repo/alice/demo/%0d%0aSet-Cookie:x", "/v2/gh/alice/demo/master?urlpath=%2F%0D%0ASet-Cookie%3Ax"),
+        ("/repo/alice/demo/%0d%0aSet-Cookie:x",
+         "/v2/gh/alice/demo/master?urlpath=%2F%0D%0ASet-Cookie%3Ax"),
     ],
 )  # fmt: skip
 async def test_legacy_repo_redirect(path: str, target: str) -> None:

@@ -65,6 +65,7 @@ from .config import (
     normalise_base_url,
     render_config,
 )
+from .proxy import guarded_node_options
 from .watcher import ORDER, ChildWatcher
 
 #: how often readiness is polled while a child starts
@@ -368,7 +369,9 @@ class ManagedHub(LoggingConfigurable):
             "--log-level",
             "warn",
         ]
-        await self._wait_ready(await self._spawn("proxy", cmd), self._proxy_answers)
+        # the guard: a path the proxy cannot decode gets 400, not 500 (see .proxy)
+        env = {PROXY_TOKEN_ENV: self.proxy_token, "NODE_OPTIONS": guarded_node_options(os.environ)}
+        await self._wait_ready(await self._spawn("proxy", cmd, env=env), self._proxy_answers)
 
     async def _start_hub(self, config: Path) -> None:
         cmd = [sys.executable, "-m", "jupyterhub", "-f", str(config)]

@@ -1,0 +1,68 @@
+"""No 5xx and no stack trace for malformed requests: a bounded fuzz of ``binderbox serve``.
+
+One real service (web app, JupyterHub, the Node proxy with binderbox's guard)
+gets the same few thousand malformed requests (see :mod:`fuzz_helpers`: a
+fixed corpus of known-bad cases plus seeded random ones) twice: through the
+public port, as a visitor sends them, and straight to the web app's own
+port.  Every one must be answered with a status below 500 (a ``CONNECT``
+may be dropped by the proxy without an answer), and no log of the service
+(its output, ``proxy.log``, ``hub.log``, ``culler.log``) may hold a Python
+traceback or a Node stack frame.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from fuzz_helpers import NO_ANSWER, Malformed, malformed_requests, send_all, stack_traces
+from serve_helpers import ServeProcess, running_serve
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+SEED = 9
+#: requests per port: the fixed corpus (about 2,400) and random ones
+COUNT = 3000
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    with running_serve(tmp_path_factory.mktemp("fuzz")) as serve:
+        yield serve
+
+
+def assert_no_stack_traces(service: ServeProcess) -> None:
+    for name, text in service.logs().items():
+        found = stack_traces(text)
+        assert not found, f"{name} holds stack traces: {found[:5]}\n{text[-3000:]}"
+
+
+def summary(answers: list[tuple[Malformed, int]]) -> str:
+    return ", ".join(f"{s}: {n}" for s, n in sorted(Counter(s for _, s in answers).items()))
+
+
+@pytest.mark.parametrize("route", ["public port", "web app port"])
+async def test_malformed_requests_get_no_5xx(service: ServeProcess, route: str) -> None:
+    port = service.ports["public"] if route == "public port" else await service.web_app_port()
+    requests = malformed_requests(COUNT, seed=SEED)
+    answers = await send_all("127.0.0.1", port, requests)
+
+    server_errors = [(r.method, r.target[:200], s) for r, s in answers if s >= 500]
+    assert not server_errors, f"{len(server_errors)} answers 5xx ({summary(answers)})"
+    unanswered = [r.target[:200] for r, s in answers if s == NO_ANSWER and r.method != "CONNECT"]
+    assert not unanswered, f"no answer to {unanswered[:20]}"
+    assert_no_stack_traces(service)
+
+
+@pytest.mark.parametrize(
+    "path", ["/%zz", "/v2/gh/o/r%", "/hub/%C0%AE", "/user/x/%E0%A4%A", "/hub/static/%00"]
+)
+async def test_the_proxy_answers_undecodable_paths_400(service: ServeProcess, path: str) -> None:
+    """What the proxy answered 500 with a stack trace before its guard: a 400 page."""
+    port = service.ports["public"]
+    [(_, status)] = await send_all("127.0.0.1", port, [Malformed("GET", path)])
+    assert status == 400
+    proxy_log = service.logs()["proxy"]
+    assert f"400 GET {path}" in proxy_log
+    assert not stack_traces(proxy_log)
