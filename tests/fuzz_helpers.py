@@ -17,10 +17,13 @@ redirects are not followed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+from serve_helpers import read_chunks
 
 #: every route of the web app and the hub, some with a first segment already
 PREFIXES = (
@@ -153,21 +156,36 @@ HEADERS = (
     "Authorization: token %ff\r\n",
     "Authorization: Bearer\r\n",
     "Origin: null\r\n",
+    "Origin: \xff\r\n",
+    "Access-Control-Request-Headers: \xff\xfe, x\r\n",
+    "Access-Control-Request-Headers: a\x01b\r\n",
     "Content-Type: application/json\r\n",
+    "X-Forwarded-Proto: \x7f\r\n",
+    "Host: a\x00b\r\n",
+    "Transfer-Encoding: chunked\r\n",
+    "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    "X: " + "y" * 70000 + "\r\n",
 )
+
+#: the protocol versions sent (the first with a Host header, the others without)
+VERSIONS = ("HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.2", "HTTP/9")
 
 
 @dataclass(frozen=True)
 class Malformed:
-    """One request: method, request target (path and query, as sent), extra headers."""
+    """One request: method, request target (path and query, as sent), extra headers,
+    protocol version (a ``Host`` header goes only with HTTP/1.1)."""
 
     method: str
     target: str
     headers: str = ""
+    version: str = "HTTP/1.1"
 
     def encode(self, host: str) -> bytes:
+        host_line = f"Host: {host}\r\n" if self.version == "HTTP/1.1" else ""
         head = (
-            f"{self.method} {self.target} HTTP/1.1\r\nHost: {host}\r\n{self.headers}"
+            f"{self.method} {self.target} {self.version}\r\n{host_line}{self.headers}"
             "Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
         return head.encode("latin-1")
@@ -190,7 +208,9 @@ def _corpus() -> Iterator[Malformed]:
             yield Malformed(method, f"{prefix}%zz")
         for headers in HEADERS:
             yield Malformed("GET", prefix, headers)
-            yield Malformed("POST", prefix, headers)
+            yield Malformed("OPTIONS", prefix, headers)  # CORS preflights echo some
+        for version in VERSIONS:
+            yield Malformed("GET", prefix, version=version)
     for target in ("*", "x", "http://example.invalid/", "//hub/", "/%zz#%zz", "/a?b#c"):
         yield Malformed("GET", target)
 
@@ -234,30 +254,61 @@ def malformed_requests(count: int, seed: int) -> list[Malformed]:
 
 #: what :func:`send_one` reports for a connection closed without a status line
 NO_ANSWER = 0
+#: header blocks over this many bytes are over both servers' limits (Node 16 KiB,
+#: Tornado 64 KiB)
+HEADER_LIMIT = 65536
+
+
+def may_go_unanswered(request: Malformed) -> bool:
+    """True for the requests a server may drop without a status line: ``CONNECT``
+    (the proxy has no tunnel to offer), a websocket upgrade that is not a ``GET``
+    (the proxy's websocket path takes only those), and header blocks over
+    :data:`HEADER_LIMIT` (closed while the client is still sending)."""
+    upgrade = "Upgrade: websocket" in request.headers and request.method != "GET"
+    return request.method == "CONNECT" or upgrade or len(request.headers) > HEADER_LIMIT
+
+
 #: seconds one request may take, answer and all (then TimeoutError)
 REQUEST_TIMEOUT = 20.0
 
 
 async def send_one(host: str, port: int, request: Malformed) -> int:
-    """Send ``request``; the answer's status, or :data:`NO_ANSWER` if the server
-    closed the connection without one.  Raises TimeoutError after
+    """Send ``request`` and read the whole answer; its status, or :data:`NO_ANSWER`
+    if the server closed the connection without one.  Raises TimeoutError after
     :data:`REQUEST_TIMEOUT` seconds."""
     async with asyncio.timeout(REQUEST_TIMEOUT):
         reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(request.encode(f"{host}:{port}"))
             await writer.drain()
-            status_line = await reader.readline()
-            while await reader.read(65536):  # the rest, until the server closes
-                pass
+            parts = (await reader.readline()).split()
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+                return NO_ANSWER
+            status = int(parts[1])
+            with contextlib.suppress(asyncio.IncompleteReadError):
+                await _read_rest(reader, status, request.method)
+            return status
         except ConnectionError:
             return NO_ANSWER
         finally:
             writer.close()
-    parts = status_line.split()
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        return NO_ANSWER
-    return int(parts[1])
+
+
+async def _read_rest(reader: asyncio.StreamReader, status: int, method: str) -> None:
+    """The headers and body of an answer (a server may keep the connection open
+    after it, whatever the request's ``Connection: close``)."""
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()).strip():
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip().lower()
+    if method == "HEAD" or status < 200 or status in (204, 304):
+        return
+    length = headers.get("content-length", "")
+    if length.isdigit() and "transfer-encoding" not in headers:
+        await reader.readexactly(int(length))
+        return
+    async for _ in read_chunks(reader, "chunked" in headers.get("transfer-encoding", "")):
+        pass
 
 
 async def send_all(

@@ -287,7 +287,8 @@ class Stream:
         return next(t for e, t in zip(self.events, self.times, strict=True) if e["phase"] == phase)
 
 
-async def _read_chunks(reader: asyncio.StreamReader, chunked: bool) -> AsyncIterator[bytes]:
+async def read_chunks(reader: asyncio.StreamReader, chunked: bool) -> AsyncIterator[bytes]:
+    """A response body as it arrives: chunked transfer decoding, else until EOF."""
     if not chunked:
         while data := await reader.read(65536):
             yield data
@@ -330,7 +331,7 @@ async def sse_request(
         yield 0.0, int(status_line.split()[1])
         chunked = "chunked" in headers.get("transfer-encoding", "")
         buffer = b""
-        async for chunk in _read_chunks(reader, chunked):
+        async for chunk in read_chunks(reader, chunked):
             buffer += chunk
             while b"\n\n" in buffer:
                 frame, buffer = buffer.split(b"\n\n", 1)
