@@ -4,7 +4,8 @@
 children of ``binderbox serve``:
 
 * the Node ``configurable-http-proxy`` (public ip/port; REST API on
-  127.0.0.1), started by us so it is independent of the hub;
+  127.0.0.1), started by us so it is independent of the hub, with the guard
+  that answers undecodable paths 400 instead of 500 (:mod:`.proxy`);
 * JupyterHub (``python -m jupyterhub -f <data>/hub/jupyterhub_config.py``),
   which talks to that proxy and spawns sessions with
   :class:`~binderbox.sessions.spawner.BinderSpawner`;
