@@ -14,7 +14,8 @@ own error handling and code **400** (the hub's error page, through
 ``--error-target``), one log line and no stack, and hands every other
 request to the proxy unchanged.  The proxy's command
 line stays the proxy's.  A proxy whose code the guard does not recognise
-does not start (see its log), rather than running unguarded.
+does not start (see its log), rather than running unguarded; so does a Node
+without ``--import`` (before 20.6; the proxy itself needs 20).
 """
 
 from __future__ import annotations
