@@ -13,8 +13,11 @@ traceback or a Node stack frame.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fuzz_helpers import (
@@ -26,6 +29,8 @@ from fuzz_helpers import (
     stack_traces,
 )
 from serve_helpers import ServeProcess, running_serve
+
+from binderbox.hub.proxy import guarded_node_options
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -75,3 +80,25 @@ async def test_the_proxy_answers_undecodable_paths_400(service: ServeProcess, pa
     proxy_log = service.logs()["proxy"]
     assert f"400 GET {path}" in proxy_log
     assert not stack_traces(proxy_log)
+
+
+def test_the_guard_refuses_a_proxy_it_does_not_know(tmp_path: Path) -> None:
+    """Rather than a proxy without its guard: a plain message, no proxy."""
+    (tmp_path / "package.json").write_text('{"type": "module"}\n')
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "configproxy.js").write_text("export class ConfigurableProxy {}\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "configurable-http-proxy").write_text("console.log('proxy started')\n")
+    env = {**os.environ, "NODE_OPTIONS": guarded_node_options(os.environ)}
+    result = subprocess.run(
+        ["node", str(tmp_path / "bin" / "configurable-http-proxy")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "binderbox proxy guard:" in result.stderr
+    assert "unsupported version" in result.stderr
+    assert "proxy started" not in result.stdout
+    assert not stack_traces(result.stderr)
