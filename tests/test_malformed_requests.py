@@ -5,8 +5,8 @@ CORS on, so that preflights echo a request header) gets the same few
 thousand malformed requests (see :mod:`fuzz_helpers`: a fixed corpus of
 known-bad cases plus seeded random ones) twice: through the public port, as
 a visitor sends them, and straight to the web app's own port.  Every one must
-be answered with a status below 500 (a ``CONNECT`` or a header block over
-the servers' limits may be dropped without one), and no log of the service
+be answered with a status below 500 (a few may be dropped without one, see
+:func:`~fuzz_helpers.may_go_unanswered`), and no log of the service
 (its output, ``proxy.log``, ``hub.log``, ``culler.log``) may hold a Python
 traceback or a Node stack frame.
 """
