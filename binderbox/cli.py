@@ -26,6 +26,13 @@ class Command(BinderboxApp):
     """Base of subcommands: loads the config file, runs ``run()``, maps errors to exits."""
 
     def initialize(self, argv: Any = None) -> None:
+        # every section of the shared config file, set before the command line is
+        # read: traitlets looks the aliases up in these classes (``serve --help``
+        # failed with KeyError: 'ManagedHub' without them), --help-all lists them
+        self.classes = [
+            type(self),
+            *(cls for cls in configurable_classes() if cls is not BinderboxApp),
+        ]
         super().initialize(argv)
         self.load_config_files()
         self.update_config(self.cli_config)

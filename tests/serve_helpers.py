@@ -180,6 +180,24 @@ class ServeProcess:
         """binderbox's service token for the hub API."""
         return (self.data_dir / "hub" / "service_token").read_text().strip()
 
+    async def web_app_port(self) -> int:
+        """The port of the web app itself (on 127.0.0.1), read from the proxy's
+        routing table (its ``/`` route)."""
+        token = (self.data_dir / "hub" / "proxy_token").read_text().strip()
+        proxy_api = HubClient(f"http://127.0.0.1:{self.ports['api']}/api/", token)
+        routes = await proxy_api.request("GET", "routes")
+        port = urlsplit(routes["/"]["target"]).port
+        assert port is not None, routes
+        return port
+
+    def logs(self) -> dict[str, str]:
+        """What the service logged so far: its own output (``serve``) and each
+        child's log (``proxy``, ``hub``, ``culler``)."""
+        logs = {"serve": self.output()}
+        for path in sorted((self.data_dir / "logs").glob("*.log")):
+            logs[path.stem] = path.read_text(errors="replace")
+        return logs
+
 
 # -- the process tree ----------------------------------------------------------------
 
@@ -269,7 +287,8 @@ class Stream:
         return next(t for e, t in zip(self.events, self.times, strict=True) if e["phase"] == phase)
 
 
-async def _read_chunks(reader: asyncio.StreamReader, chunked: bool) -> AsyncIterator[bytes]:
+async def read_chunks(reader: asyncio.StreamReader, chunked: bool) -> AsyncIterator[bytes]:
+    """A response body as it arrives: chunked transfer decoding, else until EOF."""
     if not chunked:
         while data := await reader.read(65536):
             yield data
@@ -312,7 +331,7 @@ async def sse_request(
         yield 0.0, int(status_line.split()[1])
         chunked = "chunked" in headers.get("transfer-encoding", "")
         buffer = b""
-        async for chunk in _read_chunks(reader, chunked):
+        async for chunk in read_chunks(reader, chunked):
             buffer += chunk
             while b"\n\n" in buffer:
                 frame, buffer = buffer.split(b"\n\n", 1)

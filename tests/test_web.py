@@ -360,6 +360,11 @@ async def test_badges_are_svg() -> None:
         ("/repo/alice/demo", "/v2/gh/alice/demo/master"),
         ("/repo/alice/demo/", "/v2/gh/alice/demo/master"),
         ("/repo/alice/demo/nb/a.ipynb", "/v2/gh/alice/demo/master?urlpath=%2Fnb%2Fa.ipynb"),
+        # escapes that are unsafe in a header stay escapes in the Location
+        ("/repo/a%0d%0a/demo%00", "/v2/gh/a%0D%0A/demo%00/master"),
+        ("/repo/a%2Fb/demo%7f", "/v2/gh/a%2Fb/demo%7F/master"),
+        ("/repo/alice/demo/%0d%0aSet-Cookie:x",
+         "/v2/gh/alice/demo/master?urlpath=%2F%0D%0ASet-Cookie%3Ax"),
     ],
 )  # fmt: skip
 async def test_legacy_repo_redirect(path: str, target: str) -> None:
@@ -491,3 +496,41 @@ async def test_credentials_in_a_spec_stay_out_of_the_logs(caplog: pytest.LogCapt
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "/build/git/" in logged
     assert "hunter2" not in logged
+
+
+@pytest.mark.parametrize(
+    ("path", "code", "kind"),
+    [
+        ("/static/x%00.css", 404, ""),
+        ("/static/%00/../logo.svg", 404, ""),
+        ("/v2/gh/%ff/r/HEAD", 400, "page"),
+        ("/v2/gh/o/r/HEAD?labpath=%ff", 200, "page"),
+        ("/user/%C0%AE/", 400, "page"),
+        ("/nothing%zz%00", 404, "page"),
+        ("/about?x=%zz", 200, "page"),
+        ("/build/gh/%ff/r", 400, "json"),
+        ("/build/gh/o/r?build_only=%ff", 400, "json"),
+        ("/api/repoproviders%00", 404, "page"),
+    ],
+)  # fmt: skip
+async def test_malformed_requests_get_a_plain_answer(path: str, code: int, kind: str) -> None:
+    """Bad escapes, invalid UTF-8 and NUL bytes: a 4xx page or JSON, never a 500."""
+    async with serve(web(ScriptedPipeline())) as base:
+        response = await get(base, path)
+    assert response.code == code
+    body = response.body.decode()
+    if kind == "page":  # one of ours, an error page when the answer is one
+        assert response.headers["Content-Type"].startswith("text/html")
+        assert "Powered by binderbox" in body
+        assert code < 400 or f"<h1>{code}</h1>" in body
+    elif kind == "json":
+        assert json.loads(body)["status_code"] == code
+
+
+async def test_build_query_argument_of_invalid_utf8_is_json_400() -> None:
+    async with serve(web(ScriptedPipeline())) as base:
+        response = await get(
+            base, "/build/gh/o/r?build_only=%ff", headers={"Accept": "text/event-stream"}
+        )
+    assert response.code == 400
+    assert json.loads(response.body)["status_code"] == 400

@@ -4,7 +4,8 @@
 children of ``binderbox serve``:
 
 * the Node ``configurable-http-proxy`` (public ip/port; REST API on
-  127.0.0.1), started by us so it is independent of the hub;
+  127.0.0.1), started by us so it is independent of the hub, with the guard
+  that answers undecodable paths 400 instead of 500 (:mod:`.proxy`);
 * JupyterHub (``python -m jupyterhub -f <data>/hub/jupyterhub_config.py``),
   which talks to that proxy and spawns sessions with
   :class:`~binderbox.sessions.spawners.local.SandboxSpawner`;
@@ -65,6 +66,7 @@ from .config import (
     normalise_base_url,
     render_config,
 )
+from .proxy import guarded_node_options
 from .watcher import ORDER, ChildWatcher
 
 #: how often readiness is polled while a child starts
@@ -368,7 +370,9 @@ class ManagedHub(LoggingConfigurable):
             "--log-level",
             "warn",
         ]
-        await self._wait_ready(await self._spawn("proxy", cmd), self._proxy_answers)
+        # the guard: a path the proxy cannot decode gets 400, not 500 (see .proxy)
+        env = {PROXY_TOKEN_ENV: self.proxy_token, "NODE_OPTIONS": guarded_node_options(os.environ)}
+        await self._wait_ready(await self._spawn("proxy", cmd, env=env), self._proxy_answers)
 
     async def _start_hub(self, config: Path) -> None:
         cmd = [sys.executable, "-m", "jupyterhub", "-f", str(config)]

@@ -164,6 +164,7 @@ def make_app(
         default_handler_args={"site": site},
         static_path=str(STATIC),
         static_url_prefix=f"{base}static/",
+        static_handler_class=pages.StaticHandler,
         log_function=log_request,
         debug=debug,
     )

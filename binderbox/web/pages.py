@@ -6,16 +6,17 @@
 ``/user/<name>/...``        a session that is not running: "this session ended"
 ``/about``                  about text and versions
 ``/badge.svg``, ``/badge_logo.svg``
+``/static/...``             the pages' assets
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from tornado.httputil import url_concat
-from tornado.web import HTTPError
+from tornado.web import HTTPError, StaticFileHandler
 
 from .base import STATIC, BaseHandler, LaunchPipelineProtocol, SessionIndex, Site
 from .ratelimit import LaunchTokens
@@ -98,10 +99,15 @@ class LaunchPageHandler(PageHandler):
 
 
 class LegacyRedirectHandler(PageHandler):
-    """``GET /repo/<user>/<repo>[/<path>]``: old Binder links, as BinderHub redirects them."""
+    """``GET /repo/<user>/<repo>[/<path>]``: old Binder links, as BinderHub redirects them.
+
+    Tornado hands over ``user`` and ``repo`` unescaped, so they are escaped again
+    for the ``Location``: a ``%0d%0a`` or ``%00`` in them stays an escape there
+    (unescaped, Tornado refuses the header and the answer would be a 500).
+    """
 
     def get(self, user: str, repo: str, path: str | None = None) -> None:
-        target = f"{self.base_url}v2/gh/{user}/{repo}/master"
+        target = f"{self.base_url}v2/gh/{quote(user, safe='')}/{quote(repo, safe='')}/master"
         if path is not None and path.strip("/"):
             target = url_concat(target, {"urlpath": path})
         self.redirect(target)
@@ -153,3 +159,13 @@ class BadgeHandler(BaseHandler):
         self.set_header("Content-Type", "image/svg+xml")
         self.set_header("Cache-Control", "public, max-age=86400")
         self.finish((STATIC / f"{name}.svg").read_bytes())
+
+
+class StaticHandler(StaticFileHandler):
+    """``/static/...``: Tornado's static files, except that a path holding a NUL is
+    not found (Tornado's own handler passes it to ``os.path`` and answers 500)."""
+
+    def parse_url_path(self, url_path: str) -> str:
+        if "\x00" in url_path:
+            raise HTTPError(404)
+        return super().parse_url_path(url_path)
