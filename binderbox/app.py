@@ -20,7 +20,9 @@ from . import __version__
 from .builders.python import PythonBuilder
 from .content import ContentCache
 from .data import DataCache
+from .errors import BinderboxError
 from .pipeline import LaunchPipeline
+from .runtime.provision import make_reachable
 from .store import Store
 
 
@@ -33,8 +35,10 @@ class BinderboxApp(Application):
 
     data_dir = Unicode(
         help="""Directory for all state: environments, caches, hub database, session homes.
+        Sandboxes run as their own host uids and must be able to enter it.
 
-        Default: $BINDERBOX_DATA_DIR, else ~/.local/share/binderbox.""",
+        Default: $BINDERBOX_DATA_DIR, else /var/lib/binderbox as root, else
+        ~/.local/share/binderbox.""",
     ).tag(config=True)
     config_file = Unicode(
         "binderbox_config.py", help="The configuration file to load (if it exists)."
@@ -51,6 +55,8 @@ class BinderboxApp(Application):
         env = os.environ.get("BINDERBOX_DATA_DIR")
         if env:
             return env
+        if os.geteuid() == 0:  # root's home is private: sandboxes could not enter it
+            return "/var/lib/binderbox"
         return str(Path.home() / ".local" / "share" / "binderbox")
 
     def load_config_files(self) -> None:
@@ -64,6 +70,14 @@ class BinderboxApp(Application):
         """The data directory, created on first use."""
         path = Path(self.data_dir).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:  # sandboxes run as other uids: they must enter it
+            try:
+                make_reachable(path)
+            except PermissionError as err:
+                raise BinderboxError(
+                    f"The data directory {path} cannot be used: {err}.",
+                    hint="Choose one the sandboxes can enter, e.g. --data-dir /var/lib/binderbox.",
+                ) from None
         return path
 
     def make_store(self) -> Store:

@@ -295,6 +295,7 @@ class LaunchPipeline(LoggingConfigurable):
     ) -> AsyncIterator[str]:
         """The store's build function: a private copy of the content, a deadline."""
         workdir = Path(tempfile.mkdtemp(prefix="binderbox-build-", dir=self.work_dir or None))
+        workdir.chmod(0o711)  # the build's sandbox uids enter it; nobody lists it
         try:
             copy: Path | None = None
             if content is not None:

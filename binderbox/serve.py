@@ -4,27 +4,44 @@ One process owns everything: the web app (pages, ``/build``, ``/health``...)
 on a loopback port, and as managed children the Node configurable-http-proxy
 (the public port) and JupyterHub (sessions), with the idle culler beside
 them.  The proxy routes ``/`` to the web app, ``/hub/`` to the hub and
-``/user/<name>/`` to running sessions.  SIGINT/SIGTERM stop the web app,
-the hub and the proxy; sessions keep running and are found again by the
-next start (their links keep working).
+``/user/<name>/`` to running sessions.
+
+Before anything starts, the sandbox network is set up (the hub then listens on
+the bridge's gateway, the one host address sessions may reach) and the service
+takes ``<data>/service.lock``: one service per data directory, and every
+session's supervisor sees while it is held (:mod:`binderbox.runtime.supervise`).
+
+Signals (see the README):
+
+* **SIGTERM, SIGINT** (Ctrl-C): stop every session, then the web app, the hub
+  and the proxy.  Nothing is left running.
+* **SIGHUP**: stop the web app, the hub and the proxy but keep the sessions, for
+  a restart (an upgrade) on the same data directory: the next start finds them
+  and their links keep working.  A session whose service does not come back
+  ends itself after ``ManagedHub.cull_timeout`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
+from .errors import BinderboxError
 from .events import Event
 from .hub import ManagedHub
 from .hub.process import free_port
 from .pipeline import LaunchPipeline, LaunchRequest
 from .providers import offered_providers
+from .runtime.host import SandboxHost
 from .runtime.limits import limits_status
 from .sessions import SessionLauncher
 from .web import SessionIndex, WebApp, make_app
@@ -33,10 +50,17 @@ from .web import SessionIndex, WebApp, make_app
 class Service:
     """What the web layer serves: launches, versions, and the health of every part."""
 
-    def __init__(self, pipeline: LaunchPipeline, hub: ManagedHub, launcher: SessionLauncher):
+    def __init__(
+        self,
+        pipeline: LaunchPipeline,
+        hub: ManagedHub,
+        launcher: SessionLauncher,
+        host: SandboxHost,
+    ) -> None:
         self.pipeline = pipeline
         self.hub = hub
         self.launcher = launcher
+        self.host = host
 
     def launch(self, request: LaunchRequest) -> AsyncIterator[Event]:
         return self.pipeline.launch(request)
@@ -58,6 +82,7 @@ class Service:
         checks += hub_checks.values()
         limits = limits_status()
         checks.append({"service": "Session limits", "ok": True, **limits})
+        checks += self.host.status()
         return checks
 
 
@@ -90,21 +115,65 @@ class Maintenance(LoggingConfigurable):
                 self.log.exception("clean-up round failed")
 
 
-async def serve(app: Any, pipeline: LaunchPipeline) -> None:
-    """Run the service until SIGINT/SIGTERM.  ``app`` is the configuring application."""
-    data = app.data_path
-    web_config = WebApp(parent=app)
-    web_port = free_port()
-    hub = ManagedHub(parent=app, data_dir=str(data), web_port=web_port)
-    hub.base_url = web_config.base_url
-    pipeline.data = app.make_data_cache()
+#: the signals that stop the service, and whether each stops the sessions too
+STOP_SIGNALS = {signal.SIGTERM: True, signal.SIGINT: True, signal.SIGHUP: False}
+
+
+@contextlib.contextmanager
+def service_lock(data: Path) -> Iterator[None]:
+    """Hold ``<data>/service.lock`` (one service per data directory)."""
+    path = data / "service.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BinderboxError(
+                f"Another binderbox serve is running with the data directory {data}.",
+                hint="Stop it first, or choose another --data-dir.",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _hub_for(app: Any, pipeline: LaunchPipeline, host: SandboxHost, web: WebApp) -> ManagedHub:
+    """The managed hub, its sessions placed like the builds (sandbox network, uids)."""
+    hub = ManagedHub(
+        parent=app, data_dir=str(app.data_path), web_port=free_port(), network=host.network
+    )
+    hub.base_url = web.base_url
+    assert pipeline.data is not None
     roots = [pipeline.store.root, pipeline.content.root, pipeline.data.root]
     hub.spawner_config = {"allowed_roots": roots, **hub.spawner_config}
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    sections = ("SandboxHost", "SandboxNetwork", "Destinations")
+    hub.sandbox_config = {name: dict(app.config[name]) for name in sections if name in app.config}
     hub.params()  # fixes the ports, so the hub's API URL is known before it starts
+    return hub
+
+
+async def serve(app: Any, pipeline: LaunchPipeline) -> None:
+    """Run the service until a signal of :data:`STOP_SIGNALS`.  ``app`` is the
+    configuring application."""
+    data = app.data_path
+    host = SandboxHost(parent=app)
+    await asyncio.to_thread(host.network.ensure)
+    with service_lock(data):
+        await _serve(app, pipeline, host)
+
+
+async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
+    web_config = WebApp(parent=app)
+    pipeline.data = app.make_data_cache()
+    hub = _hub_for(app, pipeline, host, web_config)
+    stopping: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def on_signal(sessions: bool) -> None:
+        if not stopping.done():
+            stopping.set_result(sessions)
+
+    for sig, sessions in STOP_SIGNALS.items():
+        asyncio.get_running_loop().add_signal_handler(sig, on_signal, sessions)
     pipeline.launcher = SessionLauncher(
         parent=app, hub_api_url=hub.hub_api_url, api_token=hub.api_token
     )
@@ -112,9 +181,9 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
     offered = offered_providers(pipeline.allow_local)
     # remembered across restarts: the page of a session that ended offers its relaunch
     index = SessionIndex(web_config.recent_sessions, path=app.data_path / "sessions.sqlite")
-    service = Service(pipeline, hub, pipeline.launcher)
+    service = Service(pipeline, hub, pipeline.launcher, host)
     web = make_app(service, config=web_config, providers=offered, sessions=index)
-    server = web.listen(web_port, address="127.0.0.1")
+    server = web.listen(hub.web_port, address="127.0.0.1")
     background: list[asyncio.Task[None]] = []
     try:
         await hub.start()
@@ -124,8 +193,9 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
         ]
         app.log.info("binderbox is running at %s", hub.public_url)
         print(f"binderbox is running at {hub.public_url}", flush=True)
-        await stop.wait()
-        app.log.info("stopping (sessions keep running)")
+        stop_sessions = await stopping
+        server.stop()
+        await _end_sessions(pipeline.launcher, stop_sessions, hub.cull_timeout)
     finally:
         for task in background:
             task.cancel()
@@ -135,3 +205,19 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
             await pipeline.finisher.aclose()
             await pipeline.store.aclose()
             await pipeline.data.aclose()
+        print("binderbox stopped", flush=True)
+
+
+async def _end_sessions(launcher: SessionLauncher, stop: bool, idle_timeout: int) -> None:
+    """Stop every session, or say that they are kept."""
+    if stop:
+        print("stopping: ending every session", flush=True)
+        left = await launcher.stop_all()
+        print(f"stopping: sessions ended{f' ({left} could not be)' if left else ''}", flush=True)
+        return
+    running = await launcher.count_running()
+    print(
+        f"stopping: {running} session(s) keep running for the next start on this data "
+        f"directory; without one they end themselves after {idle_timeout} s",
+        flush=True,
+    )

@@ -28,9 +28,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from envs import built_env
+from testcache import CACHE as TEST_CACHE
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
-CACHE = Path("/tmp/binderbox-test-cache")
+CACHE = TEST_CACHE
 
 #: a route function: query -> (status, headers, body)
 RouteFn = Callable[[dict[str, list[str]]], tuple[int, dict[str, str], bytes]]

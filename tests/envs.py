@@ -3,7 +3,7 @@
 Tests of sessions and data code sources need an environment built at
 ``/srv/env`` like a launch gets.  :func:`built_env` makes one with
 :class:`~binderbox.builders.python.PythonBuilder` (uv, in bubblewrap) and
-keeps it under ``/tmp/binderbox-test-cache/envs/`` keyed by the environment
+keeps it under ``<test cache>/envs/`` (tests/testcache.py) keyed by the environment
 key, so later runs reuse it.
 """
 
@@ -17,10 +17,12 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from testcache import CACHE as TEST_CACHE
+
 from binderbox.builders.python import PythonBuilder
 from binderbox.environments import EnvSpec
 
-CACHE = Path("/tmp/binderbox-test-cache")
+CACHE = TEST_CACHE
 
 
 def built_env(*requirements: str, session: bool = True, python: str = "3.11") -> Path:

@@ -1,6 +1,6 @@
 """Real test hosts on non-public addresses, in network namespaces the test makes.
 
-:func:`test_host` creates a network namespace joined to this machine by a veth
+:func:`namespace_host` creates a network namespace joined to this machine by a veth
 pair (host side ``<net>.1``, test host ``<net>.2`` in a /30), starts a real HTTP
 server inside it (``python -m http.server`` serving a folder), and removes all of
 it afterwards.  The host can reach the test host (so a test shows it is up); code
@@ -34,7 +34,7 @@ _counter = itertools.count()
 
 
 @dataclass(frozen=True)
-class TestHost:
+class NamespaceHost:
     """A running test host: ``address:port`` serves ``root`` over HTTP."""
 
     __test__ = False  # not a test class
@@ -61,8 +61,8 @@ def can_make_hosts() -> bool:
 
 
 def _wait_listening(namespace: str, address: str, port: int, proc: subprocess.Popen[bytes]) -> None:
-    """Until the server accepts connections (at most 10 s, 200 tries)."""
-    for _ in range(200):
+    """Until the server accepts connections (at most 600 tries, about 30 s)."""
+    for _ in range(600):
         if proc.poll() is not None:
             raise RuntimeError(f"the test host's server exited with {proc.returncode}")
         with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
@@ -72,7 +72,7 @@ def _wait_listening(namespace: str, address: str, port: int, proc: subprocess.Po
 
 
 @contextlib.contextmanager
-def test_host(net: str, root: Path, port: int = 8080) -> Iterator[TestHost]:
+def namespace_host(net: str, root: Path, port: int = 8080) -> Iterator[NamespaceHost]:
     """A test host at ``<net>+2`` serving ``root`` on ``port``; see the module docstring.
 
     ``net`` is the first address of a free /30 (e.g. ``"10.254.7.0"``).
@@ -101,7 +101,7 @@ def test_host(net: str, root: Path, port: int = 8080) -> Iterator[TestHost]:
             stderr=subprocess.DEVNULL,
         )
         _wait_listening(namespace, address, port, proc)
-        yield TestHost(namespace, address, gateway, port, root)
+        yield NamespaceHost(namespace, address, gateway, port, root)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

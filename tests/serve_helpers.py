@@ -4,7 +4,8 @@
 a subprocess, in a working directory holding a ``binderbox_config.py`` that
 the tests write: free ports, ``file://`` repositories allowed, the shared uv
 cache, a short linger after ``ready``.  :func:`running_serve` wraps it in a
-context manager that stops it with SIGTERM and checks it exits cleanly.
+context manager that stops it with SIGTERM (its sessions with it) and checks it
+exits cleanly.
 
 :func:`build_events` is a small event-stream client of ``/build``: it speaks
 HTTP/1.1 over a raw connection (chunked decoding included), so a test can stop
@@ -31,10 +32,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from testcache import CACHE as TEST_CACHE
+
+from binderbox.hub import ManagedHub
 from binderbox.hub.process import free_port
 from binderbox.sessions.hubclient import HubClient
 
-UV_CACHE = Path("/tmp/binderbox-test-cache/uv")
+UV_CACHE = TEST_CACHE / "uv"
 READY_LINE = "binderbox is running at"
 
 
@@ -130,12 +134,13 @@ class ServeProcess:
         self.kill()
         raise RuntimeError(f"binderbox serve did not start:\n{self.output()[-4000:]}")
 
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM, wait, return the exit status (killed after ``timeout``: -9)."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send ``sig`` (SIGTERM: sessions stop too; SIGHUP: they are kept), wait,
+        return the exit status (killed after ``timeout``: -9)."""
         proc, self.proc = self.proc, None
         if proc is None:
             return 0
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -172,8 +177,9 @@ class ServeProcess:
 
     @property
     def hub_api_url(self) -> str:
-        """The hub's REST API (on 127.0.0.1)."""
-        return f"http://127.0.0.1:{self.ports['hub']}/hub/api/"
+        """The hub's REST API (on the sandbox bridge's gateway where sessions get
+        networks of their own, else on 127.0.0.1)."""
+        return f"http://{ManagedHub().hub_ip}:{self.ports['hub']}/hub/api/"
 
     @property
     def api_token(self) -> str:

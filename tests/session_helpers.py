@@ -1,19 +1,73 @@
-"""Helpers for the session tests: a real single-user environment, built once.
+"""Helpers for the session tests: a real single-user environment, built once, and a
+real hub to launch it with.
 
 :func:`session_env` builds (once per cache key) a virtualenv *at*
 ``/srv/env`` with the real builder (see tests/envs.py) -- what a build of
 a repository without requirements gives -- cached across runs.
+:func:`make_hub` is a :class:`ManagedHub` on the given ports whose sessions may
+mount the test cache and /tmp; :func:`launch` runs one launch to ``ready``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from envs import built_env
+from testcache import CACHE as TEST_CACHE
+from tornado.httpclient import AsyncHTTPClient
 
-CACHE = Path("/tmp/binderbox-test-cache")
+from binderbox.events import Event, Ready
+from binderbox.hub import ManagedHub
+from binderbox.providers.base import Resolved
+from binderbox.sessions import SessionLauncher, SessionRequest
+
+CACHE = TEST_CACHE
 
 
 def session_env() -> Path:
     """The host path of a built session environment (see the module docstring)."""
     return built_env(session=True)
+
+
+def resolved(name: str) -> Resolved:
+    return Resolved(
+        provider="gh",
+        spec=f"binder-examples/{name}/main",
+        version="a" * 40,
+        persistent_spec=f"binder-examples/{name}/{'a' * 40}",
+        repo_url=f"https://github.com/binder-examples/{name}",
+        ref_url=f"https://github.com/binder-examples/{name}/tree/{'a' * 40}",
+    )
+
+
+def make_hub(data_dir: Path, ports: dict[str, int], **kwargs: Any) -> ManagedHub:
+    return ManagedHub(
+        data_dir=str(data_dir),
+        public_ip="127.0.0.1",
+        public_port=ports["public"],
+        hub_port=ports["hub"],
+        proxy_api_port=ports["api"],
+        web_port=ports["web"],
+        spawner_config={"allowed_roots": [str(CACHE), "/tmp"], "allow_origin": "*"},
+        **kwargs,
+    )
+
+
+def launcher_for(hub: ManagedHub, **kwargs: Any) -> SessionLauncher:
+    return SessionLauncher(hub_api_url=hub.hub_api_url, api_token=hub.api_token, **kwargs)
+
+
+async def launch(launcher: SessionLauncher, req: SessionRequest) -> tuple[list[Event], Ready]:
+    events = [event async for event in launcher.launch(req)]
+    ready = events[-1]
+    assert isinstance(ready, Ready), events
+    return events, ready
+
+
+async def fetch(url: str, **kwargs: Any) -> Any:
+    return await AsyncHTTPClient().fetch(url, raise_error=False, request_timeout=60, **kwargs)
+
+
+def user_of(ready: Ready) -> str:
+    return ready.url.rstrip("/").rsplit("/", 1)[-1]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from repos import commit, make_repo, notebook
+from testcache import CACHE as TEST_CACHE
 
 from binderbox.app import BinderboxApp
 from binderbox.builders import run_in_env
@@ -27,7 +28,7 @@ from binderbox.pipeline import LaunchPipeline, LaunchRequest
 
 pytestmark = pytest.mark.slow
 
-UV_CACHE = Path("/tmp/binderbox-test-cache/uv")
+UV_CACHE = TEST_CACHE / "uv"
 
 
 def make_app(data: Path) -> BinderboxApp:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import jupyterhub
 import pytest
+from testcache import CACHE as TEST_CACHE
 
 from binderbox.builders import apply_home_overlay, run_in_env
 from binderbox.builders.bytecode import BytecodeCache
@@ -34,7 +35,7 @@ from binderbox.errors import (
 )
 
 pytestmark = pytest.mark.slow
-CACHE = Path("/tmp/binderbox-test-cache/uv-builder")
+CACHE = TEST_CACHE / "uv-builder"
 MARK = uuid.uuid4().hex[:12]
 
 POSTBUILD = f"""#!/bin/bash

@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import io
 import json
+import os
 import shutil
 import stat
 import tarfile
@@ -29,6 +30,7 @@ from data_helpers import (
     tar_members,
     zip_bytes,
 )
+from nethosts import namespace_host
 
 from binderbox.data import DataCache, DataConfigError, DataEntry, read_requirements
 from binderbox.data.fetchers.code import CodeFetcher
@@ -743,35 +745,45 @@ def env() -> Path:
 
 
 async def test_code_source_writes_only_its_folder(
-    cache: DataCache, server: FileServer, env: Path, tmp_path: Path
+    cache: DataCache, env: Path, tmp_path: Path
 ) -> None:
-    url = server.add("/remote/values.txt", b"42\n")
-    outside = tmp_path / "outside.txt"
-    code = (
-        "import pathlib, urllib.request; "
-        f"urllib.request.urlretrieve({url!r}, _dst + '/values.txt'); "
-        "tries = {}; "
-        f"paths = [{str(outside)!r}, '/srv/env/evil.txt', _dst + '/../escape.txt', "
-        f"{str(Path(cache.root) / 'evil.txt')!r}]; "
-        'exec(\'for p in paths:\\n try:\\n  pathlib.Path(p).write_text("x"); tries[p] = "ok"\\n'
-        " except OSError as e:\\n  tries[p] = type(e).__name__'); "
-        "pathlib.Path(_dst, 'tries.txt').write_text(repr(tries)); print('done');"
-    )
-    entries = entries_of({"nilearn": {"src": code, "projectName": "code", "dst": "../data"}})
-    events = await ensure(cache, entries, env_path=env, env_key="env-1")
-    folder = mounted(cache, entries, env_key="env-1")["code"]
-    assert (folder / "values.txt").read_bytes() == b"42\n"
-    tries = (folder / "tries.txt").read_text()
-    assert "'/srv/env/evil.txt': 'OSError'" in tries or "/srv/env/evil.txt': 'Read" in tries
-    assert not outside.exists() and not (env / "evil.txt").exists()
-    assert not (Path(cache.root) / "evil.txt").exists()
-    assert sorted(p.name for p in folder.iterdir()) == ["tries.txt", "values.txt"]
-    assert any("done" in e.message for e in events)
-    # the key includes the environment: another env key fetches again
-    await ensure(cache, entries, env_path=env, env_key="env-1")
-    assert server.hits["/remote/values.txt"] == 1
-    await ensure(cache, entries, env_path=env, env_key="env-2")
-    assert server.hits["/remote/values.txt"] == 2
+    """The code runs in a network of its own: it downloads from a host the operator
+    allowed (an internal mirror on a private address, a real test host here)."""
+    site = tmp_path / "site"
+    (site / "remote").mkdir(parents=True)
+    (site / "remote" / "values.txt").write_bytes(b"42\n")
+    with namespace_host("10.254.41.0", site) as mirror:
+        for fetcher in cache.fetchers:
+            if isinstance(fetcher, CodeFetcher):
+                fetcher.host.network.destinations.allowed = [f"{mirror.address}/32"]
+        url = f"{mirror.url}remote/values.txt"
+        outside = tmp_path / "outside.txt"
+        code = (
+            "import pathlib, urllib.request; "
+            f"urllib.request.urlretrieve({url!r}, _dst + '/values.txt'); "
+            "tries = {}; "
+            f"paths = [{str(outside)!r}, '/srv/env/evil.txt', _dst + '/../escape.txt', "
+            f"{str(Path(cache.root) / 'evil.txt')!r}]; "
+            'exec(\'for p in paths:\\n try:\\n  pathlib.Path(p).write_text("x"); tries[p] = "ok"\\n'
+            " except OSError as e:\\n  tries[p] = type(e).__name__'); "
+            "pathlib.Path(_dst, 'tries.txt').write_text(repr(tries)); print('done');"
+        )
+        entries = entries_of({"nilearn": {"src": code, "projectName": "code", "dst": "../data"}})
+        events = await ensure(cache, entries, env_path=env, env_key="env-1")
+        folder = mounted(cache, entries, env_key="env-1")["code"]
+        assert (folder / "values.txt").read_bytes() == b"42\n"
+        tries = (folder / "tries.txt").read_text()
+        assert "'/srv/env/evil.txt': 'OSError'" in tries or "/srv/env/evil.txt': 'Read" in tries
+        assert not outside.exists() and not (env / "evil.txt").exists()
+        assert not (Path(cache.root) / "evil.txt").exists()
+        assert sorted(p.name for p in folder.iterdir()) == ["tries.txt", "values.txt"]
+        assert any("done" in e.message for e in events)
+        # what the code wrote is the service's now: no sandbox uid can change it
+        assert {p.stat().st_uid for p in (folder, *folder.iterdir())} == {os.geteuid()}
+        # the key includes the environment: another env key fetches again
+        await ensure(cache, entries, env_path=env, env_key="env-2")
+        other = mounted(cache, entries, env_key="env-2")["code"]
+        assert other != folder and (other / "values.txt").read_bytes() == b"42\n"
 
 
 async def test_failing_code_source_reports_its_output(cache: DataCache, env: Path) -> None:

@@ -30,6 +30,7 @@ from data_helpers import FileServer, Route, tar_bytes, zip_bytes
 from kernels import run_code
 from repos import commit, make_repo, notebook
 from serve_helpers import build_events, end_session, git_spec, running_serve
+from testcache import CACHE as TEST_CACHE
 from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
 
@@ -48,7 +49,7 @@ from binderbox.store import Store
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
-UV_CACHE = Path("/tmp/binderbox-test-cache/uv")
+UV_CACHE = TEST_CACHE / "uv"
 ENV_FILES = {"binder/runtime.txt": "python-3.11\n"}
 TAR = tar_bytes({"a.txt": b"alpha\n", "sub/b.txt": b"beta\n"})
 ZIP = zip_bytes({"z.txt": b"zeta\n"})

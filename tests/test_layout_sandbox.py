@@ -23,7 +23,7 @@ from binderbox.environments import ENV_PREFIX, HOME
 from binderbox.errors import DataError
 from binderbox.hub import ManagedHub
 from binderbox.hub.config import normalise_base_url, render_config
-from binderbox.runtime.layout import META, env_interpreter_prefixes, private_tmp
+from binderbox.runtime.layout import META, env_interpreter_mounts, private_tmp
 from binderbox.runtime.sandbox import GROUP_TEXT, PASSWD_TEXT, Sandbox, passwd_file
 from binderbox.web.app import WebApp
 
@@ -138,7 +138,7 @@ def test_an_environment_without_build_json_is_refused(tmp_path: Path) -> None:
     env.mkdir()
     (env / "pyvenv.cfg").write_text("home = /usr/bin\n")
     with pytest.raises(FileNotFoundError, match="not a built environment"):
-        env_interpreter_prefixes(env)
+        env_interpreter_mounts(env)
 
 
 async def test_code_source_with_an_unbuilt_environment_is_a_plain_error(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_base_url_is_normalised_alike_everywhere(given: str, expected: str) -> N
     assert WebApp(base_url=given).base_url == expected
     hub = ManagedHub(data_dir="/nonexistent", base_url=given, hub_port=8081, proxy_api_port=8001)
     assert hub.base_url == expected
-    assert hub.hub_api_url == f"http://127.0.0.1:8081{expected}hub/api/"
+    assert hub.hub_api_url == f"http://{hub.hub_ip}:8081{expected}hub/api/"
     assert hub.public_url.endswith(f":8000{expected}")
     config = render_config(hub.params())
     assert f"c.JupyterHub.base_url = {expected!r}" in config

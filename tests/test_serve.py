@@ -42,6 +42,8 @@ from serve_helpers import (
 )
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
+from binderbox.sessions.hubclient import HubClient
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -427,7 +429,8 @@ async def test_restart_keeps_running_sessions(main: ServeProcess, main_repo: Pat
     kernel = await start_kernel(url, token)
     assert await execute(url, token, kernel, "answer = 6 * 7\nprint(answer)") == "42\n"
 
-    assert main.stop() == 0
+    assert main.stop(signal.SIGHUP) == 0  # SIGHUP: the sessions are kept
+    assert "session(s) keep running" in main.output()
     with pytest.raises(OSError):  # the proxy is gone with the service
         await AsyncHTTPClient().fetch(f"{url}api/status?token={token}", request_timeout=5)
     main.start()
@@ -442,3 +445,22 @@ async def test_restart_keeps_running_sessions(main: ServeProcess, main_repo: Pat
         await end_session(main, fresh)
     finally:
         await end_session(main, ready)
+
+
+async def test_sigterm_ends_every_session_with_the_service(tmp_path: Path, main_repo: Path) -> None:
+    serve = ServeProcess(tmp_path / "serve-term", tmp_path / "serve-term" / "data")
+    serve.start()
+    try:
+        ready = ready_of(await build_events(serve.url, "git", git_spec(main_repo)))
+        name = ready["url"].rstrip("/").rsplit("/", 1)[-1]
+        client = HubClient(serve.hub_api_url, serve.api_token)
+        supervisor = int((await client.get_user(name))["servers"][""]["state"]["pid"])
+        home = serve.data_dir / "homes" / f"{name}-default"
+        assert home.is_dir() and Path(f"/proc/{supervisor}").exists()
+    finally:
+        status = serve.stop(signal.SIGTERM)
+    assert status == 0, serve.output()[-3000:]
+    assert "stopping: ending every session" in serve.output()
+    assert "binderbox stopped" in serve.output()
+    assert not Path(f"/proc/{supervisor}").exists()  # its sandbox ended with the service
+    assert not home.exists()

@@ -22,17 +22,23 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from kernels import run_code
-from session_helpers import CACHE, session_env
-from tornado.httpclient import AsyncHTTPClient
+from session_helpers import (
+    fetch,
+    launch,
+    launcher_for,
+    make_hub,
+    resolved,
+    session_env,
+    user_of,
+)
 from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
 
 from binderbox.errors import LaunchError, QuotaExceeded
-from binderbox.events import Event, Launching, Ready
+from binderbox.events import Launching
 from binderbox.hub import HubError, ManagedHub
 from binderbox.hub.process import free_port
-from binderbox.providers.base import Resolved
-from binderbox.runtime.limits import CgroupLimits, limits_status
+from binderbox.runtime.limits import CgroupLimits, Limits, limits_status
 from binderbox.sessions import SessionLauncher, SessionRequest
 from binderbox.sessions.hubclient import HubClient
 from binderbox.sessions.launcher import user_name_for
@@ -69,17 +75,6 @@ print(json.dumps(out))
 """
 
 
-def resolved(name: str) -> Resolved:
-    return Resolved(
-        provider="gh",
-        spec=f"binder-examples/{name}/main",
-        version="a" * 40,
-        persistent_spec=f"binder-examples/{name}/{'a' * 40}",
-        repo_url=f"https://github.com/binder-examples/{name}",
-        ref_url=f"https://github.com/binder-examples/{name}/tree/{'a' * 40}",
-    )
-
-
 class WebHandler(RequestHandler):
     def get(self, path: str) -> None:
         self.write(f"binderbox web: {path}")
@@ -112,19 +107,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def make_hub(data_dir: Path, ports: dict[str, int], **kwargs: Any) -> ManagedHub:
-    return ManagedHub(
-        data_dir=str(data_dir),
-        public_ip="127.0.0.1",
-        public_port=ports["public"],
-        hub_port=ports["hub"],
-        proxy_api_port=ports["api"],
-        web_port=ports["web"],
-        spawner_config={"allowed_roots": [str(CACHE), "/tmp"], "allow_origin": "*"},
-        **kwargs,
-    )
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def ports() -> AsyncIterator[dict[str, int]]:
     web = Application([(r"/(.*)", WebHandler)])
@@ -151,25 +133,6 @@ async def hub(data_dir: Path, ports: dict[str, int]) -> AsyncIterator[dict[str, 
         for user in await client.request("GET", "users"):
             await client.delete_user(user["name"])
         await client_hub.stop()
-
-
-def launcher_for(hub: ManagedHub, **kwargs: Any) -> SessionLauncher:
-    return SessionLauncher(hub_api_url=hub.hub_api_url, api_token=hub.api_token, **kwargs)
-
-
-async def launch(launcher: SessionLauncher, req: SessionRequest) -> tuple[list[Event], Ready]:
-    events = [event async for event in launcher.launch(req)]
-    ready = events[-1]
-    assert isinstance(ready, Ready), events
-    return events, ready
-
-
-async def fetch(url: str, **kwargs: Any) -> Any:
-    return await AsyncHTTPClient().fetch(url, raise_error=False, request_timeout=60, **kwargs)
-
-
-def user_of(ready: Ready) -> str:
-    return ready.url.rstrip("/").rsplit("/", 1)[-1]
 
 
 @module_loop
@@ -497,8 +460,11 @@ async def test_missing_proxy_binary_is_a_plain_error(tmp_path: Path) -> None:
 async def test_busy_port_is_a_plain_error_and_leaves_nothing(
     tmp_path: Path, taken: str, words: str
 ) -> None:
+    probe = ManagedHub(data_dir=str(tmp_path))
+    probe.network.ensure()  # the hub's address (the sandbox bridge's) exists
+    address = probe.hub_ip if taken == "hub" else "127.0.0.1"
     with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
+        busy.bind((address, 0))
         busy.listen()
         ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "web": 0}
         ports[taken] = busy.getsockname()[1]
@@ -541,7 +507,7 @@ def test_memory_limit_kills_a_process_over_it() -> None:
         assert status["mode"] == "advisory" and status["reason"]
         pytest.skip(f"memory limits are not enforceable here: {status['reason']}")
     session = f"test-{secrets.token_hex(4)}"
-    groups = limits.create(session, 64 * 1024 * 1024, 0.5)
+    groups = limits.create(session, Limits(mem_bytes=64 * 1024 * 1024, cpu=0.5))
     try:
         supervise = [sys.executable, "-m", "binderbox.runtime.supervise"]
         for group in groups:

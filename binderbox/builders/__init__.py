@@ -1,6 +1,6 @@
 """Environment builders: an :class:`~binderbox.environments.EnvSpec` becomes a directory."""
 
-from ..runtime.layout import env_interpreter_prefixes, env_sandbox, run_in_env
+from ..runtime.layout import env_interpreter_mounts, env_sandbox, run_in_env
 from .base import Builder
 from .overlay import apply_home_overlay
 from .python import PythonBuilder
@@ -9,7 +9,7 @@ __all__ = [
     "Builder",
     "PythonBuilder",
     "apply_home_overlay",
-    "env_interpreter_prefixes",
+    "env_interpreter_mounts",
     "env_sandbox",
     "run_in_env",
 ]

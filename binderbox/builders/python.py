@@ -77,19 +77,24 @@ from typing import ClassVar
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
-from traitlets import Bool, Integer, List, Unicode, default
+from traitlets import Bool, Instance, Integer, List, Unicode, default
 
 from ..environments import ENV_PREFIX, HOME, EnvSpec
 from ..errors import BuildError, PostBuildFailed, PythonVersionUnavailable
+from ..runtime.host import SandboxHost, Step
 from ..runtime.layout import META, base_sandbox, reset_meta, session_environment
+from ..runtime.ownership import give_tree, take_back
+from ..runtime.process import StepOutput, run_step
+from ..runtime.provision import provision
 from ..runtime.sandbox import Sandbox
 from . import bytecode, caches, interpreters, uvlog
 from .base import Builder
+from .buildrun import BuildRun
 from .bytecode import DONE as BYTECODE_DONE
 from .bytecode import BytecodeCache
 from .interpreters import Interpreter
 from .overlay import capture_overlay, snapshot
-from .process import StepOutput, run_step
+from .seed import seed as _seed
 
 #: where uv's binary and cache appear inside build sandboxes
 UV_INSIDE = "/run/binderbox/uv"
@@ -116,7 +121,7 @@ class PythonBuilder(Builder):
     """Builds ``kind == "python"`` specs with uv.  See the module docstring."""
 
     kinds: ClassVar[tuple[str, ...]] = ("python",)
-    version: ClassVar[str] = "4"
+    version: ClassVar[str] = "5"
 
     search_dirs = List(
         Unicode(),
@@ -178,6 +183,21 @@ class PythonBuilder(Builder):
         help="""Host environment variables passed into build sandboxes when set (proxies,
         certificates, index URLs).  Nothing else of the host's environment is visible.""",
     ).tag(config=True)
+
+    provision_dir = Unicode(
+        help="""Readable copies of the interpreters and of uv for sandboxes that cannot read
+        the originals (pyenv under /root).  Default: a 'provisioned' folder beside
+        cache_dir (see binderbox/runtime/provision.py)."""
+    ).tag(config=True)
+    host = Instance(SandboxHost, help="Where build steps run (uids, network, limits).")
+
+    @default("host")
+    def _default_host(self) -> SandboxHost:
+        return SandboxHost(parent=self)
+
+    @default("provision_dir")
+    def _default_provision_dir(self) -> str:
+        return str(Path(self.cache_dir).parent / "provisioned")
 
     @default("pyenv_root")
     def _default_pyenv_root(self) -> str:
@@ -252,21 +272,41 @@ class PythonBuilder(Builder):
         """Build ``spec`` into the empty ``prefix``; yields log lines (module docstring)."""
         interp = await asyncio.to_thread(self.find_interpreter, spec)
         self._check(spec, content, prefix)
-        yield f"Using CPython {interp.version} ({interp.path})"
-        async for line in self._venv(interp, content, prefix, caches.copying(self.cache)):
-            yield line
-        _seed(prefix, interp)
-        async for line in self._install(spec, interp, content, prefix):
-            yield line
-        if spec.postbuild and content is not None:
-            async for line in self._postbuild(spec.postbuild, interp, content, prefix):
+        run = await asyncio.to_thread(self._start_run, interp, content, prefix)
+        try:
+            yield f"Using CPython {interp.version} ({interp.path})"
+            async for line in self._venv(run, caches.copying(self.cache)):
                 yield line
-        else:
-            reset_meta(prefix)
-        self._write_requirements(spec, interp, prefix)
-        self._write_metadata(spec, interp, prefix)
-        (prefix / ".lock").unlink(missing_ok=True)  # uv's, world-writable
-        yield "Environment complete (its bytecode is compiled once it is published)."
+            _seed(prefix, interp)
+            run.changed_by_service()
+            async for line in self._install(spec, run):
+                yield line
+            if spec.postbuild and content is not None:
+                async for line in self._postbuild(spec.postbuild, run):
+                    yield line
+            else:
+                reset_meta(prefix)
+            if run.ran_code:  # published trees are writable by no sandbox uid
+                await asyncio.to_thread(take_back, prefix)
+            self._write_requirements(spec, interp, prefix)
+            self._write_metadata(spec, run)
+            (prefix / ".lock").unlink(missing_ok=True)  # uv's, world-writable
+            yield "Environment complete (its bytecode is compiled once it is published)."
+        finally:
+            run.close()
+
+    def _start_run(self, interp: Interpreter, content: Path | None, prefix: Path) -> BuildRun:
+        """Readable interpreter and uv, the build's own uid (blocking)."""
+        own = self.host.lease_uid()
+        try:
+            root = Path(self.provision_dir)
+            mounts = [(provision(p, root), p) for p in interp_prefixes(interp)]
+            uv = provision(Path(self.uv_path).resolve(), root)
+            return BuildRun(interp, content, prefix, mounts, uv, self.host.builder_uid, own)
+        except BaseException:
+            if own is not None:
+                own.release()
+            raise
 
     def _check(self, spec: EnvSpec, content: Path | None, prefix: Path) -> None:
         if any(prefix.iterdir()):
@@ -274,10 +314,9 @@ class PythonBuilder(Builder):
         if spec.postbuild and content is None:
             raise ValueError("a spec with postBuild needs the repository content")
 
-    async def _install(
-        self, spec: EnvSpec, interp: Interpreter, content: Path | None, prefix: Path
-    ) -> AsyncIterator[str]:
+    async def _install(self, spec: EnvSpec, run: BuildRun) -> AsyncIterator[str]:
         """The one ``uv pip install`` of everything (see the module docstring)."""
+        interp, prefix = run.interp, run.prefix
         lines = self._write_requirements(spec, interp, prefix)
         wanted = [line for line in lines if not line.startswith("#")]
         if not wanted:
@@ -295,40 +334,39 @@ class PythonBuilder(Builder):
         else:
             first = caches.wheels_only(self.cache, prefix, postbuild=bool(spec.postbuild))
             try:
-                async for line in self._step(
-                    interp, content, prefix, install, what=what, cache=first
-                ):
+                async for line in self._step(run, install, what=what, cache=first):
                     yield line
                 return
             except _SourceBuildNeeded:
                 yield "Some requirements are built from source: installing with a private cache"
             await asyncio.to_thread(_reset_env, prefix)
+            run.changed_by_service()
         private = Path(tempfile.mkdtemp(prefix="uv-private-", dir=self.cache.parent))
         try:
             use = caches.copying(private)
-            async for line in self._venv(interp, content, prefix, use):
+            async for line in self._venv(run, use):
                 yield line
             _seed(prefix, interp)
-            async for line in self._step(interp, content, prefix, install, what=what, cache=use):
+            run.changed_by_service()
+            async for line in self._step(run, install, what=what, cache=use):
                 yield line
         finally:
             await asyncio.to_thread(shutil.rmtree, private, True)
 
     @property
     def cache(self) -> Path:
-        """uv's shared package cache (created on first use)."""
+        """uv's shared package cache (created on first use, owned by the builder uid)."""
         path = Path(self.cache_dir).resolve()
         path.mkdir(parents=True, exist_ok=True)
+        uid = self.host.builder_uid
+        if uid is not None and path.stat().st_uid != uid:
+            give_tree(path, uid)  # once: a cache made before binderbox switched uids
         return path
 
-    def _venv(
-        self, interp: Interpreter, content: Path | None, prefix: Path, cache: caches.CacheUse
-    ) -> AsyncIterator[str]:
-        venv = [UV_INSIDE, "venv", "--no-config", "--allow-existing", "--python", str(interp.path)]
-        venv.append(ENV_PREFIX)
-        return self._step(
-            interp, content, prefix, venv, what="Creating the environment", cache=cache
-        )
+    def _venv(self, run: BuildRun, cache: caches.CacheUse) -> AsyncIterator[str]:
+        venv = [UV_INSIDE, "venv", "--no-config", "--allow-existing", "--python"]
+        venv += [str(run.interp.path), ENV_PREFIX]
+        return self._step(run, venv, what="Creating the environment", cache=cache)
 
     def _write_requirements(self, spec: EnvSpec, interp: Interpreter, prefix: Path) -> list[str]:
         """Write ``.binderbox/requirements.txt`` (what is installed); returns its lines."""
@@ -360,21 +398,16 @@ class PythonBuilder(Builder):
             fits = True
         return f"jupyterhub=={self.jupyterhub_version}" if fits else "jupyterhub"
 
-    def _sandbox(
-        self,
-        interp: Interpreter,
-        content: Path | None,
-        prefix: Path,
-        cache: caches.CacheUse | None = None,
-    ) -> Sandbox:
+    def _sandbox(self, run: BuildRun, cache: caches.CacheUse | None = None) -> Sandbox:
         """The build sandbox (see the module docstring); cwd is the home.
 
         ``cache``: also show uv and that cache (never to postBuild); with a
         ``shared_root``, one mount holds cache and environment (hard links).
         """
-        box = base_sandbox(interp_prefixes(interp), content and content.resolve())
+        content, prefix = run.content, run.prefix
+        box = base_sandbox(run.mounts, content and content.resolve())
         if cache is not None:
-            box.ro_bind(Path(self.uv_path).resolve(), UV_INSIDE)
+            box.ro_bind(run.uv, UV_INSIDE)
         if cache is not None and cache.shared_root is not None:
             box.bind(cache.shared_root).symlink(prefix.resolve(), ENV_PREFIX)
         else:
@@ -385,17 +418,15 @@ class PythonBuilder(Builder):
         return box
 
     async def _step(
-        self,
-        interp: Interpreter,
-        content: Path | None,
-        prefix: Path,
-        command: Sequence[str],
-        *,
-        what: str,
-        cache: caches.CacheUse,
+        self, run: BuildRun, command: Sequence[str], *, what: str, cache: caches.CacheUse
     ) -> AsyncIterator[str]:
-        """Run one uv command in the build sandbox; a failure becomes a BuildError."""
-        box = self._sandbox(interp, content, prefix, cache)
+        """Run one uv command in the build sandbox; a failure becomes a BuildError.
+
+        With the shared cache it runs as the builder uid (no repository code runs),
+        with a private one as the build's own uid."""
+        shared = cache.path == self.cache
+        uid = await asyncio.to_thread(run.hand_over, cache.path, shared)
+        box = self._sandbox(run, cache)
         inside = str(cache.path) if cache.shared_root is not None else CACHE_INSIDE
         box.setenv(
             {
@@ -408,18 +439,27 @@ class PythonBuilder(Builder):
         )
         if cache.no_build:
             command = [*command, "--no-build"]
-        output = StepOutput()
-        async for line in run_step(box.argv(command), output):
+        step = Step()
+        async for line in self.host.run_step(box, command, uid=uid, step=step):
             yield line
-        if output.code != 0:
-            if cache.no_build and caches.needs_source_build(list(output.tail)):
+        if step.output.code != 0:
+            tail = list(step.output.tail)
+            if cache.no_build and caches.needs_source_build(tail):
                 raise _SourceBuildNeeded
-            raise uvlog.classify(list(output.tail), what=what)
+            raise self._out_of_memory(what) if step.oom_killed else uvlog.classify(tail, what=what)
 
-    async def _postbuild(
-        self, script: str, interp: Interpreter, content: Path, prefix: Path
-    ) -> AsyncIterator[str]:
-        """Run postBuild sandboxed; keep its home changes as the overlay."""
+    def _out_of_memory(self, what: str) -> BuildError:
+        limit = self.host.build_mem_limit
+        return BuildError(
+            f"{what} ran out of memory (this service allows a build {limit}).",
+            hint="Make the environment smaller, or ask the operator for a larger limit.",
+            reason="build_memory",
+        )
+
+    async def _postbuild(self, script: str, run: BuildRun) -> AsyncIterator[str]:
+        """Run postBuild sandboxed, as the build's own uid; keep its home changes."""
+        content, prefix = run.content, run.prefix
+        assert content is not None
         path = (content / script).resolve()  # a symlink must stay inside the content
         if not path.is_relative_to(content.resolve()) or not path.is_file():
             raise BuildError(f"The postBuild script {script} is not a file in the repository.")
@@ -428,14 +468,17 @@ class PythonBuilder(Builder):
             shebang = handle.read(2) == b"#!"
         inside = f"{HOME}/{script}"
         command = [inside] if shebang else ["/bin/bash", inside]
-        box = self._sandbox(interp, content, prefix)
+        uid = await asyncio.to_thread(run.hand_over, None, False)
+        box = self._sandbox(run)
         box.setenv({**session_environment(), "XDG_CACHE_HOME": "/tmp/.cache"})
         before = await asyncio.to_thread(snapshot, content)
         yield f"Running {script}"
-        result = StepOutput(tail=deque(maxlen=TAIL))
-        async for line in run_step(box.argv(command), result):
+        step = Step(output=StepOutput(tail=deque(maxlen=TAIL)))
+        async for line in self.host.run_step(box, command, uid=uid, step=step):
             yield line
-        code, tail = result.code, result.tail
+        code, tail = step.output.code, step.output.tail
+        if code != 0 and step.oom_killed:
+            raise self._out_of_memory("postBuild")
         if code != 0:
             last = next((line.strip()[:200] for line in reversed(tail) if line.strip()), "")
             output = "\n".join(tail)
@@ -507,50 +550,20 @@ class PythonBuilder(Builder):
                 timeout=600,
             )
 
-    def _write_metadata(self, spec: EnvSpec, interp: Interpreter, prefix: Path) -> None:
+    def _write_metadata(self, spec: EnvSpec, run: BuildRun) -> None:
+        interp, prefix = run.interp, run.prefix
         info = {
             "builder": type(self).__name__,
             "builder_version": self.version,
             "interpreter": interp.identity,
             "interpreter_path": str(interp.path),
             "interpreter_prefixes": [str(p) for p in interp_prefixes(interp)],
+            "interpreter_mounts": [[str(host), str(inside)] for host, inside in run.mounts],
             "python": interp.version,
             "home_overlay": (prefix / META / "home-overlay").is_dir(),
         }
         (prefix / META).mkdir(exist_ok=True)
         (prefix / META / "build.json").write_text(json.dumps(info, indent=1) + "\n")
-
-
-#: the module every environment imports at start (see its docstring)
-STARTUP_HOOK = Path(__file__).with_name("env_startup.py")
-
-#: JupyterLab settings every environment gets (a postBuild may replace them):
-#: sessions are fresh each launch, so JupyterLab's "fetch news?" question would
-#: be asked at every launch, and a public service should not phone out for users
-LAB_OVERRIDES = {
-    "@jupyterlab/apputils-extension:notification": {
-        "fetchNews": "false",
-        "checkForUpdates": False,
-    }
-}
-
-
-def _seed(prefix: Path, interp: Interpreter) -> None:
-    """binderbox's own files in a new venv, before any build code runs (which could
-    plant links where they go): JupyterLab's overrides and the startup hook."""
-    _lab_settings(prefix)
-    site = prefix / "lib" / f"python{interp.minor}" / "site-packages"
-    site.mkdir(parents=True, exist_ok=True)
-    (site / "_binderbox_startup.py").write_text(STARTUP_HOOK.read_text())
-    (site / "_binderbox_startup.pth").write_text("import _binderbox_startup\n")
-
-
-def _lab_settings(prefix: Path) -> None:
-    """Write JupyterLab's overrides.json (see :data:`LAB_OVERRIDES`) unless present."""
-    path = prefix / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(LAB_OVERRIDES, indent=1) + "\n")
 
 
 class _SourceBuildNeeded(Exception):

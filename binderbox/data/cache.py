@@ -75,9 +75,9 @@ from ..events import Event, Fetching
 from ..store.broadcast import Broadcast
 from ..store.files import delete_unused, new_temp, remove_temps, remove_tree, stale_temps
 from ..store.locks import FileLock, try_lock
+from ..util.sizes import tree_size
 from .fetchers import DataFetcher, FetchContext, default_fetcher_classes
 from .fetchers.base import human_bytes
-from .fetchers.code import tree_size
 from .requirement import DataEntry, group_by_project
 
 #: bump to invalidate every cached dataset (layout or fetcher semantics changed)

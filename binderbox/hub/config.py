@@ -82,12 +82,15 @@ class HubParams:
     public_port: int
     hub_port: int
     proxy_api_port: int
+    hub_ip: str = "127.0.0.1"
     base_url: str = "/"
     cull_timeout: int = 600
     cull_max_age: int = 0
     cull_every: int = 0
     python: str = sys.executable
     spawner_config: dict[str, object] = field(default_factory=dict)
+    #: {class name: {trait: value}} of the sandbox classes the spawner uses
+    sandbox_config: dict[str, dict[str, object]] = field(default_factory=dict)
     log_level: str = "INFO"
     extra_config: str = ""
 
@@ -133,7 +136,7 @@ def render_config(params: HubParams) -> str:
         f"c.JupyterHub.base_url = {base!r}",
         f"c.JupyterHub.ip = {params.public_ip!r}",
         f"c.JupyterHub.port = {params.public_port!r}",
-        "c.JupyterHub.hub_ip = '127.0.0.1'",
+        f"c.JupyterHub.hub_ip = {params.hub_ip!r}",
         f"c.JupyterHub.hub_port = {params.hub_port!r}",
         f"c.JupyterHub.hub_routespec = {base + 'hub/'!r}",
         "c.JupyterHub.cleanup_servers = False",
@@ -159,6 +162,9 @@ def render_config(params: HubParams) -> str:
     lines.insert(1, "import json")
     for name, value in sorted(params.spawner_config.items()):
         lines.append(f"c.SandboxSpawner.{name} = json.loads({json.dumps(value)!r})")
+    for section, traits in sorted(params.sandbox_config.items()):
+        for name, value in sorted(traits.items()):
+            lines.append(f"c.{section}.{name} = json.loads({json.dumps(value)!r})")
     if params.extra_config:
         lines += ["", "# extra config from ManagedHub.extra_config", params.extra_config]
     return "\n".join(lines) + "\n"

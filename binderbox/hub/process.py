@@ -50,12 +50,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlets import Dict, Float, Int, Unicode, default, validate
+from traitlets import Dict, Float, Instance, Int, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..errors import BinderboxError
 from ..logs import tail
 from ..runtime.limits import limits_status
+from ..runtime.network import SandboxNetwork
 from ..sessions.hubclient import HubAPIError, HubClient
 from .config import (
     CULLER_TOKEN_ENV,
@@ -66,7 +67,7 @@ from .config import (
     normalise_base_url,
     render_config,
 )
-from .proxy import guarded_node_options
+from .proxy import ProxyRoutes, guarded_node_options
 from .watcher import ORDER, ChildWatcher
 
 #: how often readiness is polled while a child starts
@@ -138,8 +139,10 @@ def _secret_file(path: Path) -> str:
     return value
 
 
-class ManagedHub(LoggingConfigurable):
+class ManagedHub(ProxyRoutes, LoggingConfigurable):
     """JupyterHub + configurable-http-proxy for one data dir.  See the module docstring."""
+
+    children: dict[str, Child]
 
     data_dir = Unicode(
         help="The service's data directory; the hub's files go to <data_dir>/hub, "
@@ -151,8 +154,19 @@ class ManagedHub(LoggingConfigurable):
     public_port = Int(8000, help="Public port of the proxy (the service's URL).").tag(config=True)
     hub_port = Int(
         8081,
-        help="Port of the hub on 127.0.0.1.  Keep it stable: running sessions know it "
+        help="Port of the hub on hub_ip.  Keep it stable: running sessions know it "
         "(0 = pick a free one at start, only for throw-away hubs).",
+    ).tag(config=True)
+    hub_ip = Unicode(
+        help="""Address the hub listens on.  Default: the sandbox bridge's gateway when
+        sessions have networks of their own (the only host address they may reach, and
+        only that port), else 127.0.0.1.""",
+    ).tag(config=True)
+    network = Instance(SandboxNetwork, help="The sandboxes' network (hub_ip's default).")
+    sandbox_config = Dict(
+        help="""Settings of the sandbox classes (SandboxHost, SandboxNetwork, Destinations)
+        for the hub's sessions: {class name: {trait: JSON value}}; binderbox serve passes
+        its own."""
     ).tag(config=True)
     proxy_api_port = Int(
         8001, help="Port of the proxy's REST API on 127.0.0.1 (0 = pick a free one at start)."
@@ -192,6 +206,14 @@ class ManagedHub(LoggingConfigurable):
     start_timeout = Int(60, help="Seconds to wait for the proxy and the hub to answer.").tag(
         config=True
     )
+
+    @default("network")
+    def _default_network(self) -> SandboxNetwork:
+        return SandboxNetwork(parent=self)
+
+    @default("hub_ip")
+    def _default_hub_ip(self) -> str:
+        return self.network.gateway if self.network.enabled else "127.0.0.1"
 
     @default("proxy_command")
     def _default_proxy_command(self) -> str:
@@ -255,7 +277,7 @@ class ManagedHub(LoggingConfigurable):
     @property
     def hub_api_url(self) -> str:
         """The hub's REST API, e.g. ``http://127.0.0.1:8081/hub/api/``."""
-        return f"http://127.0.0.1:{self.hub_port}{self.base_url}hub/api/"
+        return f"http://{self.hub_ip}:{self.hub_port}{self.base_url}hub/api/"
 
     @property
     def proxy_api_url(self) -> str:
@@ -274,6 +296,8 @@ class ManagedHub(LoggingConfigurable):
             config["mem_limit"] = self.session_mem_limit
         if self.session_cpu_limit:
             config["cpu_limit"] = self.session_cpu_limit
+        # a session whose service is gone ends itself after the idle timeout too
+        config["orphan_timeout"] = self.cull_timeout
         config.update(self.spawner_config)
         return config
 
@@ -281,6 +305,7 @@ class ManagedHub(LoggingConfigurable):
         """Write ``<data>/hub/jupyterhub_config.py`` (ports chosen first) and return it."""
         params = self.params()
         self.hub_dir.mkdir(parents=True, exist_ok=True)
+        self.hub_dir.chmod(0o700)  # the database holds sessions' launch tokens
         path = self.hub_dir / "jupyterhub_config.py"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(render_config(params))
@@ -298,12 +323,14 @@ class ManagedHub(LoggingConfigurable):
             public_ip=self.public_ip,
             public_port=self.public_port,
             hub_port=self.hub_port,
+            hub_ip=self.hub_ip,
             proxy_api_port=self.proxy_api_port,
             base_url=self.base_url,
             cull_timeout=self.cull_timeout,
             cull_max_age=self.cull_max_age,
             cull_every=self.cull_every,
             spawner_config=self._spawner_config(),
+            sandbox_config=dict(self.sandbox_config),
             log_level=self.hub_log_level,
             extra_config=self.extra_config,
         )
@@ -313,6 +340,8 @@ class ManagedHub(LoggingConfigurable):
     async def start(self) -> None:
         """Start proxy and hub; return when the hub API answers.  See the module docstring."""
         self.stopping = False
+        if self.hub_ip == self.network.gateway:
+            await asyncio.to_thread(self.network.ensure)  # the hub listens on the bridge
         config = self.write_config()
         self._check_ports_free("public", "hub", "proxy API")
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
@@ -336,7 +365,7 @@ class ManagedHub(LoggingConfigurable):
         ``which``: some of ``public``, ``hub``, ``proxy API``."""
         ports = (
             ("public", self.public_ip, self.public_port, "--port"),
-            ("hub", "127.0.0.1", self.hub_port, "--hub-port"),
+            ("hub", self.hub_ip, self.hub_port, "--hub-port"),
             ("proxy API", "127.0.0.1", self.proxy_api_port, "--proxy-api-port"),
         )
         for what, ip, port, flag in ports:
@@ -366,7 +395,7 @@ class ManagedHub(LoggingConfigurable):
             "--api-port",
             str(self.proxy_api_port),
             "--error-target",
-            f"http://127.0.0.1:{self.hub_port}{self.base_url}hub/error",
+            f"http://{self.hub_ip}:{self.hub_port}{self.base_url}hub/error",
             "--log-level",
             "warn",
         ]
@@ -521,50 +550,6 @@ class ManagedHub(LoggingConfigurable):
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(_stop()))
-
-    # -- proxy routes -----------------------------------------------------------
-
-    async def _add_web_route(self) -> None:
-        """Route ``/`` to the web app (when ``web_port`` is set)."""
-        if not self.web_port:
-            return
-        try:
-            await self.add_route("/", f"http://127.0.0.1:{self.web_port}")
-        except HubAPIError as err:
-            raise HubError(
-                "The proxy does not accept routes.", log_message=f"adding the route / failed: {err}"
-            ) from err
-
-    async def _sync_hub_routes(self) -> None:
-        """Ask a running hub to add its routes (hub, sessions) to the proxy now."""
-        if not self.children["hub"].running:
-            return  # the hub adds them when it starts
-        try:
-            await HubClient(self.hub_api_url, self.api_token).request("POST", "proxy")
-        except HubAPIError as err:
-            self.log.warning(
-                "the hub did not sync its routes to the new proxy (%s); it will at its "
-                "next route check",
-                err,
-            )
-
-    @property
-    def _proxy_api(self) -> HubClient:
-        """The proxy's REST API (token auth and JSON, like the hub's)."""
-        return HubClient(self.proxy_api_url, self.proxy_token, timeout=5)
-
-    async def add_route(self, routespec: str, target: str) -> None:
-        """Route ``routespec`` (e.g. ``/``) to ``target`` on the proxy.
-
-        The route carries no ``jupyterhub`` data marker, so the hub's route
-        check leaves it alone.
-        """
-        await self._proxy_api.request("POST", "routes" + routespec, {"target": target})
-
-    async def routes(self) -> dict[str, Any]:
-        """The proxy's routing table (routespec -> {target, data...})."""
-        result: dict[str, Any] = await self._proxy_api.request("GET", "routes")
-        return result
 
 
 async def _terminate(proc: asyncio.subprocess.Process, grace: float = 10) -> None:

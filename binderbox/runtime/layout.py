@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..environments import ENV_PREFIX, HOME
+from .leases import RUN_ROOT
 from .sandbox import UID, USER, Sandbox, passwd_file
 
 #: the folder inside an environment holding binderbox's own files
@@ -45,6 +46,10 @@ def session_environment() -> dict[str, str]:
 
 
 def _etc_dir() -> Path:
+    """Where the sandboxes' passwd/group files are: readable by every sandbox uid when
+    binderbox runs as root (:data:`~binderbox.runtime.leases.RUN_ROOT`), else private."""
+    if os.geteuid() == 0:
+        return passwd_file(RUN_ROOT / "etc")
     return passwd_file(private_tmp() / "etc")
 
 
@@ -75,12 +80,18 @@ def _is_private(path: Path) -> bool:
     return stat.S_ISDIR(info.st_mode) and mine
 
 
-def base_sandbox(prefixes: Iterable[Path], content: Path | None) -> Sandbox:
+#: (host path, path inside) of a read-only mount
+Mount = tuple[Path, Path]
+
+
+def base_sandbox(mounts: Iterable[Mount], content: Path | None) -> Sandbox:
+    """The layout every sandbox shares: passwd, the interpreter ``mounts``, the home
+    (``content`` writable there, or an empty private folder), the session variables."""
     box = Sandbox(cwd=HOME)
     etc = _etc_dir()
     box.file(etc / "passwd", "/etc/passwd").file(etc / "group", "/etc/group")
-    for path in prefixes:
-        box.ro_bind(path)
+    for host, inside in mounts:
+        box.ro_bind(host, inside)
     if content is not None:
         box.bind(content, HOME)
     else:
@@ -88,25 +99,30 @@ def base_sandbox(prefixes: Iterable[Path], content: Path | None) -> Sandbox:
     return box.setenv(session_environment())
 
 
-def env_interpreter_prefixes(env_path: Path) -> list[Path]:
-    """The interpreter directories a built environment needs bound read-only.
+def env_interpreter_mounts(env_path: Path) -> list[Mount]:
+    """The interpreter directories a built environment needs, as read-only mounts.
 
     They come from ``build.json``, which the host wrote after the build, never
     from files build code could have changed (``pyvenv.cfg``): what is named
-    here is shown inside the sandbox.  FileNotFoundError when ``env_path`` is
-    not a built environment.
+    here is shown inside the sandbox.  ``interpreter_mounts`` pairs a readable
+    copy of an interpreter (:mod:`binderbox.runtime.provision`) with the path the
+    environment knows it by.  FileNotFoundError when ``env_path`` is not a
+    built environment.
     """
     info = env_path / META / "build.json"
     if not info.is_file():
         raise FileNotFoundError(f"{env_path} is not a built environment (no {META}/build.json)")
-    return [Path(p) for p in json.loads(info.read_text())["interpreter_prefixes"]]
+    record = json.loads(info.read_text())
+    if "interpreter_mounts" in record:
+        return [(Path(host), Path(inside)) for host, inside in record["interpreter_mounts"]]
+    return [(Path(p), Path(p)) for p in record["interpreter_prefixes"]]
 
 
 def env_sandbox(env_path: Path, content: Path | None = None) -> Sandbox:
     """The session layout: env read-only at /srv/env, content writable at the home
     (``None``: a private empty home).  Raises FileNotFoundError like
-    :func:`env_interpreter_prefixes`."""
-    box = base_sandbox(env_interpreter_prefixes(env_path), content and content.resolve())
+    :func:`env_interpreter_mounts`."""
+    box = base_sandbox(env_interpreter_mounts(env_path), content and content.resolve())
     return box.ro_bind(env_path.resolve(), ENV_PREFIX)
 
 

@@ -1,19 +1,21 @@
-"""Per-session memory and CPU limits with cgroups, where this host allows it.
+"""Memory, CPU and pids limits of sandboxes with cgroups, where this host allows it.
 
 What is enforceable depends on the host, so it is detected, not assumed:
 
 * **cgroup v2** with delegated controllers: ``/sys/fs/cgroup`` (or the
   ``unified`` mount) is a cgroup2 file system whose ``cgroup.controllers``
   lists ``memory`` (and ``cpu``) and where we may create a child group.
-  Limits are ``memory.max`` and ``cpu.max``.
+  Limits are ``memory.max``, ``cpu.max`` and ``pids.max``.
 * **cgroup v1** as root: the ``memory`` (and ``cpu``) hierarchies are
   mounted and writable.  Limits are ``memory.limit_in_bytes`` (plus
   ``memory.memsw.limit_in_bytes`` when present, so swap does not dodge it)
-  and ``cpu.cfs_quota_us``/``cpu.cfs_period_us``.
+  ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` and ``pids.max``.
 
-Each session gets ``<hierarchy>/binderbox/<session>``; the session's
-supervisor writes its own pid into ``cgroup.procs`` of each before it
-starts bubblewrap, so everything in the sandbox is accounted.  When neither
+Each sandbox (a session, or a build with all its steps) gets
+``<hierarchy>/binderbox/<name>``; its supervisor writes its own pid into
+``cgroup.procs`` of each before it starts bubblewrap, so everything in the
+sandbox is accounted.  A pids limit makes a fork bomb fail to fork instead
+of taking the machine: ``pids.max`` counts threads too.  When neither
 works, limits are *advisory*: ``MEM_LIMIT``/``CPU_LIMIT`` are still passed
 to the server (jupyter-resource-usage shows them) but nothing enforces them,
 and :func:`limits_status` says so and why.  Never claim enforcement that
@@ -37,6 +39,18 @@ CFS_PERIOD_US = 100_000
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one sandbox may use; 0 means unlimited."""
+
+    mem_bytes: int = 0
+    cpu: float = 0.0
+    pids: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.mem_bytes or self.cpu or self.pids)
+
+
+@dataclass(frozen=True)
 class LimitsStatus:
     """What :class:`CgroupLimits` can enforce on this host, and why."""
 
@@ -44,6 +58,7 @@ class LimitsStatus:
     backend: str  #: "cgroup-v2", "cgroup-v1" or "none"
     memory: bool  #: memory limits are enforced
     cpu: bool  #: CPU limits are enforced
+    pids: bool  #: pids (process and thread count) limits are enforced
     reason: str  #: plain words: what was found
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +99,7 @@ class CgroupLimits:
         self.v2: Path | None = None
         self.memory_dir: Path | None = None
         self.cpu_dir: Path | None = None
+        self.pids_dir: Path | None = None
         self.status = self._detect()
 
     def _detect(self) -> LimitsStatus:
@@ -99,79 +115,118 @@ class CgroupLimits:
                         "cgroup-v2",
                         True,
                         "cpu" in enabled,
+                        "pids" in enabled,
                         f"cgroup v2 at {v2} with controllers {' '.join(sorted(enabled))}",
                     )
         self.memory_dir = _writable_group(self.root / "memory")
         self.cpu_dir = _writable_group(self.root / "cpu")
+        self.pids_dir = _writable_group(self.root / "pids")
         if self.memory_dir is not None:
-            cpu = self.cpu_dir is not None
+            found = ["memory"] + [
+                n for n, d in (("cpu", self.cpu_dir), ("pids", self.pids_dir)) if d
+            ]
             return LimitsStatus(
                 "enforced",
                 "cgroup-v1",
                 True,
-                cpu,
-                "cgroup v1 memory" + (" and cpu" if cpu else "") + " controllers are writable",
+                self.cpu_dir is not None,
+                self.pids_dir is not None,
+                f"cgroup v1 {', '.join(found)} controllers are writable",
             )
         return LimitsStatus(
             "advisory",
             "none",
             False,
             False,
+            False,
             "no cgroup v2 with a delegated memory controller and no writable cgroup v1 "
             "memory hierarchy (run as root, or delegate a cgroup v2 subtree to this user)",
         )
 
-    def create(self, session: str, mem_bytes: int, cpu: float) -> list[Path]:
-        """Make the session's groups with its limits; return the dirs to join.
+    def create(self, name: str, limits: Limits) -> list[Path]:
+        """Make the groups of sandbox ``name`` with ``limits``; return the dirs to join.
 
-        ``mem_bytes``/``cpu`` of 0 mean unlimited.  Returns ``[]`` when limits
-        are advisory here (or both are unlimited).
+        Returns ``[]`` when limits are advisory here (or all unlimited).
         """
-        if self.status.mode != "enforced" or (not mem_bytes and not cpu):
+        if self.status.mode != "enforced" or not limits:
             return []
-        name = _safe_name(session)
+        name = _safe_name(name)
         if self.v2 is not None:
             group = self.v2 / name
             group.mkdir(exist_ok=True)
-            if mem_bytes:
-                (group / "memory.max").write_text(str(mem_bytes))
-                with contextlib.suppress(OSError):
-                    (group / "memory.swap.max").write_text("0")
-            if cpu and self.status.cpu:
-                quota = max(1000, int(cpu * CFS_PERIOD_US))
-                (group / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
+            _v2_limits(group, limits, self.status)
             return [group]
         dirs: list[Path] = []
-        if mem_bytes and self.memory_dir is not None:
-            group = self.memory_dir / name
-            group.mkdir(exist_ok=True)
-            (group / "memory.limit_in_bytes").write_text(str(mem_bytes))
-            memsw = group / "memory.memsw.limit_in_bytes"
-            if memsw.exists():
-                with contextlib.suppress(OSError):
-                    memsw.write_text(str(mem_bytes))
-            dirs.append(group)
-        if cpu and self.cpu_dir is not None:
-            group = self.cpu_dir / name
-            group.mkdir(exist_ok=True)
-            (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-            (group / "cpu.cfs_quota_us").write_text(str(max(1000, int(cpu * CFS_PERIOD_US))))
-            dirs.append(group)
+        for parent, wanted, write in (
+            (self.memory_dir, limits.mem_bytes, _v1_memory),
+            (self.cpu_dir, limits.cpu, _v1_cpu),
+            (self.pids_dir, limits.pids, _v1_pids),
+        ):
+            if wanted and parent is not None:
+                group = parent / name
+                group.mkdir(exist_ok=True)
+                write(group, limits)
+                dirs.append(group)
         return dirs
 
-    def remove(self, session: str) -> None:
-        """Remove the session's groups (they must be empty; errors are ignored)."""
-        name = _safe_name(session)
-        for parent in (self.v2, self.memory_dir, self.cpu_dir):
+    def oom_kills(self, name: str) -> int:
+        """How many processes of sandbox ``name`` the kernel killed for memory."""
+        name = _safe_name(name)
+        if self.v2 is not None:
+            path, key = self.v2 / name / "memory.events", "oom_kill"
+        elif self.memory_dir is not None:
+            path, key = self.memory_dir / name / "memory.oom_control", "oom_kill"
+        else:
+            return 0
+        with contextlib.suppress(OSError, ValueError):
+            for line in path.read_text().splitlines():
+                field, _, value = line.partition(" ")
+                if field == key:
+                    return int(value)
+        return 0
+
+    def remove(self, name: str) -> None:
+        """Remove the groups of sandbox ``name`` (they must be empty; errors are ignored)."""
+        name = _safe_name(name)
+        for parent in (self.v2, self.memory_dir, self.cpu_dir, self.pids_dir):
             if parent is not None:
                 with contextlib.suppress(OSError):
                     (parent / name).rmdir()
 
 
+def _v2_limits(group: Path, limits: Limits, status: LimitsStatus) -> None:
+    if limits.mem_bytes:
+        (group / "memory.max").write_text(str(limits.mem_bytes))
+        with contextlib.suppress(OSError):
+            (group / "memory.swap.max").write_text("0")
+    if limits.cpu and status.cpu:
+        quota = max(1000, int(limits.cpu * CFS_PERIOD_US))
+        (group / "cpu.max").write_text(f"{quota} {CFS_PERIOD_US}")
+    if limits.pids and status.pids:
+        (group / "pids.max").write_text(str(limits.pids))
+
+
+def _v1_memory(group: Path, limits: Limits) -> None:
+    (group / "memory.limit_in_bytes").write_text(str(limits.mem_bytes))
+    memsw = group / "memory.memsw.limit_in_bytes"
+    if memsw.exists():
+        with contextlib.suppress(OSError):
+            memsw.write_text(str(limits.mem_bytes))
+
+
+def _v1_cpu(group: Path, limits: Limits) -> None:
+    (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+    (group / "cpu.cfs_quota_us").write_text(str(max(1000, int(limits.cpu * CFS_PERIOD_US))))
+
+
+def _v1_pids(group: Path, limits: Limits) -> None:
+    (group / "pids.max").write_text(str(limits.pids))
+
+
 def _enable_v2_controllers(root: Path, group: Path) -> set[str]:
-    """Enable memory/cpu for children of ``group``; return what got enabled."""
+    """Enable memory/cpu/pids for children of ``group``; return what got enabled."""
     enabled: set[str] = set()
-    for controller in ("memory", "cpu"):
+    for controller in ("memory", "cpu", "pids"):
         for parent in (root, group):
             with contextlib.suppress(OSError):
                 (parent / "cgroup.subtree_control").write_text(f"+{controller}")

@@ -3,9 +3,11 @@
 Builds (uv installs that may run ``setup.py``, ``postBuild``, data code
 sources) and sessions (``jupyterhub-singleuser``) run repository code we do
 not trust.  They run inside :class:`Sandbox`: a fresh user namespace (uid
-1000 ``jovyan`` inside), own pid/ipc/uts namespaces, a read-only view of the
-system directories, and only the host paths the caller binds.  The process
-dies with its parent.
+1000 ``jovyan`` inside; no further user namespaces may be made in it), own
+pid/ipc/uts namespaces, a read-only view of the system directories, and only
+the host paths the caller binds.  The process dies with its parent.  Where it
+runs from -- which host uid, which network, which cgroups -- is
+:class:`~binderbox.runtime.host.SandboxHost`'s part.
 
 Usage::
 
@@ -106,8 +108,20 @@ class Sandbox:
 
     def argv(self, command: Sequence[str]) -> list[str]:
         """The full ``bwrap ... -- command`` argument list."""
+        return [bwrap_path(), *self.args(command)]
+
+    def options_file(self) -> bytes:
+        """:meth:`options` NUL-separated, for ``bwrap --args FD -- command``: what the
+        sandbox is told (its environment: tokens) never shows on a command line."""
+        return b"".join(arg.encode() + b"\0" for arg in self.options())
+
+    def args(self, command: Sequence[str]) -> list[str]:
+        """bubblewrap's arguments for ``command`` (without the executable)."""
+        return [*self.options(), "--", *command]
+
+    def options(self) -> list[str]:
+        """bubblewrap's options: namespaces, mounts, environment (no command)."""
         args = [
-            bwrap_path(),
             "--unshare-user",
             "--uid",
             str(UID),
@@ -118,6 +132,7 @@ class Sandbox:
             "--unshare-uts",
             "--hostname",
             self.hostname,
+            "--disable-userns",
             "--die-with-parent",
             "--new-session",
             "--proc",
@@ -138,7 +153,7 @@ class Sandbox:
         args += ["--chdir", self.cwd, "--clearenv"]
         for name, value in sorted(self.env.items()):
             args += ["--setenv", name, value]
-        return [*args, "--", *command]
+        return args
 
 
 def _system_mounts() -> list[str]:

@@ -1,56 +1,240 @@
-"""The detached parent of one session's bubblewrap process.
+"""The parent of one sandbox: its limits, its network, its host uid, its watchdogs.
 
-Usage: ``python -m binderbox.runtime.supervise [--cgroup DIR]... -- bwrap ...``
+Usage::
 
-Why it exists: bubblewrap's ``--die-with-parent`` kills the sandbox when
-its parent dies.  If the hub were that parent, restarting the hub would kill
-every session.  The spawner starts this small program in a new session
-(``setsid``); it joins the session's cgroups (so the limits cover everything
-it starts), runs the command as its only child, forwards SIGTERM/SIGINT/
-SIGHUP to it and exits with its exit status.  ``--die-with-parent`` then
-refers to this supervisor, and stopping a session means signalling the
-supervisor's process group.
+    python -m binderbox.runtime.supervise [options] -- bwrap --args FD
 
-Descriptors the spawner passes (``pass_fds``: shared ``flock`` use-locks on
-the session's environment and datasets) stay open here for the supervisor's
-whole life and are not inherited by the command (``close_fds``): the locks
-end when the session ends, whatever ends it.
+Sessions (the spawner) and build steps and dataset code sources
+(:class:`~binderbox.runtime.host.SandboxHost`) start their sandbox through this
+small program.  In order, it
+
+1. joins the sandbox's cgroups (``--cgroup DIR``, repeatable), so memory, CPU
+   and pids limits cover everything started below;
+2. moves into a network namespace of its own wired to the sandbox bridge
+   (``--net ADDRESS/PREFIX,GATEWAY,BRIDGE``; :mod:`binderbox.runtime.netns`);
+3. starts the command as the unprivileged host uid ``--uid`` (with the same
+   gid, no supplementary groups) -- bubblewrap then maps it to uid 1000 inside;
+   descriptors named by ``--pass-fd`` (bubblewrap's ``--args`` file: secrets
+   never sit on a command line) are inherited, no other;
+4. forwards SIGTERM/SIGINT/SIGHUP to it, and exits with its status.
+
+Why a separate parent: bubblewrap's ``--die-with-parent`` kills the sandbox
+when its parent dies.  If the hub were that parent, restarting the hub would
+kill every session.  The spawner starts this supervisor in a new session
+(``setsid``); stopping a session means signalling its process group.
+Descriptors the caller passes (``pass_fds``: use-locks of the environment and
+datasets, the leases of the uid and the address) stay open here for the
+supervisor's whole life and are not inherited by the command: they end when
+the sandbox ends, whatever ends it.
+
+Watchdogs, while the command runs:
+
+``--die-with-parent``
+    (build steps) the step ends when the service that started it ends.
+``--reap-orphans``
+    (build steps) a process whose parent died inside the sandbox is re-parented
+    to the sandbox's init; such leftovers (a ``setup.py`` that started a
+    background child holding uv's output pipe) are killed, so no child can hold
+    a build open.
+``--service-lock PATH --orphan-timeout SECONDS``
+    (sessions) ``binderbox serve`` holds ``PATH`` locked while it runs; when
+    nobody has held it for ``SECONDS``, the service is gone and the session is
+    stopped: no session outlives its service unbounded.
+``--home PATH --home-limit BYTES``
+    (sessions) the home is measured every ``--home-interval`` seconds; a home
+    over its limit stops the session (the files stay until the spawner removes
+    the home).
+
+Standard library only (and small binderbox modules that are): one of these runs
+for every session and every build step.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import ctypes
+import fcntl
 import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from ..util.sizes import tree_size
 from .limits import join
+from .netns import NetSetupError, SandboxNet, enter
+
+#: seconds between two looks for orphans in a build sandbox
+REAP_INTERVAL = 0.5
+#: seconds between two looks at the service lock
+SERVICE_INTERVAL = 5.0
+#: seconds a stopped command has between SIGTERM and SIGKILL
+GRACE = 5.0
+#: exit status when a watchdog stopped the command
+STOPPED_BY_WATCHDOG = 75
+PR_SET_PDEATHSIG = 1
 
 
-def parse(argv: list[str]) -> tuple[list[Path], list[str]]:
-    """Split ``[--cgroup DIR]... -- command...`` into (cgroup dirs, command)."""
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Read the options (``--`` then the command)."""
+    parser = argparse.ArgumentParser(prog="supervise", add_help=False)
+    parser.add_argument("--cgroup", action="append", default=[], type=Path)
+    parser.add_argument("--uid", type=int)
+    parser.add_argument("--net", type=SandboxNet.parse)
+    parser.add_argument("--pass-fd", action="append", default=[], type=int)
+    parser.add_argument("--reap-orphans", action="store_true")
+    parser.add_argument("--die-with-parent", action="store_true")
+    parser.add_argument("--service-lock", type=Path)
+    parser.add_argument("--orphan-timeout", type=float, default=0.0)
+    parser.add_argument("--home", type=Path)
+    parser.add_argument("--home-limit", type=int, default=0)
+    parser.add_argument("--home-interval", type=float, default=15.0)
     if "--" not in argv:
-        raise SystemExit("usage: supervise [--cgroup DIR]... -- command...")
+        raise SystemExit("usage: supervise [options] -- command...")
     split = argv.index("--")
-    options, command = argv[:split], argv[split + 1 :]
-    cgroups: list[Path] = []
-    while options:
-        flag, value, *options = options
-        if flag != "--cgroup":
-            raise SystemExit(f"supervise: unknown option {flag}")
-        cgroups.append(Path(value))
-    if not command:
+    args = parser.parse_args(argv[:split])
+    args.command = argv[split + 1 :]
+    if not args.command:
         raise SystemExit("supervise: no command")
-    return cgroups, command
+    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command under supervision; return its exit status."""
-    cgroups, command = parse(sys.argv[1:] if argv is None else argv)
-    join(cgroups, os.getpid())
-    child = subprocess.Popen(command)
+def _say(message: str) -> None:
+    print(f"[binderbox supervisor] {message}", file=sys.stderr, flush=True)
+
+
+def start(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    """Steps 1-3 of the module docstring."""
+    if args.die_with_parent:
+        _die_with_parent()
+    join(args.cgroup, os.getpid())
+    if args.net is not None:
+        enter(args.net)
+    fds = tuple(args.pass_fd)
+    if args.uid is None:
+        return subprocess.Popen(args.command, pass_fds=fds)
+    uid = int(args.uid)
+    return subprocess.Popen(args.command, pass_fds=fds, user=uid, group=uid, extra_groups=[])
+
+
+class Watchdogs:
+    """The checks of the module docstring, each due at its own interval."""
+
+    def __init__(self, args: argparse.Namespace, child: subprocess.Popen[bytes]) -> None:
+        self.args, self.child = args, child
+        self.checks: list[tuple[float, Callable[[], str]]] = []
+        if args.reap_orphans:
+            self.checks.append((REAP_INTERVAL, self.reap))
+        if args.service_lock is not None and args.orphan_timeout > 0:
+            self.checks.append((SERVICE_INTERVAL, self.service_gone))
+        if args.home is not None and args.home_limit > 0:
+            self.checks.append((args.home_interval, self.home_too_big))
+        self.due = [time.monotonic() + interval for interval, _ in self.checks]
+        self.gone_since: float | None = None
+
+    def next_wait(self) -> float | None:
+        """Seconds until the next check (None: no checks)."""
+        return max(0.0, min(self.due) - time.monotonic()) if self.due else None
+
+    def run_due(self) -> str:
+        """Run the checks that are due; a reason to stop the command, or ''."""
+        now = time.monotonic()
+        for i, (interval, check) in enumerate(self.checks):
+            if now >= self.due[i]:
+                self.due[i] = now + interval
+                reason = check()
+                if reason:
+                    return reason
+        return ""
+
+    def reap(self) -> str:
+        init = _children(self.child.pid)
+        for pid in init:
+            kids = sorted(_children(pid), key=_start_ticks)
+            for orphan in kids[1:]:  # the first is the command; the rest were re-parented
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(orphan, signal.SIGKILL)
+                _say(f"stopped process {orphan}: it was left running by a finished one")
+        return ""
+
+    def service_gone(self) -> str:
+        if _lock_held(self.args.service_lock):
+            self.gone_since = None
+            return ""
+        now = time.monotonic()
+        self.gone_since = self.gone_since or now
+        if now - self.gone_since >= self.args.orphan_timeout:
+            return f"the service has been gone for {self.args.orphan_timeout:g} s"
+        return ""
+
+    def home_too_big(self) -> str:
+        size = tree_size(self.args.home)
+        if size > self.args.home_limit:
+            return f"the home holds {size} bytes, over its limit of {self.args.home_limit}"
+        return ""
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this supervisor (and so its sandbox) when its parent dies."""
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request
+        os._exit(1)
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _start_ticks(pid: int) -> int:
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return 0
+
+
+def _lock_held(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        child.terminate()
+    try:
+        child.wait(GRACE)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+
+
+def supervise(args: argparse.Namespace) -> int:
+    """Run the command to its end; its exit status (see the module docstring)."""
+    try:
+        child = start(args)
+    except (NetSetupError, OSError) as err:
+        _say(f"the sandbox could not be started: {err}")
+        return 1
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -58,8 +242,23 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    status = child.wait()
-    return status if status >= 0 else 128 - status
+    dogs = Watchdogs(args, child)
+    while True:
+        try:
+            status = child.wait(dogs.next_wait())
+            return status if status >= 0 else 128 - status
+        except subprocess.TimeoutExpired:
+            reason = dogs.run_due()
+        if reason:
+            _say(f"stopping the sandbox: {reason}")
+            _stop(child)
+            child.wait()
+            return STOPPED_BY_WATCHDOG
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The program's entry point."""
+    return supervise(parse(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -304,6 +304,33 @@ class SessionLauncher(LoggingConfigurable):
             status_code=503,
         )
 
+    # -- shutdown -----------------------------------------------------------------
+
+    async def count_running(self) -> int:
+        """How many sessions run now (0 when the hub does not answer)."""
+        try:
+            return len(await self._servers())
+        except LaunchError:
+            return 0
+
+    async def stop_all(self, at_once: int = 8, within: float = 120) -> int:
+        """End every session (its temporary user with it); how many are left."""
+        try:
+            users = [u["name"] for u in await self.hub.active_users()]
+        except HubAPIError as err:
+            self.log.warning("cannot list sessions to stop them: %s", err)
+            return -1
+        slots = asyncio.Semaphore(at_once)
+
+        async def end(name: str) -> None:
+            async with slots:
+                await self._forget(name)
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await asyncio.gather(*(end(name) for name in users))
+        return await self.count_running()
+
     # -- health -------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:

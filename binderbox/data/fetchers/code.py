@@ -10,7 +10,11 @@ layout (:func:`~binderbox.runtime.layout.env_sandbox`, without content) with
   ``.binderbox/build.json`` names are shown read-only too, as in a session),
 * the dataset's temporary folder as the only writable host path, at
   ``/home/jovyan/data/<projectName>`` (``_dst`` and the working directory),
-* a private empty home and ``/tmp``, the network shared,
+* a private empty home and ``/tmp``,
+* as a build step does (:meth:`SandboxHost.run <binderbox.runtime.host.SandboxHost.run>`):
+  a host uid of its own (the dataset folder is handed to it and taken back
+  after), a network of its own (the public internet, no private addresses),
+  memory/CPU/pids limits, leftover background processes stopped,
 * a time limit (:attr:`CodeFetcher.timeout`) and the dataset size limit,
   checked while it runs.
 
@@ -23,19 +27,20 @@ line of output and whose log message holds the tail of the output.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
 import time
 from collections import deque
 from pathlib import Path
 
-from traitlets import Bool, Float
+from traitlets import Bool, Float, Instance, default
 
 from ...environments.spec import ENV_PREFIX, HOME
 from ...errors import DataError
+from ...runtime.host import SandboxHost, Step
 from ...runtime.layout import env_sandbox
+from ...runtime.ownership import give_tree, take_back
 from ...runtime.sandbox import Sandbox
+from ...util.sizes import tree_size
 from ..requirement import DataEntry
 from .base import DataFetcher, FetchContext
 
@@ -47,20 +52,6 @@ SIZE_CHECK_INTERVAL = 1.0
 def is_code(src: str) -> bool:
     """Whether ``src`` is Python code rather than a URL or identifier."""
     return "://" not in src.split(None, 1)[0] and bool(_CODE.search(src))
-
-
-def tree_size(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (links not followed)."""
-    total = 0
-    stack = [str(path)]
-    while stack:
-        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
-            for item in it:
-                if item.is_dir(follow_symlinks=False):
-                    stack.append(item.path)
-                elif item.is_file(follow_symlinks=False):
-                    total += item.stat(follow_symlinks=False).st_size
-    return total
 
 
 class CodeFetcher(DataFetcher):
@@ -75,6 +66,12 @@ class CodeFetcher(DataFetcher):
     timeout = Float(1800.0, help="Seconds a code source may run before it is stopped.").tag(
         config=True
     )
+
+    host = Instance(SandboxHost, help="Where code sources run (uids, network, limits).")
+
+    @default("host")
+    def _default_host(self) -> SandboxHost:
+        return SandboxHost(parent=self)
 
     def matches(self, entry: DataEntry) -> bool:
         """Sources that are Python code (contain an import statement)."""
@@ -123,32 +120,50 @@ class CodeFetcher(DataFetcher):
                 log_message=str(err),
                 reason="data_code_env",
             ) from err
-        argv = box.argv([f"{ENV_PREFIX}/bin/python", "-c", script])
+        command = [f"{ENV_PREFIX}/bin/python", "-c", script]
         before = await asyncio.to_thread(tree_size, dest)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            limit=1 << 20,
-        )
         tail: deque[str] = deque(maxlen=20)
-        try:
-            await self._watch(proc, entry, dest, ctx, tail, before)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        if proc.returncode != 0:
+        code, step = await self._run(box, command, entry, dest, ctx, tail, before)
+        if code != 0 and step.oom_killed:
+            raise DataError(
+                f"Dataset {entry.describe()}: its Python code ran out of memory (this service "
+                f"allows it {self.host.build_mem_limit}).",
+                reason="data_code_memory",
+            )
+        if code != 0:
             last = next((line for line in reversed(tail) if line.strip()), "no output")
             raise DataError(
-                f"Dataset {entry.describe()}: its Python code failed (exit code "
-                f"{proc.returncode}): {last}",
+                f"Dataset {entry.describe()}: its Python code failed (exit code {code}): {last}",
                 log_message="Data code source output (tail):\n" + "\n".join(tail),
                 reason="data_code_failed",
             )
         ctx.count(await asyncio.to_thread(tree_size, dest) - before, entry)
+
+    async def _run(
+        self,
+        box: Sandbox,
+        command: list[str],
+        entry: DataEntry,
+        dest: Path,
+        ctx: FetchContext,
+        tail: deque[str],
+        before: int,
+    ) -> tuple[int | None, Step]:
+        """Run the code as a uid of its own (``dest`` handed to it, then taken back)."""
+        lease = await asyncio.to_thread(self.host.lease_uid)
+        uid = lease.value if lease is not None else None
+        step = Step()
+        try:
+            if uid is not None:
+                await asyncio.to_thread(give_tree, dest, uid)
+            async with self.host.run(box, command, uid=uid, step=step) as running:
+                await self._watch(running.proc, entry, dest, ctx, tail, before)
+            return running.proc.returncode, step
+        finally:
+            if uid is not None:
+                await asyncio.to_thread(take_back, dest)
+            if lease is not None:
+                lease.release()
 
     async def _watch(
         self,

@@ -25,19 +25,23 @@ Process layout and why:
   zombie or a reused pid counts as gone), ``stop`` signals its process group
   (SIGTERM, then SIGKILL).  Output goes to ``<data>/logs/sessions/``.
 * The sandbox (:class:`binderbox.runtime.sandbox.Sandbox`): own user, pid, ipc and
-  uts namespaces, uid 1000 ``jovyan`` inside, the host network namespace
-  (the hub and the proxy reach the server on 127.0.0.1:<port>), the system
-  directories, the environment and its interpreter (``.binderbox/build.json``)
-  read-only, the home ``<data>/homes/<user>-<server>`` writable at
-  ``/home/jovyan``, data read-only.
-* Host uid: the sandbox runs as the service's own uid (root here) mapped to
-  uid 1000 in a fresh user namespace, with no capabilities outside it.  A
-  dedicated unprivileged host uid was not used: the environments' interpreters
-  live under ``/root/.pyenv`` (``/root`` is mode 0700) and the store is owned
-  by the service, so that uid could not read them without loosening those
-  permissions; the namespaces plus the bind list are the isolation.  The
-  network namespace is shared, so a session can reach services on
-  127.0.0.1 (the hub and proxy APIs need tokens it does not have).
+  uts namespaces, uid 1000 ``jovyan`` inside, the system directories, the
+  environment and its interpreter (``.binderbox/build.json``) read-only, the
+  home ``<data>/homes/<user>-<server>`` writable at ``/home/jovyan``, data
+  read-only.  Its bubblewrap arguments (the environment, with the tokens) go
+  through a memory file descriptor, never a command line.
+* Host uid and network (:class:`~binderbox.runtime.host.SandboxHost`): when
+  binderbox runs as root the session runs as a host uid leased for it alone
+  (the home is handed to it), in a network namespace of its own on the sandbox
+  bridge, at an address leased for it: the hub and the proxy reach the server
+  at ``<address>:8888``; the session reaches nothing on the host but its hub's
+  API port (an nftables element added here and removed at the end).  The
+  leases' descriptors go to the supervisor, so they last as long as the session.
+  Not root: the service's uid mapped to 1000, the host network, 127.0.0.1.
+* Limits: memory, CPU and pids in the session's cgroups; the supervisor stops
+  the session when its home grows past ``home_limit`` (measured, there is no
+  filesystem quota here) or when ``binderbox serve`` has been gone for
+  ``orphan_timeout`` seconds (it holds ``<data>/service.lock`` while it runs).
 * Readiness: JupyterHub waits for ``/api`` in ``User._wait_up`` ->
   ``Server.wait_up`` -> ``jupyterhub.utils.wait_for_http_server``, which
   retries with ``exponential_backoff`` (random sleeps up to 0.2, 0.4, 0.8...
@@ -46,8 +50,8 @@ Process layout and why:
   and returns only once it answers; the hub's first check then succeeds at
   once (measured: the hub marks the server ready ~10 ms after it answers).
   ``progress`` relays the steps of ``start`` to the hub's progress stream.
-* When the server stops (deleted, culled, crashed) its home and cgroups are
-  removed.
+* When the server stops (deleted, culled, crashed) its home, cgroups and hub
+  element are removed.
 """
 
 from __future__ import annotations
@@ -57,26 +61,31 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import maybe_future, random_port
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Unicode, default
+from traitlets import Instance, Int, Unicode, default
 
-from ...builders.overlay import apply_home_overlay
 from ...environments.spec import HOME
 from ...logs import tail
+from ...runtime.host import Prepared, SandboxHost, parse_size
 from ...runtime.layout import env_sandbox
-from ...runtime.limits import default_limits
+from ...runtime.leases import Lease
+from ...runtime.limits import Limits, default_limits
+from ...runtime.netns import SandboxNet
 from ...runtime.options import LaunchOptions
 from ...runtime.sandbox import Sandbox
-from ...store.files import remove_tree
 from ...store.locks import FileLock
+from ..homes import prepare_home, remove_home
 from .mixin import BinderSpawnerMixin
+
+#: the port of every session's server inside its own network namespace
+SESSION_PORT = 8888
 
 
 def process_start_time(pid: int) -> int | None:
@@ -99,6 +108,30 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         "<data_dir>/logs/sessions)."
     ).tag(config=True)
 
+    pids_limit = Int(
+        512,
+        help="Processes and threads a session may have at once (0 = no limit); enforced "
+        "where the pids cgroup controller is writable.",
+    ).tag(config=True)
+    home_limit = Unicode(
+        "2G",
+        help="Bytes a session's home may hold ('' = no limit).  Measured every "
+        "home_check_interval seconds: a session over it is stopped.",
+    ).tag(config=True)
+    home_check_interval = Int(15, help="Seconds between two measurements of a home.").tag(
+        config=True
+    )
+    orphan_timeout = Int(
+        600,
+        help="Seconds a session keeps running after binderbox serve is gone (then it ends "
+        "itself; 0 = never).",
+    ).tag(config=True)
+    host = Instance(SandboxHost, help="Where sessions run (uids, network).")
+
+    @default("host")
+    def _default_host(self) -> SandboxHost:
+        return SandboxHost(parent=self)
+
     @default("ip")
     def _default_ip(self) -> str:
         return "127.0.0.1"
@@ -110,6 +143,9 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
     # -- state ------------------------------------------------------------------
 
     start_ticks: int = 0
+    #: the session's host uid and address (None: the service's uid, the host network)
+    sandbox_uid: int | None = None
+    sandbox_ip: str | None = None
     _messages: list[dict[str, Any]]
     proc: subprocess.Popen[bytes] | None  # the trait of LocalProcessSpawner, typed
 
@@ -117,12 +153,18 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         """Restore the supervisor's pid and start time after a hub restart."""
         super().load_state(state)
         self.start_ticks = int(state.get("start_ticks", 0))
+        self.sandbox_uid = state.get("sandbox_uid")
+        self.sandbox_ip = state.get("sandbox_ip")
 
     def get_state(self) -> dict[str, Any]:
         """The supervisor's pid and start time."""
         state: dict[str, Any] = super().get_state()
         if self.pid:
-            state["start_ticks"] = self.start_ticks
+            state.update(
+                start_ticks=self.start_ticks,
+                sandbox_uid=self.sandbox_uid,
+                sandbox_ip=self.sandbox_ip,
+            )
         return state
 
     def clear_state(self) -> None:
@@ -147,25 +189,6 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         return [Path(self.data_dir), *super().option_roots()]
 
     # -- lifecycle ----------------------------------------------------------------
-
-    def _prepare_home(self, env_path: Path, content: Path | None, start_script: str | None) -> None:
-        home = self.home_path
-        remove_tree(home)
-        home.parent.mkdir(parents=True, exist_ok=True)
-        if content is not None:
-            subprocess.run(
-                ["cp", "-a", "--reflink=auto", "--no-target-directory", str(content), str(home)],
-                check=True,
-                capture_output=True,
-            )
-        else:
-            home.mkdir()
-        apply_home_overlay(env_path, home)
-        home.chmod(0o700)
-        if start_script:
-            script = home / start_script
-            if script.is_file():
-                script.chmod(script.stat().st_mode | 0o111)
 
     def _sandbox(self, options: LaunchOptions) -> Sandbox:
         box = env_sandbox(options.env_path, self.home_path)  # the layout run_in_env uses too
@@ -197,56 +220,102 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         """Start the sandboxed server; return (ip, port) once it answers HTTP."""
         self._messages = []
         options = self.launch_options
-        holds = await asyncio.to_thread(self._take_holds, list(options.hold_files))
-        try:
-            return await self._start_holding(options, holds)
-        finally:
-            for hold in holds:  # the supervisor has its own copies of the descriptors
-                hold.release()
-
-    async def _start_holding(
-        self, options: LaunchOptions, holds: list[FileLock]
-    ) -> tuple[str, int]:
         if not (options.env_path / "bin" / "jupyterhub-singleuser").exists():
             raise web.HTTPError(400, "the environment has no jupyterhub-singleuser")
-        if self.port == 0:  # type: ignore[has-type]
+        holds = await asyncio.to_thread(self._take_holds, list(options.hold_files))
+        leases: list[Lease] = []
+        try:  # the supervisor has its own copies of every descriptor
+            return await self._start_holding(options, [h.fileno() for h in holds], leases)
+        finally:
+            for hold in holds:
+                hold.release()
+            for lease in leases:
+                lease.release()
+
+    def _place(self, leases: list[Lease]) -> SandboxNet | None:
+        """Lease the session's uid and address (blocking); sets ip, port and state."""
+        uid = self.host.lease_uid()
+        if uid is not None:
+            leases.append(uid)
+        self.sandbox_uid = uid.value if uid else None
+        net = None
+        if self.host.network.enabled:
+            net, address = self.host.network.claim("session")
+            leases.append(address)
+            self.host.network.allow_hub(net.address, self.hub_port)
+            self.ip, self.port = net.address, SESSION_PORT
+        elif self.port == 0:
             self.port = random_port()
+        self.sandbox_ip = net.address if net else None
+        return net
+
+    @property
+    def hub_port(self) -> int:
+        """The port of the hub's API, as sessions reach it."""
+        return int(urlsplit(self.hub.api_url).port or 80)
+
+    async def _start_holding(
+        self, options: LaunchOptions, holds: list[int], leases: list[Lease]
+    ) -> tuple[str, int]:
+        net = await asyncio.to_thread(self._place, leases)
         self.report(10, "Copying the repository into a private home")
-        start_script = options.start_script
-        await asyncio.to_thread(
-            self._prepare_home, options.env_path, options.content_path, start_script
+        start_script = await asyncio.to_thread(
+            prepare_home,
+            self.home_path,
+            options.env_path,
+            options.content_path,
+            options.start_script,
+            self.sandbox_uid,
         )
-        if start_script and not (self.home_path / start_script).is_file():
-            start_script = None
-        limits = default_limits()
-        cgroups = limits.create(self.session_name, int(self.mem_limit or 0), self.cpu_limit or 0)
-        argv = self._sandbox(options).argv(self._command(start_script))
-        supervise = [sys.executable, "-m", "binderbox.runtime.supervise"]
-        for group in cgroups:
-            supervise += ["--cgroup", str(group)]
+        limits = Limits(int(self.mem_limit or 0), self.cpu_limit or 0.0, self.pids_limit)
+        cgroups = default_limits().create(self.session_name, limits)
+        prepared = self.host.prepare(
+            self._sandbox(options),
+            self._command(start_script),
+            uid=self.sandbox_uid,
+            net=net,
+            cgroups=cgroups,
+            options=self._watchdogs(),
+            keep_fds=[*holds, *(lease.fd for lease in leases)],
+        )
         self.report(30, "Starting the sandboxed Jupyter server")
-        self.proc = self._spawn([*supervise, "--", *argv], [h.fileno() for h in holds])
+        try:
+            self.proc = self._spawn(prepared)
+        finally:
+            prepared.close()
         self.pid = self.proc.pid
         self.start_ticks = process_start_time(self.pid) or 0
         self.log.info("Started session %s (supervisor pid %d)", self.session_name, self.pid)
         await self._wait_ready()
         return (self.ip, self.port)
 
+    def _watchdogs(self) -> list[str]:
+        """The supervisor's options: the service lock, the home limit."""
+        options = []
+        if self.orphan_timeout:
+            lock = Path(self.data_dir) / "service.lock"
+            options += ["--service-lock", str(lock), "--orphan-timeout", str(self.orphan_timeout)]
+        limit = parse_size(self.home_limit)
+        if limit:
+            options += ["--home", str(self.home_path), "--home-limit", str(limit)]
+            options += ["--home-interval", str(self.home_check_interval)]
+        return options
+
     @property
     def log_path(self) -> Path:
         """Where the session's output goes."""
         return Path(self.data_dir) / "logs" / "sessions" / f"{self.session_name}.log"
 
-    def _spawn(self, argv: list[str], pass_fds: list[int]) -> subprocess.Popen[bytes]:
+    def _spawn(self, prepared: Prepared) -> subprocess.Popen[bytes]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             return subprocess.Popen(
-                argv,
+                prepared.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                pass_fds=pass_fds,
+                pass_fds=prepared.pass_fds,
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             )
 
@@ -328,5 +397,8 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
             await asyncio.sleep(0.05)
 
     def _cleanup(self) -> None:
-        remove_tree(self.home_path)
+        remove_home(self.home_path)
         default_limits().remove(self.session_name)
+        if self.sandbox_ip and self.host.network.enabled:
+            self.host.network.forget_hub(self.sandbox_ip, self.hub_port)
+        self.sandbox_ip = None

@@ -1,4 +1,4 @@
-"""Build steps as subprocesses that die with the step.
+"""Sandboxed steps (build steps, dataset code sources) as subprocesses that die with the step.
 
 :class:`StepProcess` starts a command in its own session (process group);
 leaving its ``start`` context kills the whole group, so cancelling a build
@@ -25,9 +25,13 @@ class StepProcess:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def start(cls, argv: Sequence[str]) -> AsyncIterator[StepProcess]:
+    async def start(
+        cls, argv: Sequence[str], pass_fds: Sequence[int] = ()
+    ) -> AsyncIterator[StepProcess]:
+        """Start ``argv`` (inheriting ``pass_fds``); kill its group on leaving."""
         proc = await asyncio.create_subprocess_exec(
             *argv,
+            pass_fds=tuple(pass_fds),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

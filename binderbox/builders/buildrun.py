@@ -1,0 +1,71 @@
+"""One build in progress: what its sandboxes see, and which host uid runs each step.
+
+The rule (binderbox runs as root; otherwise every step runs as the service's uid):
+
+* a uv step on the **shared** package cache runs no repository code
+  (:mod:`binderbox.builders.caches`) and runs as the *builder* uid, which owns
+  that cache; nothing a repository runs can ever write it;
+* a step that may run repository code -- a source build with a private cache,
+  ``postBuild`` -- runs as the build's **own** uid, leased for this build only;
+* before a step, the trees it writes (the environment, the private cache, the
+  repository copy) are handed to its uid without following links
+  (:mod:`binderbox.runtime.ownership`); once repository code ran, the finished
+  environment is taken back by the service, so no sandbox uid can change it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..runtime.layout import Mount
+from ..runtime.leases import Lease
+from ..runtime.ownership import give_tree
+from .interpreters import Interpreter
+
+
+@dataclass
+class BuildRun:
+    """A build's interpreter, trees, mounts and uids.  See the module docstring."""
+
+    interp: Interpreter
+    content: Path | None
+    prefix: Path
+    #: the interpreter's folders as sandboxes see them (readable copies where needed)
+    mounts: list[Mount]
+    #: uv's executable, readable by the sandbox uids
+    uv: Path
+    builder_uid: int | None
+    own: Lease | None
+    #: whether a step ran as the build's own uid (repository code may have run)
+    ran_code: bool = False
+    _owner: int | None = None
+    _given: set[Path] = field(default_factory=set)
+
+    def hand_over(self, private_cache: Path | None, shared: bool) -> int | None:
+        """The uid of the next step, with what it writes handed to it (blocking).
+
+        ``shared``: the step uses the shared cache; else it may run repository
+        code, with ``private_cache`` (if any) as its cache."""
+        if self.builder_uid is None or self.own is None:
+            return None
+        uid = self.builder_uid if shared else self.own.value
+        if uid != self._owner:
+            give_tree(self.prefix, uid)
+            self._owner = uid
+        if not shared:
+            self.ran_code = True
+            for tree in (self.content, private_cache):
+                if tree is not None and tree not in self._given:
+                    give_tree(tree, uid)
+                    self._given.add(tree)
+        return uid
+
+    def changed_by_service(self) -> None:
+        """The service wrote into the environment: hand it over again before the next step."""
+        self._owner = None
+
+    def close(self) -> None:
+        """Give the build's own uid back."""
+        if self.own is not None:
+            self.own.release()

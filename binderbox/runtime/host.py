@@ -1,0 +1,247 @@
+"""Where untrusted code runs on this machine: host uids, networks, limits, the supervisor.
+
+:class:`SandboxHost` turns a :class:`~binderbox.runtime.sandbox.Sandbox` and a
+command into a process started through the supervisor
+(:mod:`binderbox.runtime.supervise`):
+
+* **host uid**: when binderbox runs as root, sandboxes never do.  Each build and
+  each session leases a uid of its own from ``uid_base + 1 ...`` (host-wide,
+  :mod:`binderbox.runtime.leases`), so a sandbox that escaped its namespaces
+  still cannot touch another's files.  One uid, ``uid_base`` itself, is the
+  *builder*: it owns uv's shared package cache and runs only the uv steps that
+  execute no repository code (:mod:`binderbox.builders.caches`), so nothing a
+  repository runs can write that cache.  Not root: everything runs as the
+  service's uid, mapped to 1000 inside, and :meth:`status` says so.
+* **network**: a namespace of its own on the sandbox bridge
+  (:class:`~binderbox.runtime.network.SandboxNetwork`), when the host allows;
+* **limits**: a cgroup per sandbox with memory, CPU and pids limits
+  (:mod:`binderbox.runtime.limits`); a process the kernel killed for memory is
+  reported (:attr:`Step.oom_killed`);
+* **secrets**: bubblewrap reads its arguments (the sandbox's environment among
+  them) from a memory file descriptor (``--args``), never from a command line
+  that ``ps`` shows.
+
+Sessions use the same parts from the spawner (which keeps the session's
+supervisor running across hub restarts); builds and dataset code sources use
+:meth:`SandboxHost.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from traitlets import Float, Instance, Int, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from .leases import Lease, NoLeaseLeft, claim
+from .limits import Limits, default_limits
+from .netns import SandboxNet
+from .network import SandboxNetwork
+from .process import StepOutput, StepProcess
+from .sandbox import Sandbox, bwrap_path
+
+#: the supervisor's command
+SUPERVISOR = [sys.executable, "-m", "binderbox.runtime.supervise"]
+#: the sandbox network settings this process set up already
+_ensured: set[str] = set()
+
+
+def parse_size(text: str) -> int:
+    """``'2G'`` -> bytes (K, M, G, T suffixes, powers of 1024); '' -> 0."""
+    text = text.strip().upper().removesuffix("B")
+    if not text:
+        return 0
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+@dataclass
+class Prepared:
+    """A sandbox ready to start: the supervisor's command line and the descriptors it
+    must inherit (bubblewrap's arguments, then the caller's).  :meth:`close` closes
+    this process's copy of the arguments descriptor once the supervisor runs."""
+
+    argv: list[str]
+    pass_fds: list[int]
+    args_fd: int
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.args_fd)
+
+
+def args_memfd(data: bytes) -> int:
+    """A sealed-in-practice memory file holding ``data``, positioned at its start."""
+    fd = os.memfd_create("bwrap-args", 0)  # inheritable only where passed
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+@dataclass
+class Step:
+    """The end of a sandboxed step: its output tail, exit code, and whether the kernel
+    killed a process of it for memory."""
+
+    output: StepOutput = field(default_factory=StepOutput)
+    oom_killed: bool = False
+
+
+class SandboxHost(LoggingConfigurable):
+    """Starts sandboxes on this machine.  See the module docstring."""
+
+    uid_base = Int(
+        2_100_000_000,
+        help="""First host uid of the sandboxes (when binderbox runs as root): the builder
+        uid; sandboxes lease uid_base+1 ... uid_base+uid_count-1.  Choose a range no
+        account, container runtime or subordinate-uid range (/etc/subuid) uses.""",
+    ).tag(config=True)
+    uid_count = Int(65536, help="How many host uids the sandboxes may use.").tag(config=True)
+    build_mem_limit = Unicode(
+        "4G", help="Memory limit of each build step and dataset code source ('' = none)."
+    ).tag(config=True)
+    build_cpu_limit = Float(
+        2.0, help="CPU limit of each build step and dataset code source, in cores (0 = none)."
+    ).tag(config=True)
+    build_pids_limit = Int(
+        1024,
+        help="Processes and threads a build step or dataset code source may have at once "
+        "(0 = no limit).",
+    ).tag(config=True)
+    network = Instance(SandboxNetwork)
+
+    @default("network")
+    def _default_network(self) -> SandboxNetwork:
+        return SandboxNetwork(parent=self)
+
+    # -- uids -----------------------------------------------------------------
+
+    @property
+    def switches_uid(self) -> bool:
+        """Whether sandboxes run as uids of their own (binderbox is root)."""
+        return os.geteuid() == 0
+
+    @property
+    def builder_uid(self) -> int | None:
+        """The uid of uv steps that run no repository code (None: not root)."""
+        return self.uid_base if self.switches_uid else None
+
+    def lease_uid(self) -> Lease | None:
+        """A uid of its own for one sandbox (None when not root)."""
+        if not self.switches_uid:
+            return None
+        try:
+            return claim(None, "uid", range(self.uid_base + 1, self.uid_base + self.uid_count))
+        except NoLeaseLeft as err:
+            raise RuntimeError(f"no sandbox uid left: {err}") from err
+
+    @property
+    def build_limits(self) -> Limits:
+        """The limits of a build step."""
+        mem = parse_size(self.build_mem_limit)
+        return Limits(mem_bytes=mem, cpu=self.build_cpu_limit, pids=self.build_pids_limit)
+
+    def status(self) -> list[dict[str, Any]]:
+        """For /health: the host uids and the network."""
+        if self.switches_uid:
+            first, last = self.uid_base, self.uid_base + self.uid_count - 1
+            uids = {"mode": "unprivileged", "range": f"{first}-{last}", "builder": first}
+        else:
+            uids = {
+                "mode": "service uid",
+                "reason": "binderbox is not running as root: sandboxes run as its own uid "
+                "(mapped to 1000 inside)",
+            }
+        return [{"service": "Sandbox uids", "ok": True, **uids}, self.network.status()]
+
+    # -- starting ---------------------------------------------------------------
+
+    async def ensure_network(self) -> None:
+        """Set up the sandbox network (:meth:`SandboxNetwork.ensure`) once per process
+        and settings."""
+        key = self.network.settings_key()
+        if key not in _ensured:
+            await asyncio.to_thread(self.network.ensure)
+            _ensured.add(key)
+
+    def prepare(
+        self,
+        box: Sandbox,
+        command: Sequence[str],
+        *,
+        uid: int | None,
+        net: SandboxNet | None = None,
+        cgroups: Sequence[Path] = (),
+        options: Sequence[str] = (),
+        keep_fds: Sequence[int] = (),
+    ) -> Prepared:
+        """The supervisor's command for ``command`` in ``box``; see the module docstring.
+
+        ``options``: more supervisor options (watchdogs); ``keep_fds``: descriptors
+        the supervisor holds for its life (use-locks, leases)."""
+        if net is not None:
+            box.file(self.network.resolv_conf(), "/etc/resolv.conf")
+        fd = args_memfd(box.options_file())
+        argv = [*SUPERVISOR]
+        for group in cgroups:
+            argv += ["--cgroup", str(group)]
+        if uid is not None:
+            argv += ["--uid", str(uid)]
+        if net is not None:
+            argv += ["--net", net.to_arg()]
+        argv += [*options, "--pass-fd", str(fd), "--", bwrap_path(), "--args", str(fd), "--"]
+        argv += command
+        return Prepared(argv, [fd, *keep_fds], fd)
+
+    @contextlib.asynccontextmanager
+    async def run(
+        self, box: Sandbox, command: Sequence[str], *, uid: int | None, step: Step
+    ) -> AsyncIterator[StepProcess]:
+        """Start a build step or code source: its own network, cgroup and (given) uid;
+        its orphans reaped.  Leaving the context kills what is left of it and fills
+        ``step.oom_killed``."""
+        await self.ensure_network()
+        net, lease = self.network.claim("build") if self.network.enabled else (None, None)
+        name = f"build-{lease.value if lease else os.getpid()}-{uid or 0}"
+        limits = default_limits()
+        try:
+            cgroups = limits.create(name, self.build_limits)
+            prepared = self.prepare(
+                box,
+                command,
+                uid=uid,
+                net=net,
+                cgroups=cgroups,
+                options=["--reap-orphans", "--die-with-parent"],
+                keep_fds=[lease.fd] if lease else [],
+            )
+            try:
+                async with StepProcess.start(prepared.argv, prepared.pass_fds) as proc:
+                    prepared.close()
+                    yield proc
+            finally:
+                prepared.close()
+                step.oom_killed = limits.oom_kills(name) > 0
+        finally:
+            limits.remove(name)
+            if lease is not None:
+                lease.release()
+
+    async def run_step(
+        self, box: Sandbox, command: Sequence[str], *, uid: int | None, step: Step
+    ) -> AsyncIterator[str]:
+        """:meth:`run` ``command``; yields its lines and fills ``step``."""
+        async with self.run(box, command, uid=uid, step=step) as proc:
+            async for line in proc.lines():
+                step.output.tail.append(line)
+                yield line
+            step.output.code = await proc.wait()

@@ -1,0 +1,94 @@
+"""Host-wide leases of numbered resources (host uids, sandbox addresses), held by a descriptor.
+
+A lease is an exclusive ``flock`` on ``<run_dir>/<kind>-<value>``.  Whoever holds
+the descriptor holds the lease; the kernel ends it when the last copy of the
+descriptor closes, so a lease handed to a session's supervisor (``pass_fds``)
+lasts exactly as long as that process, whatever ends it, and a crash never
+leaves a stale claim.  Every binderbox process on the machine (several services,
+the CLI, tests) draws from the same directory, so two sandboxes never share a
+uid or an address.
+
+Usage::
+
+    lease = claim(run_dir, "uid", range(first, first + count))
+    lease.value, lease.fd  # hand lease.fd to the process that keeps it
+    lease.release()        # this process's copy
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: host-wide runtime state of binderbox: leases, locks, the sandboxes' passwd files
+RUN_ROOT = Path("/run/binderbox")
+#: where leases live when the caller names no folder
+RUN_DIR = RUN_ROOT / "leases"
+
+
+class NoLeaseLeft(RuntimeError):
+    """Every value of the range is leased."""
+
+
+@dataclass
+class Lease:
+    """One held lease: ``value`` is what was claimed, ``fd`` the descriptor holding it."""
+
+    kind: str
+    value: int
+    fd: int
+
+    def release(self) -> None:
+        """Close this process's descriptor (other copies keep the lease)."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lease_dir(run_dir: Path | None = None) -> Path:
+    """The lease folder, made (mode 0700) on first use."""
+    folder = run_dir or RUN_DIR
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+def claim(run_dir: Path | None, kind: str, values: Iterable[int]) -> Lease:
+    """Lease the first free value of ``values``; :class:`NoLeaseLeft` when none is."""
+    folder = lease_dir(run_dir)
+    for value in values:
+        path = folder / f"{kind}-{value}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return Lease(kind, value, fd)
+    raise NoLeaseLeft(f"every {kind} of the range is in use")
+
+
+def held(run_dir: Path | None, kind: str, value: int) -> bool:
+    """Whether someone holds the lease of ``value`` now."""
+    path = lease_dir(run_dir) / f"{kind}-{value}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

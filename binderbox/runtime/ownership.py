@@ -1,0 +1,54 @@
+"""Handing folder trees to sandbox uids and taking them back, without following links.
+
+A sandbox writes only where it owns the files: its home, the environment being
+built, a copy of the repository.  These functions change owners with
+``lchown`` and modes only of what is not a link, walking with ``lstat``: a
+link planted by repository code is never followed, so no host file outside the
+tree is ever changed.  They are for trees no sandbox runs in at the time (a
+build between its steps, a home before its session starts): a running
+sandbox could swap a file for a link between the look and the change.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+#: bits never left on a file given to or taken back from a sandbox
+_DANGEROUS = stat.S_ISUID | stat.S_ISGID | stat.S_IWGRP | stat.S_IWOTH
+
+
+def give_tree(root: Path, uid: int) -> None:
+    """Make every entry under ``root`` (and ``root``) owned by ``uid`` (gid ``uid``);
+    set-uid/set-gid bits and group/other write bits are dropped."""
+    _walk(root, uid)
+
+
+def take_back(root: Path) -> None:
+    """Give ``root``'s tree to this process's uid (the service), with the same rules:
+    what a build published is then writable by no sandbox uid."""
+    _walk(root, os.geteuid())
+
+
+def give_dir(path: Path, uid: int, mode: int = 0o755) -> None:
+    """``path`` itself (a folder this process made) to ``uid`` with ``mode``."""
+    os.chown(path, uid, uid, follow_symlinks=False)
+    path.chmod(mode)
+
+
+def _walk(root: Path, uid: int) -> None:
+    _fix(root, uid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            _fix(Path(dirpath, name), uid)
+
+
+def _fix(path: Path, uid: int) -> None:
+    info = os.lstat(path)
+    if info.st_uid != uid or info.st_gid != uid:
+        os.lchown(path, uid, uid)
+    if stat.S_ISLNK(info.st_mode):
+        return
+    if info.st_mode & _DANGEROUS:
+        path.chmod(stat.S_IMODE(info.st_mode) & ~_DANGEROUS)

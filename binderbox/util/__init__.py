@@ -1,0 +1,1 @@
+"""Small general helpers with no binderbox state (standard library only)."""
