@@ -2,7 +2,7 @@
 
 Every remote is a real HTTP server on 127.0.0.1 (tests/data_helpers.py), so
 the caches allow private hosts (``DataCache.allow_private_hosts``; the policy
-itself is tested in tests/test_destinations.py);
+itself is tested in tests/test_fetch_policy.py);
 Zenodo, OSF, S3 and Google Drive answers are recorded responses in their real
 shapes (tests/data/recorded/).  Code sources run in a real bubblewrap sandbox
 with a real virtualenv.
@@ -56,7 +56,7 @@ def server() -> Iterator[FileServer]:
 @pytest.fixture
 async def cache(tmp_path: Path, server: FileServer) -> AsyncIterator[DataCache]:
     # these tests fetch from a server on 127.0.0.1: private hosts allowed (the policy
-    # is tests/test_destinations.py's subject)
+    # is tests/test_fetch_policy.py's subject)
     c = DataCache(root=str(tmp_path / "cache"), min_idle=0.0, allow_private_hosts=True)
     c.fetchers  # noqa: B018 - instantiate, then point the API fetchers at the local server
     for fetcher in c.fetchers:

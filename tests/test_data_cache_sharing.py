@@ -3,7 +3,7 @@
 The remote is a real HTTP server on 127.0.0.1 (tests/data_helpers.py) whose
 answer waits until the test opens a gate, so the fetch is in progress for as
 long as the test needs.  The caches allow private hosts for that
-(``DataCache.allow_private_hosts``; the policy: tests/test_destinations.py).
+(``DataCache.allow_private_hosts``; the policy: tests/test_fetch_policy.py).
 """
 
 from __future__ import annotations
