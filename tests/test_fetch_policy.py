@@ -10,9 +10,10 @@ Real components: a real test host on a private address in a network namespace
 (tests/nethosts.py) serving a file and a bare repository over git's dumb HTTP
 protocol; HTTP servers on loopback (tests/data_helpers.py, smart-HTTP git in
 tests/fixtures_git.py) and a git daemon; the real cache, fetchers, providers
-and git.  Two tests stand in for a DNS server whose answer changes after the
-check (this machine's resolver cannot be pointed at one): a resolver that
-answers once (datasets) and a pin recorded by hand (git); both say so.
+and git.  Where a test needs a DNS answer that changes after the check (this
+machine's resolver cannot be pointed at a server that does that), it stands
+in for one and says so: a resolver that answers once (datasets), a pin
+recorded by hand (git).
 """
 
 from __future__ import annotations
@@ -360,7 +361,8 @@ async def test_git_protocol_connects_to_the_address_checked(git_server: GitServe
     rewrite = f"url.git://127.0.0.1:{git_server.port}/.insteadOf"
     assert p.fetch_config()[rewrite] == (f"git://localhost:{git_server.port}/",)
     assert (await p.resolve()).version == git_server.second
-    elsewhere = provider(url)  # pinned where no daemon listens: git goes there
+    # stands in for a changed DNS answer: pinned where no daemon listens, git goes there
+    elsewhere = provider(url)
     elsewhere.pins.record(url, [ipaddress.ip_address("127.0.0.2")])
     with pytest.raises(RepositoryNotFound):
         await elsewhere.resolve()

@@ -78,19 +78,20 @@ def open_url(
         hint = "Check that the URL is right and the file public." if exc.code < 500 else ""
         raise fail(entry, url, f"the server answered {exc.code} {exc.reason}.", hint=hint) from None
     except urllib.error.URLError as exc:
-        raise refused(entry, request.full_url, exc.reason) from None
+        raise refused(entry, url, exc.reason, requested=request.full_url) from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise fail(entry, url, f"cannot connect ({exc}).") from None
     assert isinstance(response, http.client.HTTPResponse)
     return response
 
 
-def refused(entry: DataEntry, url: str, reason: object) -> DataError:
-    """The error for a request urllib gave up on with ``reason``: a destination
-    the policy refused (said as for repositories: "... is not allowed: <host> is
-    on a private network."), a redirect to another scheme, or a connection failure."""
+def refused(entry: DataEntry, url: str, reason: object, *, requested: str) -> DataError:
+    """The error for a request of ``url`` (``requested``: as urllib spells it) that
+    urllib gave up on with ``reason``: a destination the policy refused (said as for
+    repositories: "... is not allowed: <host> is on a private network."), a
+    redirect to another scheme, or a connection failure."""
     if isinstance(reason, BlockedDestination):
-        redirected = reason.url != url
+        redirected = reason.url != requested
         via = f" (the server redirected there, from {url})" if redirected else ""
         return DataError(
             f"Dataset {entry.describe()} is not allowed: {reason.host} is on a private "
