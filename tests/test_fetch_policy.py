@@ -22,6 +22,8 @@ import ipaddress
 import itertools
 import json
 import os
+import ssl
+import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +188,42 @@ async def test_redirect_to_loopback(server: FileServer, tmp_path: Path) -> None:
         assert other.hits["/data.txt"] == 1
     finally:
         other.close()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServer]:
+    """:class:`FileServer` over TLS with a certificate for ``localhost`` that this
+    process trusts (``SSL_CERT_FILE``)."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    self_signed = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    names = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        ["openssl", *self_signed, *names, *files],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    srv = FileServer()
+    srv.add("/data.txt", DATA)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    srv.httpd.socket = context.wrap_socket(srv.httpd.socket, server_side=True)
+    yield srv
+    srv.close()
+
+
+async def test_https_keeps_the_name(tls_server: FileServer, tmp_path: Path) -> None:
+    """https through the checked connection: the certificate is checked against the
+    name (the TLS server name), while the socket goes to the address checked."""
+    port = tls_server.base.rsplit(":", 1)[1]
+    url = f"https://localhost:{port}/data.txt"
+    err = await refused(data_cache(tmp_path), url)
+    assert err.message == PRIVATE_MESSAGE.format(host="localhost")
+    assert await fetch(data_cache(tmp_path, allowed=["127.0.0.1/32"]), url) == DATA
+    with pytest.raises(DataError, match="certificate"):  # issued to localhost, not 127.0.0.1
+        await fetch(data_cache(tmp_path, allow=True), f"https://127.0.0.1:{port}/data.txt")
 
 
 @pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/data.txt"])
