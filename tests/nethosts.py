@@ -122,3 +122,6 @@ def test_host(net: str, root: Path, port: int = 8080) -> Iterator[TestHost]:
             _ip("link", "del", outside)
         with contextlib.suppress(subprocess.CalledProcessError):
             _ip("netns", "del", namespace)
+
+
+test_host.__test__ = False  # type: ignore[attr-defined]  # imported by name: not a test

@@ -44,7 +44,6 @@ from binderbox.errors import DataError, FetchError, RepositoryNotFound, SpecNotA
 from binderbox.providers import GitProvider, make_provider
 from binderbox.providers.policy import enforce_policy
 from binderbox.runtime.destinations import Destinations
-from tests import nethosts
 from tests.fixtures_git import (
     GitHttpServer,
     GitServer,
@@ -55,7 +54,7 @@ from tests.fixtures_git import (
     serve,
     superproject,
 )
-from tests.nethosts import TestHost
+from tests.nethosts import TestHost, test_host
 
 __all__ = ["git_server"]  # the fixture, re-exported for pytest
 
@@ -83,7 +82,7 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestHost
     sha = commit_file(work, "README.md", "from the private host\n", "private")
     git("clone", "-q", "--bare", str(work), str(root / "r.git"))
     git("update-server-info", cwd=root / "r.git")
-    with nethosts.test_host(_net(), root, port=free_port()) as host:  # not a test: module name
+    with test_host(_net(), root, port=free_port()) as host:
         yield host, sha
 
 
