@@ -249,6 +249,7 @@ def configurable_classes() -> list[type]:
     from .hub.watcher import ChildWatcher
     from .pipeline import LaunchPipeline
     from .providers import PROVIDERS
+    from .runtime.destinations import Destinations
     from .serve import Maintenance
     from .sessions import SessionLauncher
     from .store import Store
@@ -262,6 +263,7 @@ def configurable_classes() -> list[type]:
         ContentCache,
         DataCache,
         *default_fetcher_classes(),
+        Destinations,
         ManagedHub,
         ChildWatcher,
         SessionLauncher,

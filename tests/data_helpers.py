@@ -1,4 +1,4 @@
-"""Helpers for the dataset tests: a real HTTP server on 127.0.0.1, archives, an env.
+"""Helpers for the dataset tests: a real HTTP server on loopback, archives, an env.
 
 :class:`FileServer` is a threaded ``http.server`` whose routes are set by the
 test (bytes, recorded JSON with ``{base}`` replaced by the server's URL, or a
@@ -51,9 +51,10 @@ class Route:
 
 
 class FileServer:
-    """A local HTTP server in a thread; see the module docstring."""
+    """A local HTTP server in a thread on ``host`` (a loopback address); see the
+    module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Route] = {}
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -104,9 +105,9 @@ class FileServer:
                 if route.failure == "truncate":
                     self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.base = f"http://{host}:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 

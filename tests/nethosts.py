@@ -2,7 +2,7 @@
 
 :func:`namespace_host` creates a network namespace joined to this machine by a veth
 pair (host side ``<net>.1``, test host ``<net>.2`` in a /30), starts a real HTTP
-server inside it (``python -m http.server`` serving a folder), and removes all of
+server inside it (Python's ``http.server`` serving a folder), and removes all of
 it afterwards.  The host can reach the test host (so a test shows it is up); code
 that must not reach private addresses (a session, a build, a dataset fetch) is
 pointed at it to show that it cannot.
@@ -31,6 +31,18 @@ from pathlib import Path
 import pytest
 
 _counter = itertools.count()
+#: the test host's server: ``python -m http.server`` without the reverse DNS lookup of
+#: its own address (``HTTPServer.server_bind`` calls ``getfqdn``), which waits for a
+#: resolver the namespace cannot reach (seconds: longer than the wait for the server)
+_SERVER = """\
+import functools, http.server, socketserver, sys
+class Server(http.server.ThreadingHTTPServer):
+    def server_bind(self):
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[3])
+Server((sys.argv[1], int(sys.argv[2])), handler).serve_forever()
+"""
 
 
 @dataclass(frozen=True)
@@ -93,9 +105,9 @@ def namespace_host(net: str, root: Path, port: int = 8080) -> Iterator[Namespace
         _ip("-n", namespace, "link", "set", "eth0", "up")
         _ip("-n", namespace, "link", "set", "lo", "up")
         _ip("-n", namespace, "route", "add", "default", "via", gateway)
-        server = [sys.executable, "-m", "http.server", str(port), "--bind", address]
+        server = [sys.executable, "-c", _SERVER, address, str(port), str(root)]
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", namespace, *server, "--directory", str(root)],
+            ["ip", "netns", "exec", namespace, *server],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

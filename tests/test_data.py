@@ -1,6 +1,8 @@
 """Datasets: data_requirement.json parsing, fetchers and the cache, against real servers.
 
-Every remote is a real HTTP server on 127.0.0.1 (tests/data_helpers.py);
+Every remote is a real HTTP server on 127.0.0.1 (tests/data_helpers.py), so
+the caches allow private hosts (``DataCache.allow_private_hosts``; the policy
+itself is tested in tests/test_fetch_policy.py);
 Zenodo, OSF, S3 and Google Drive answers are recorded responses in their real
 shapes (tests/data/recorded/).  Code sources run in a real bubblewrap sandbox
 with a real virtualenv.
@@ -55,7 +57,9 @@ def server() -> Iterator[FileServer]:
 
 @pytest.fixture
 async def cache(tmp_path: Path, server: FileServer) -> AsyncIterator[DataCache]:
-    c = DataCache(root=str(tmp_path / "cache"), min_idle=0.0)
+    # these tests fetch from a server on 127.0.0.1: private hosts allowed (the policy
+    # is tests/test_fetch_policy.py's subject)
+    c = DataCache(root=str(tmp_path / "cache"), min_idle=0.0, allow_private_hosts=True)
     c.fetchers  # noqa: B018 - instantiate, then point the API fetchers at the local server
     for fetcher in c.fetchers:
         if isinstance(fetcher, ZenodoFetcher):
@@ -316,7 +320,7 @@ async def test_two_caches_on_one_root_share_the_download(
     # a second cache object stands for a second process (flock on the same files)
     server.add("/shared.tar", tar_bytes({"x.bin": bytes(3_000_000)}, ""))
     entries = entries_of({"src": server.url("/shared.tar"), "projectName": "shared"})
-    other = DataCache(root=cache.root)
+    other = DataCache(root=cache.root, allow_private_hosts=True)
     await asyncio.gather(ensure(cache, entries), ensure(other, entries))
     assert server.hits["/shared.tar"] == 1
     assert mounted(cache, entries) == mounted(other, entries)

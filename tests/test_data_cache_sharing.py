@@ -2,7 +2,8 @@
 
 The remote is a real HTTP server on 127.0.0.1 (tests/data_helpers.py) whose
 answer waits until the test opens a gate, so the fetch is in progress for as
-long as the test needs.
+long as the test needs.  The caches allow private hosts for that
+(``DataCache.allow_private_hosts``; the policy: tests/test_fetch_policy.py).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def server(gate: threading.Event, arrived: threading.Event) -> Iterator[FileServ
 
 @pytest.fixture
 async def cache(tmp_path: Path) -> AsyncIterator[DataCache]:
-    c = DataCache(root=str(tmp_path / "cache"), min_idle=0.0)
+    c = DataCache(root=str(tmp_path / "cache"), min_idle=0.0, allow_private_hosts=True)
     yield c
     await c.aclose()
 
@@ -133,7 +134,9 @@ async def test_waiting_for_other_processes_fetches_keeps_the_service_responsive(
     """Many datasets being fetched by another process: waiting for them takes no
     worker threads (the event loop has a handful), and each is used once free."""
     gate.set()
-    cache = DataCache(root=str(tmp_path / "cache"), min_idle=0.0, poll_interval=0.05)
+    cache = DataCache(
+        root=str(tmp_path / "cache"), min_idle=0.0, poll_interval=0.05, allow_private_hosts=True
+    )
     names = [f"d{i}" for i in range(12)]  # more than the default executor's workers here
     folders = cache.folders(
         [

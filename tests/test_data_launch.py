@@ -142,6 +142,8 @@ def app(data_dir: Path) -> BinderboxApp:
     UV_CACHE.mkdir(parents=True, exist_ok=True)
     application = BinderboxApp(data_dir=str(data_dir))
     application.config.PythonBuilder.cache_dir = str(UV_CACHE)
+    # the datasets come from a server on 127.0.0.1 (the policy: tests/test_fetch_policy.py)
+    application.config.DataCache.allow_private_hosts = True
     return application
 
 

@@ -221,6 +221,27 @@ async def test_public_hosts_pass(url: str) -> None:
     await enforce_policy(provider(git_spec(url)))
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://local%68ost:8080/r.git",  # curl decodes it to localhost; Python's resolver does not
+        "https://fa\u00df.example/r.git",  # IDNA 2003 (Python) and 2008 (curl) differ: two names
+        "git://LOCAL%68OST/r.git",
+    ],
+)
+async def test_host_names_read_differently_by_resolvers_are_refused(url: str) -> None:
+    """The name checked must be the name git connects to: plain ASCII names only."""
+    err = await refused(provider(git_spec(url)))
+    host = url_host(url)[1]
+    assert err.message == (
+        f"The repository URL is not allowed: its host name {host!r} has characters this "
+        "service does not accept."
+    )
+    assert "xn--" in err.hint and "percent-escapes" in err.hint
+    assert await url_refusal(url, UrlRules()) is not None  # submodules alike
+    assert await url_refusal(url, UrlRules(allow_private_hosts=True)) is None
+
+
 async def test_allow_private_hosts_lets_them_through() -> None:
     config = {"GitProvider": {"allow_private_hosts": True}}
     for url in ("http://127.0.0.1/r.git", "http://localhost/r.git", "http://[::1]/r.git"):

@@ -37,6 +37,12 @@ Guarantees:
   (:meth:`DataCache.gc`, run after each publish) that skips folders being
   fetched, held by a session, or used less than :attr:`DataCache.min_idle`
   seconds ago.
+* **Destinations.**  Downloads connect only where the destination policy
+  lets them (:mod:`binderbox.data.fetchers.guard`): no private, loopback or
+  link-local address, nor one of this machine's own networks, at any redirect
+  hop, unless :attr:`DataCache.allow_private_hosts` (or ``Destinations.allowed``
+  lists the network).  A refused dataset is a :class:`~binderbox.errors.DataError`
+  ("Dataset 'x' is not allowed: <host> is on a private network.").
 
 API used by the launch pipeline::
 
@@ -67,17 +73,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlets import Float, Integer, List, Type, Unicode, default
+from traitlets import Bool, Float, Integer, List, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from ..errors import DataError
 from ..events import Event, Fetching
+from ..runtime.destinations import Destinations
 from ..store.broadcast import Broadcast
 from ..store.files import delete_unused, new_temp, remove_temps, remove_tree, stale_temps
 from ..store.locks import FileLock, try_lock
 from ..util.sizes import tree_size
 from .fetchers import DataFetcher, FetchContext, default_fetcher_classes
 from .fetchers.base import human_bytes
+from .fetchers.guard import Guard
 from .requirement import DataEntry, group_by_project
 
 #: bump to invalidate every cached dataset (layout or fetcher semantics changed)
@@ -150,6 +158,17 @@ class DataCache(LoggingConfigurable):
     poll_interval = Float(
         0.2, help="Seconds between checks of a dataset another process is fetching."
     ).tag(config=True)
+    allow_private_hosts = Bool(
+        False,
+        help="Download datasets from hosts on private, loopback, link-local or other "
+        "non-public networks, and follow redirects there. Off for a public service: a "
+        "repository's data_requirement.json would make the service itself fetch from the "
+        "operator's network (the hub API, metrics, the cloud metadata address) and mount "
+        "the answer in the session. While off, every download and every redirect hop is "
+        "checked at the address it connects to. Networks listed in Destinations.allowed "
+        "are reachable either way. Separate from the repository providers' "
+        "allow_private_hosts; 'binderbox data fetch', run by the operator, turns it on.",
+    ).tag(config=True)
     fetcher_classes = List(
         Type(klass=DataFetcher),
         help="Fetcher classes asked in order; the first whose matches() is true fetches an "
@@ -174,6 +193,10 @@ class DataCache(LoggingConfigurable):
         if self._fetchers is None:
             self._fetchers = [cls(parent=self) for cls in self.fetcher_classes]
         return self._fetchers
+
+    def guard(self) -> Guard:
+        """Where downloads may connect: ``c.Destinations`` and :attr:`allow_private_hosts`."""
+        return Guard(Destinations(parent=self), allow_private=self.allow_private_hosts)
 
     def fetcher_for(self, entry: DataEntry) -> DataFetcher:
         """The fetcher of ``entry`` or a :class:`DataError` naming the source."""
@@ -370,6 +393,7 @@ class DataCache(LoggingConfigurable):
             env_path=env_path,
             read_timeout=self.read_timeout,
             timeout=self.timeout,
+            guard=self.guard(),
         )
         try:
             for entry in folder.entries:

@@ -8,7 +8,10 @@
     the cache the service uses (``<data dir>/datasets``), with a progress
     line per step (entry, URL, bytes, percent).  Python code sources need the
     repository's environment: the pipeline's environment stage builds (or
-    reuses) it first, for the content just fetched (resolved once).
+    reuses) it first, for the content just fetched (resolved once).  Run by
+    the operator, it fetches from private hosts too
+    (``DataCache.allow_private_hosts`` defaults to True here, as
+    ``RepoProvider.allow_private_hosts`` does).
 ``binderbox data list``
     key, projectName, size, last use and source of every cached dataset.
 ``binderbox data rm KEY-OR-NAME...``
@@ -114,6 +117,8 @@ class DataCommand(Command):
     async def fetch(self, spec: str) -> int:
         """Fetch every dataset ``spec`` declares; raises BinderboxError on failure."""
         pipeline = self.make_pipeline(allow_local=True)
+        # the operator's own command: their network, as for the repository
+        self.config.DataCache.setdefault("allow_private_hosts", True)
         cache = self.make_data_cache()
         request = LaunchRequest(provider="", spec=spec, ref=self.ref or None)
         progress = DataProgress(sys.stderr)

@@ -19,7 +19,8 @@ subclass as traits, so tests point ``gh/...`` at a git server on localhost.
 Operator policy (BinderHub's names, per provider class, e.g.
 ``c.GitHubProvider.banned_specs``) is here too: ``banned_specs``,
 ``allowed_specs``, ``high_quota_specs``, ``allow_private_hosts`` and
-``allow_ssh``.  :func:`binderbox.providers.policy.enforce_policy` applies them.
+``allow_ssh``.  :func:`binderbox.providers.policy.enforce_policy` applies them,
+with the networks of ``c.Destinations`` (:attr:`RepoProvider.destinations`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..errors import SpecNotAllowed
 from ..logs import LogFn
+from ..runtime.destinations import Destinations
 from .gitutil import redact
 
 
@@ -113,11 +115,13 @@ class RepoProvider(LoggingConfigurable):
     allow_private_hosts = Bool(
         False,
         help="Launch from repository hosts the visitor names (git/ URLs) even when they "
-        "resolve to private, loopback, link-local, multicast or reserved addresses. Off for "
-        "a public service: it would let visitors probe the operator's internal network. "
+        "resolve to private, loopback, link-local, multicast or reserved addresses, or to "
+        "this machine's own networks. Off for a public service: it would let visitors probe "
+        "the operator's internal network. Networks in Destinations.allowed pass either way. "
         "Hosts set in the operator's own config (e.g. GitHubProvider.clone_host) are not "
         "checked.  While off, submodule URLs are checked the same way (except those on the "
-        "operator's host) and git follows no HTTP redirect for a visitor's URL or a submodule.",
+        "operator's host), git follows no HTTP redirect for a visitor's URL or a submodule, and "
+        "git connects to the addresses that were checked (no second DNS lookup).",
     ).tag(config=True)
     allow_ssh = Bool(
         False,
@@ -147,6 +151,12 @@ class RepoProvider(LoggingConfigurable):
         raise NotImplementedError
 
     # -- operator policy ----------------------------------------------------------
+
+    @property
+    def destinations(self) -> Destinations:
+        """The operator's destination policy (``c.Destinations``) from this provider's
+        config: what ``allow_private_hosts`` (off) refuses, and the allowed networks."""
+        return Destinations(parent=self)
 
     def spec_forms(self) -> list[str]:
         """The spellings of the spec that patterns are matched against: as asked,

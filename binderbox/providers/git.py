@@ -31,7 +31,9 @@ Every command that may reach the network gets :meth:`GitProvider.fetch_config`:
 transports https, http, git and ssh (``file://`` and local paths only when
 the repository itself is local), no recursion git was not asked for, and, when
 private hosts are not allowed, no HTTP redirects for a visitor's URL or any
-submodule (see :mod:`binderbox.providers.policy`).
+submodule, and the addresses the policy checked for each host
+(:attr:`GitProvider.pins`, see :mod:`binderbox.providers.pins` and
+:mod:`binderbox.providers.policy`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote, unquote
 
 from traitlets import Float, Unicode, default
@@ -60,6 +62,7 @@ from .gitutil import (
     redirect_refused,
     run_git,
 )
+from .pins import GitConfig, Pins
 from .policy import UrlRules, url_origin, url_refusal
 
 FULL_SHA_RE = re.compile(r"^[0-9a-fA-F]{40}$")
@@ -107,6 +110,12 @@ class GitProvider(RepoProvider):
     _local: bool = False
     #: the ref as the user gave it (``HEAD`` if none)
     unresolved_ref: str
+    #: where git connects for the hosts the policy checked (:mod:`.pins`)
+    pins: Pins
+
+    def __init__(self, spec: str, **kwargs: Any) -> None:
+        self.pins = Pins()
+        super().__init__(spec, **kwargs)
 
     def parse(self, spec: str) -> None:
         url_part, _, ref = spec.partition("/")
@@ -187,6 +196,7 @@ class GitProvider(RepoProvider):
         """The full commit sha ``ref`` names in :attr:`clone_url`."""
         if FULL_SHA_RE.match(ref):
             return ref.lower()
+        self._check_resolvable()
         result, refs = await ls_remote(
             self.clone_url,
             [ref, ref + "^{}"],
@@ -228,16 +238,17 @@ class GitProvider(RepoProvider):
 
     # -- fetch -------------------------------------------------------------------
 
-    def fetch_config(self, *, submodules: bool = False) -> dict[str, str]:
+    def fetch_config(self, *, submodules: bool = False) -> GitConfig:
         """``git -c`` settings for fetching (``submodules``: for fetching submodules).
 
         Only the transports in ``_TRANSPORTS``, plus ``file`` (and local paths)
         for local repositories; no recursion into submodules except by
         :meth:`_fetch_submodules`; no HTTP redirects unless private hosts are
         allowed, for a visitor's URL and for submodules (the operator's own
-        hosts may redirect, as git allows by default).
+        hosts may redirect, as git allows by default); the :attr:`pins` of
+        every host checked so far, so git connects where the policy looked.
         """
-        config = {
+        config: GitConfig = {
             "protocol.allow": "never",
             **{f"protocol.{name}.allow": "always" for name in _TRANSPORTS},
             "protocol.file.allow": "always" if self.reads_local_disk else "never",
@@ -249,7 +260,14 @@ class GitProvider(RepoProvider):
         }
         if not self.allow_private_hosts and (submodules or self.url_from_visitor):
             config["http.followRedirects"] = "false"
+        config.update(self.pins.config())
         return config
+
+    def _check_resolvable(self) -> None:
+        """RepositoryNotFound if the policy found that :attr:`clone_url`'s host does not
+        resolve: git must not look it up again (it could answer differently now)."""
+        if self.pins.unresolved(self.clone_url):
+            raise self.not_reachable("the host did not resolve when the policy checked it")
 
     def url_rules(self, url: str) -> UrlRules:
         """The policy for submodule URLs of the repository at ``url``."""
@@ -258,6 +276,7 @@ class GitProvider(RepoProvider):
             allow_ssh=self.allow_ssh,
             allow_private_hosts=self.allow_private_hosts,
             trusted_origin=None if self.url_from_visitor else url_origin(url),
+            destinations=self.destinations,
         )
 
     async def fetch(self, resolved: Resolved, dest: Path, log: LogFn) -> None:
@@ -283,6 +302,7 @@ class GitProvider(RepoProvider):
         sha = resolved.version
         url = resolved.clone_url or self.clone_url
         log(f"Fetching {redact(url)} at {sha}")
+        self._check_resolvable()
         for args in (["init", "--quiet"], ["remote", "add", "--", "origin", url]):
             result = await self._git(dest, args)
             if not result.ok:
@@ -376,8 +396,16 @@ class GitProvider(RepoProvider):
         }
 
     async def _check_submodule(self, path: Path, url: str, rules: UrlRules) -> None:
-        """SpecNotAllowed if the policy refuses submodule ``path``'s ``url``."""
-        reason = await url_refusal(url, rules)
+        """SpecNotAllowed if the policy refuses submodule ``path``'s ``url``; FetchError
+        if its host did not resolve when checked (git must not look it up again)."""
+        reason = await url_refusal(url, rules, self.pins)
+        if reason is None and self.pins.unresolved(url):
+            raise FetchError(
+                f"Could not fetch the submodules of {self.repo_url}.",
+                hint="Check that every submodule URL is reachable and public.",
+                log_message=f"{self.prefix}: {redact(self.clone_url)}: the host of submodule "
+                f"{path.as_posix()!r} at {redact(url)!r} does not resolve",
+            )
         if reason is None:
             return
         raise SpecNotAllowed(

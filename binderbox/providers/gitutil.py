@@ -256,18 +256,20 @@ async def run_git(
     args: Sequence[str],
     *,
     cwd: Path | None = None,
-    config: Mapping[str, str] | None = None,
+    config: Mapping[str, str | tuple[str, ...]] | None = None,
     time_limit: float | None = None,
     log: LogFn | None = None,
 ) -> GitResult:
-    """Run ``git [-c k=v ...] <args>`` and return its result.
+    """Run ``git [-c k=v ...] <args>`` and return its result (a tuple value: the
+    key given once per value, for multi-valued settings).
 
     Never raises for a failing command (FetchError only if git cannot be
     started at all).  stderr lines go to ``log`` as they come.  On
     cancellation the process group is killed and CancelledError re-raised."""
     cmd = ["git"]
-    for key, value in (config or {}).items():
-        cmd += ["-c", f"{key}={value}"]
+    for key, values in (config or {}).items():
+        for value in (values,) if isinstance(values, str) else values:
+            cmd += ["-c", f"{key}={value}"]
     cmd += list(args)
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -307,7 +309,7 @@ async def ls_remote(
     url: str,
     patterns: Sequence[str],
     *,
-    config: Mapping[str, str] | None = None,
+    config: Mapping[str, str | tuple[str, ...]] | None = None,
     time_limit: float | None = None,
 ) -> tuple[GitResult, dict[str, str]]:
     """``git [-c k=v ...] ls-remote -- <url> <patterns>``: the result and a

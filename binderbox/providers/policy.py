@@ -6,18 +6,23 @@ The pipeline calls :func:`enforce_policy` once per launch, after
 1. the spec patterns of the provider's class (``banned_specs``,
    ``allowed_specs``; see :meth:`RepoProvider.check_spec_allowed`);
 2. the host of a URL the *visitor* chose (``git/<url>/<ref>``): ssh URLs are
-   refused unless ``allow_ssh``; a host whose addresses (every address
-   ``getaddrinfo`` returns) include a private, loopback, link-local,
-   multicast, reserved, unspecified or otherwise non-global one is refused
-   unless ``allow_private_hosts``.  IPv4-mapped, 6to4, Teredo and NAT64 IPv6
-   addresses are judged by the IPv4 address they carry.
+   refused unless ``allow_ssh``; unless ``allow_private_hosts``, a host name
+   that is not plain ASCII (letters, digits, dots, hyphens, underscores, or
+   an IP address) is refused, and so is a host whose addresses (every address
+   ``getaddrinfo`` returns) include one the destination policy blocks
+   (:mod:`binderbox.runtime.destinations`: private, shared, loopback,
+   link-local, multicast, reserved, unspecified, this machine's own networks;
+   IPv4-mapped, 6to4, Teredo and NAT64 IPv6 addresses judged by the IPv4
+   address they carry; networks in ``c.Destinations.allowed`` pass).
 
 Step 2 is :func:`host_refusal`, the one ssh / private-host check; submodule
 URLs (below) go through it too, so every refusal reads ``"<what> is not
 allowed: <reason>."`` with the same reasons.  Every refusal is a
-:class:`~binderbox.errors.SpecNotAllowed` (403).  A host
-that does not resolve passes here and fails later, in ``resolve()``, as
-:class:`~binderbox.errors.RepositoryNotFound`.
+:class:`~binderbox.errors.SpecNotAllowed` (403).  The addresses it checked
+are recorded in :attr:`GitProvider.pins <binderbox.providers.git.GitProvider>`
+(:mod:`binderbox.providers.pins`).  A host that does not resolve passes here
+and fails later, in ``resolve()``, as
+:class:`~binderbox.errors.RepositoryNotFound`, without git looking it up again.
 
 Not checked (the operator chose them): hosts from the operator's config
 (``GitHubProvider.clone_host`` and the like), and local content, which
@@ -46,23 +51,35 @@ same rules where git would otherwise go further than the checked URL:
   environment, so no inherited setting lets a submodule read this machine's
   files.
 
-Still open: the address git connects to is looked up again by git, so a
-host whose DNS answers change between the check and the fetch (DNS
-rebinding) can still reach a private address.  Network-level egress rules
-are the complete answer for a public service.
+* The addresses git connects to are the ones checked (no DNS rebinding):
+  every git command gets the provider's :class:`~binderbox.providers.pins.Pins`
+  as ``-c`` settings: ``http.curloptResolve`` for http and https (curl takes
+  the addresses from there, TLS still checks the name), a ``url.<address
+  URL>.insteadOf`` rewrite for ``git://`` (git's own connection), for the
+  visitor's URL and for each submodule URL checked; a checked host that did
+  not resolve is not left for git to look up again.
+
+Still open: ssh URLs (only with ``allow_ssh``) are checked, not pinned (ssh
+resolves the name again); requests through an operator's HTTP proxy are
+resolved by the proxy (its egress rules decide).  The checks apply to the
+service's own fetches; sessions' and builds' code is held by the sandbox
+network (:mod:`binderbox.runtime.destinations` is the one list both use).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..errors import RepositoryNotFound, SpecError, SpecNotAllowed
+from ..runtime.destinations import Destinations
 from .base import RepoProvider
 from .gitutil import SCHEME_RE, SCP_RE, UrlKind, check_git_url, redact
+from .pins import Pins, is_address
 
 #: seconds to wait for DNS before giving up on a host
 RESOLVE_TIMEOUT = 15.0
@@ -72,10 +89,15 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Origin = tuple[str, str, int | None]
 
 _SSH_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git"})
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: what a host name may be made of (lower case): what every resolver reads the same way
+_PLAIN_HOST_RE = re.compile(r"[a-z0-9._-]+")
 _SSH_REFUSED = "this service does not fetch over ssh"
 _SSH_HINT = "Use the repository's https:// URL instead."
 _PUBLIC_HINT = "This service only launches repositories from public hosts."
+_PLAIN_HINT = (
+    "Write the host name in ASCII (an internationalised name in its xn-- form), "
+    "without percent-escapes."
+)
 
 
 async def enforce_policy(provider: RepoProvider) -> None:
@@ -100,11 +122,18 @@ def visitor_url(provider: RepoProvider) -> str | None:
 
 async def check_host(provider: RepoProvider) -> None:
     """Apply :func:`host_refusal` to the URL the visitor chose; SpecNotAllowed if refused."""
+    from .git import GitProvider
+
     url = visitor_url(provider)
     if url is None:
         return
+    assert isinstance(provider, GitProvider)
     refusal = await host_refusal(
-        url, allow_ssh=provider.allow_ssh, allow_private_hosts=provider.allow_private_hosts
+        url,
+        allow_ssh=provider.allow_ssh,
+        allow_private_hosts=provider.allow_private_hosts,
+        destinations=provider.destinations,
+        pins=provider.pins,
     )
     if refusal is not None:
         raise SpecNotAllowed(
@@ -130,22 +159,44 @@ class Refusal:
     detail: str
 
 
-async def host_refusal(url: str, *, allow_ssh: bool, allow_private_hosts: bool) -> Refusal | None:
+async def host_refusal(
+    url: str,
+    *,
+    allow_ssh: bool,
+    allow_private_hosts: bool,
+    destinations: Destinations | None = None,
+    pins: Pins | None = None,
+) -> Refusal | None:
     """The one ssh / private-host check of a remote URL; None if it passes.
 
     ssh URLs (``ssh://``, ``git+ssh://``, scp-like ``user@host:path``) are
-    refused unless ``allow_ssh``; a host with a non-public address unless
-    ``allow_private_hosts`` (one DNS lookup).  A URL without a host passes.
+    refused unless ``allow_ssh``.  Unless ``allow_private_hosts``: a host name
+    that is not plain ASCII (letters, digits, ``.``, ``-``, ``_``) or an IP
+    address is refused (Python's resolver and curl would read it differently:
+    percent-escapes, IDNA 2003 against 2008), and so is a host with an address
+    the ``destinations`` policy blocks (one DNS lookup; every address counts).
+    What the lookup found goes into ``pins`` (see :mod:`.pins`), so that git
+    connects where it looked.  A URL without a host passes.
     """
     scheme, host = url_host(url)
     if scheme in _SSH_SCHEMES and not allow_ssh:
         return Refusal(_SSH_REFUSED, _SSH_HINT, "ssh URL")
     if allow_private_hosts or not host:
         return None
-    address = await private_address(host, url)
-    if address is None:
-        return None
-    return Refusal(f"{host} is on a private network", _PUBLIC_HINT, f"{host} resolves to {address}")
+    if not (_PLAIN_HOST_RE.fullmatch(host) or is_address(host)):
+        return Refusal(
+            f"its host name {host!r} has characters this service does not accept",
+            _PLAIN_HINT,
+            "host name not plain",
+        )
+    addresses = await resolve_host(host, url)
+    blocked = blocked_address(addresses, destinations or Destinations())
+    if blocked is not None:
+        reason = f"{host} is on a private network"
+        return Refusal(reason, _PUBLIC_HINT, f"{host} resolves to {blocked}")
+    if pins is not None:
+        pins.record(url, addresses)
+    return None
 
 
 @dataclass(frozen=True)
@@ -159,16 +210,19 @@ class UrlRules:
     allow_private_hosts: bool = False
     #: the origin of an operator-configured host: URLs there are not checked
     trusted_origin: Origin | None = None
+    #: the blocked destinations (``c.Destinations``)
+    destinations: Destinations = field(default_factory=Destinations)
 
 
-async def url_refusal(url: str, rules: UrlRules) -> str | None:
+async def url_refusal(url: str, rules: UrlRules, pins: Pins | None = None) -> str | None:
     """Why git may not fetch from ``url`` under ``rules`` (a phrase for a user
     message), or None if it may.
 
     The URL form first: what :func:`check_git_url` refuses (transport helpers,
     unknown schemes, option-like strings) is always refused, local URLs unless
     ``allow_local``; URLs on ``trusted_origin`` pass.  Then :func:`host_refusal`,
-    the check :func:`check_host` applies to a visitor's URL (its ``reason``).
+    the check :func:`check_host` applies to a visitor's URL (its ``reason``);
+    the addresses it checked go into ``pins``.
     """
     try:
         kind = check_git_url(url, "a repository URL")
@@ -179,7 +233,11 @@ async def url_refusal(url: str, rules: UrlRules) -> str | None:
     if rules.trusted_origin is not None and url_origin(url) == rules.trusted_origin:
         return None
     refusal = await host_refusal(
-        url, allow_ssh=rules.allow_ssh, allow_private_hosts=rules.allow_private_hosts
+        url,
+        allow_ssh=rules.allow_ssh,
+        allow_private_hosts=rules.allow_private_hosts,
+        destinations=rules.destinations,
+        pins=pins,
     )
     return None if refusal is None else refusal.reason
 
@@ -216,12 +274,9 @@ def url_host(url: str) -> tuple[str, str]:
     return "", ""
 
 
-async def private_address(host: str, url: str) -> IPAddress | None:
-    """The first address of ``host`` that is not public, or None."""
-    for address in await resolve_host(host, url):
-        if not is_public(address):
-            return address
-    return None
+def blocked_address(addresses: list[IPAddress], destinations: Destinations) -> IPAddress | None:
+    """The first of ``addresses`` that ``destinations`` blocks, or None."""
+    return next((a for a in addresses if destinations.is_blocked(a)), None)
 
 
 async def resolve_host(host: str, url: str) -> list[IPAddress]:
@@ -249,35 +304,3 @@ async def resolve_host(host: str, url: str) -> list[IPAddress]:
         except ValueError:
             continue
     return addresses
-
-
-def is_public(address: IPAddress) -> bool:
-    """True for a globally routable unicast address.
-
-    IPv6 addresses that carry an IPv4 address (mapped, 6to4, Teredo, NAT64)
-    are public only if that IPv4 address is too.
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(address)
-        if embedded is not None:
-            return is_public(embedded)
-    return address.is_global and not (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
-
-
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address.teredo is not None:
-        return address.teredo[1]  # the client's (obfuscated-back) address
-    if address in _NAT64:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return None

@@ -37,6 +37,7 @@ from traitlets.config import LoggingConfigurable
 from ...errors import DataError
 from ...events import Fetching
 from ..requirement import DataEntry
+from .guard import Guard
 
 #: seconds between two progress events of one download
 REPORT_INTERVAL = 0.5
@@ -60,7 +61,8 @@ class FetchContext:
     ``env_path`` the host path of the repository's environment (code
     sources), ``project_name`` the folder being filled, ``read_timeout`` the
     longest silence of a server before a download is abandoned, ``timeout``
-    the total time allowed (for messages).
+    the total time allowed (for messages), ``guard`` where downloads may
+    connect (:class:`~.guard.Guard`; by default no private hosts).
     """
 
     emit: Callable[[Fetching], None]
@@ -70,6 +72,7 @@ class FetchContext:
     env_path: Path | None = None
     read_timeout: float = 60.0
     timeout: float = 0.0
+    guard: Guard = field(default_factory=Guard)
     used: int = 0
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)

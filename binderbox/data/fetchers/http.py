@@ -3,7 +3,9 @@
 :func:`download` streams one URL into a dataset folder:
 
 * the response status is checked (a 404 is an error, never an empty
-  dataset), redirects are followed;
+  dataset), redirects are followed; every hop's connection obeys the
+  destination policy (:mod:`.guard`: no private, loopback or link-local
+  address unless ``DataCache.allow_private_hosts``);
 * the body is read in a helper thread in 1 MiB chunks (:class:`Body`), counted
   against ``Content-Length`` (a short body is an error), hashed when a
   checksum is expected, and decompressed on the way for ``.tar.gz``,
@@ -43,6 +45,7 @@ from ...errors import DataError
 from ..archives import archive_kind, extract_tar_stream, extract_zip, gunzipped_name, write_file
 from ..requirement import DataEntry
 from .base import DataFetcher, FetchContext, fail, human_bytes, run_blocking
+from .guard import BlockedDestination, RedirectRefused
 
 CHUNK = 1 << 20
 #: largest piece of decompressed output produced at once (bounds memory)
@@ -60,23 +63,50 @@ _EOF = object()
 def open_url(
     url: str, ctx: FetchContext, entry: DataEntry, headers: dict[str, str] | None = None
 ) -> http.client.HTTPResponse:
-    """GET ``url`` following redirects; a :class:`DataError` unless the answer is 2xx."""
+    """GET ``url`` following redirects, every hop under the destination policy
+    (:class:`~binderbox.data.fetchers.guard.Guard`); a :class:`DataError` unless
+    the answer is 2xx."""
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise fail(entry, url, "only http and https URLs can be downloaded.")
     ctx.check()
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
     timeout = min(ctx.read_timeout, ctx.remaining_time())
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = ctx.guard.open(request, timeout)
     except urllib.error.HTTPError as exc:
         exc.close()
         hint = "Check that the URL is right and the file public." if exc.code < 500 else ""
         raise fail(entry, url, f"the server answered {exc.code} {exc.reason}.", hint=hint) from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise fail(entry, url, f"cannot connect ({reason}).") from None
+    except urllib.error.URLError as exc:
+        raise refused(entry, url, exc.reason, requested=request.full_url) from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise fail(entry, url, f"cannot connect ({exc}).") from None
     assert isinstance(response, http.client.HTTPResponse)
     return response
+
+
+def refused(entry: DataEntry, url: str, reason: object, *, requested: str) -> DataError:
+    """The error for a request of ``url`` (``requested``: as urllib spells it) that
+    urllib gave up on with ``reason``: a destination the policy refused (said as for
+    repositories: "... is not allowed: <host> is on a private network."), a
+    redirect to another scheme, or a connection failure."""
+    if isinstance(reason, BlockedDestination):
+        redirected = reason.url != requested
+        via = f" (the server redirected there, from {url})" if redirected else ""
+        return DataError(
+            f"Dataset {entry.describe()} is not allowed: {reason.host} is on a private "
+            f"network{' (the server redirected there)' if redirected else ''}.",
+            hint="This service only downloads datasets from public hosts.",
+            log_message=f"refused dataset {entry.describe()} at {reason.url}{via}: {reason}; "
+            "the operator can allow private hosts for datasets with "
+            "c.DataCache.allow_private_hosts = True, or one network with c.Destinations.allowed",
+            status_code=403,
+            reason="data_private_host",
+        )
+    if isinstance(reason, RedirectRefused):
+        cause = f"the server redirected to {reason.url}, which is not an http or https URL."
+        return fail(entry, url, cause)
+    return fail(entry, url, f"cannot connect ({reason}).")
 
 
 def read_document(url: str, ctx: FetchContext, entry: DataEntry) -> tuple[bytes, str]:
