@@ -130,6 +130,7 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
         for task in background:
             task.cancel()
         server.stop()
+        await pipeline.launcher.aclose()  # abandoned launches: their users go first
         await hub.stop()
         with contextlib.suppress(Exception):
             await pipeline.finisher.aclose()
