@@ -10,7 +10,12 @@ CLI renders them, tests consume them directly::
          ─ datasets (fetching) ─ launcher.launch (launching…) ─ ready
 
 A launch never raises a :class:`~binderbox.errors.BinderboxError`: it ends
-with a ``failed`` event carrying the user message and status code.  Anything
+with a ``failed`` event carrying the user message and status code.  Its
+session is the consumer's once the consumer iterates past ``ready`` (to the
+end); one that stops iterating before (a visitor who left) abandons the
+launch, and the launcher removes the session again (see
+:mod:`binderbox.sessions.launcher`).  A build it had started or joined goes
+on for whoever launches the same environment next.  Anything
 else escaping a stage is a bug: it is logged with its traceback and the user
 gets a generic ``failed`` event.
 
@@ -25,10 +30,11 @@ once per tree and environment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,11 +165,12 @@ class LaunchPipeline(LoggingConfigurable):
     async def _guarded(
         self,
         request: LaunchRequest,
-        flow: Callable[[LaunchRequest], AsyncIterator[Event]],
-    ) -> AsyncIterator[Event]:
+        flow: Callable[[LaunchRequest], AsyncGenerator[Event, None]],
+    ) -> AsyncGenerator[Event, None]:
         try:
-            async for event in flow(request):
-                yield event
+            async with contextlib.aclosing(flow(request)) as events:  # closing this closes it
+                async for event in events:
+                    yield event
         except BinderboxError as exc:
             self.log.info(
                 "launch of %s/%s failed: %s",
@@ -183,7 +190,7 @@ class LaunchPipeline(LoggingConfigurable):
                 reason="internal",
             )
 
-    async def _flow(self, request: LaunchRequest) -> AsyncIterator[Event]:
+    async def _flow(self, request: LaunchRequest) -> AsyncGenerator[Event, None]:
         state = LaunchState(provider=self.provider_for(request))
         async for event in self.resolve_and_fetch(state):
             yield event
@@ -193,8 +200,9 @@ class LaunchPipeline(LoggingConfigurable):
             return
         async for event in self._datasets(state):
             yield event
-        async for event in self._launch(state, request):
-            yield event
+        async with contextlib.aclosing(self._launch(state, request)) as launch:
+            async for event in launch:
+                yield event
 
     def provider_for(self, request: LaunchRequest) -> RepoProvider:
         """The provider for the request (raises SpecError/UnknownProvider/SpecNotAllowed)."""
@@ -379,7 +387,9 @@ class LaunchPipeline(LoggingConfigurable):
                 raise
         return holds
 
-    async def _launch(self, state: LaunchState, request: LaunchRequest) -> AsyncIterator[Event]:
+    async def _launch(
+        self, state: LaunchState, request: LaunchRequest
+    ) -> AsyncGenerator[Event, None]:
         """Start a session on the built environment; ends with ``ready``."""
         assert state.resolved is not None and state.env is not None and state.content
         if self.launcher is None:
@@ -398,15 +408,17 @@ class LaunchPipeline(LoggingConfigurable):
             data_mounts=state.data_mounts,
             hold_files=[hold.path for hold in holds],
             high_quota=state.provider.is_high_quota(),
+            client_ip=request.client_ip,
         )
         started = time.monotonic()
         status = "failure"
         metrics.LAUNCHES_INPROGRESS.inc()
         try:
-            async for event in self.launcher.launch(session):
-                if isinstance(event, Ready):
-                    status = "success"
-                yield event
+            async with contextlib.aclosing(self.launcher.launch(session)) as events:
+                async for event in events:
+                    if isinstance(event, Ready):
+                        status = "success"
+                    yield event
         finally:
             for hold in holds:
                 hold.release()

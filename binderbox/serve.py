@@ -200,6 +200,7 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
         for task in background:
             task.cancel()
         server.stop()
+        await pipeline.launcher.aclose()  # abandoned launches: their users go first
         await hub.stop()
         with contextlib.suppress(Exception):
             await pipeline.finisher.aclose()

@@ -312,15 +312,23 @@ async def read_chunks(reader: asyncio.StreamReader, chunked: bool) -> AsyncItera
 
 
 async def sse_request(
-    url: str, *, until_terminal: bool = True, accept: str = "text/event-stream"
+    url: str,
+    *,
+    until_terminal: bool = True,
+    accept: str = "text/event-stream",
+    source: str | None = None,
 ) -> AsyncIterator[tuple[float, dict[str, Any] | int]]:
     """GET ``url``; yield ``(0.0, status)`` first, then ``(seconds, event)`` for each
-    ``data:`` frame.  Stops after ``ready``/``failed`` when ``until_terminal``."""
+    ``data:`` frame.  Stops after ``ready``/``failed`` when ``until_terminal``.
+
+    ``source``: the local address to connect from (another loopback address, e.g.
+    ``127.0.0.2``, is another client address for the service)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     started = time.monotonic()
-    reader, writer = await asyncio.open_connection(host, port)
+    local = (source, 0) if source else None
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local)
     try:
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: {accept}\r\n"
@@ -354,13 +362,19 @@ async def sse_request(
 
 
 async def build_events(
-    base_url: str, provider: str, spec: str, query: str = "", limit: float = 600
+    base_url: str,
+    provider: str,
+    spec: str,
+    query: str = "",
+    limit: float = 600,
+    source: str | None = None,
 ) -> Stream:
-    """Launch ``<provider>/<spec>`` through ``/build``; the events up to ready/failed."""
+    """Launch ``<provider>/<spec>`` through ``/build``; the events up to ready/failed
+    (``source``: as :func:`sse_request`'s)."""
     url = f"{base_url.rstrip('/')}/build/{provider}/{spec}" + (f"?{query}" if query else "")
     result = Stream()
     async with asyncio.timeout(limit):
-        async for seconds, item in sse_request(url):
+        async for seconds, item in sse_request(url, source=source):
             if isinstance(item, int):
                 result.status = item
             else:

@@ -382,6 +382,43 @@ async def test_failed_launch_leaves_no_user(
     assert not [u for u in users if u["name"].startswith("binder-examples-broken")]
 
 
+async def users_named(client: HubClient, prefix: str) -> list[str]:
+    return [u["name"] for u in await client.request("GET", "users") if u["name"].startswith(prefix)]
+
+
+@module_loop
+async def test_abandoned_launches_are_cleaned_up_while_others_follow_their_spawns(
+    hub: dict[str, Any], env_path: Path, tmp_path: Path
+) -> None:
+    """Twelve launches follow their pending spawns (a start script that takes its time):
+    more progress streams than a shared HTTP client allows at once.  A launch whose
+    consumer leaves still has its server stopped and its user deleted, at once."""
+    managed: ManagedHub = hub["hub"]
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "start").write_text('#!/bin/bash\nsleep 120\nexec "$@"\n')
+    launcher = launcher_for(managed, launches_per_address=0)  # all from one address
+    req = SessionRequest("env-test", env_path, slow, resolved("crowd"), "start", launch_host="/")
+    client = HubClient(managed.hub_api_url, managed.api_token)
+    launches = [launcher.launch(req) for _ in range(12)]
+    try:
+        for launch in launches:  # each one up to its sandbox's start: the spawn is pending
+            async for event in launch:
+                if event.message == "Starting the sandboxed Jupyter server":
+                    break
+        assert len(await users_named(client, "binder-examples-crowd-")) == 12
+        await launches[0].aclose()  # its visitor left
+        async with asyncio.timeout(30):
+            while len(await users_named(client, "binder-examples-crowd-")) > 11:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+    finally:
+        for launch in launches:
+            await launch.aclose()
+    async with asyncio.timeout(30):
+        while await users_named(client, "binder-examples-crowd-"):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+
+
 @module_loop
 async def test_idle_culler_removes_session_user_and_home(
     tmp_path: Path, env_path: Path, content: Path

@@ -163,6 +163,29 @@ async def test_client_disconnect_closes_the_launch() -> None:
         await asyncio.wait_for(pipeline.closed.wait(), timeout=10)
 
 
+async def test_a_sent_ready_hands_the_session_over() -> None:
+    # the stream reads the launch to its end once ready is out: the session is the visitor's
+    pipeline = ScriptedPipeline(launch_events())
+    async with serve(web(pipeline, ready_linger_seconds=600)) as base:
+        client = await SSEClient.open(base, "/build/gh/o/r/HEAD")
+        while (frame := await client.frame()) is not None:
+            if not frame.is_comment and frame.data["phase"] == "ready":
+                break
+        await asyncio.wait_for(pipeline.finished.wait(), timeout=10)
+        await client.close()
+
+
+async def test_a_client_that_leaves_before_ready_abandons_the_launch() -> None:
+    pipeline = ScriptedPipeline(launch_events(), delay=0.2)
+    async with serve(web(pipeline)) as base:
+        client = await SSEClient.open(base, "/build/gh/o/r/HEAD")
+        first = await client.frame()
+        assert first is not None and first.data["phase"] != "ready"
+        await client.close()
+        await asyncio.wait_for(pipeline.closed.wait(), timeout=10)
+    assert not pipeline.finished.is_set()
+
+
 async def test_pipeline_bug_becomes_a_failed_event() -> None:
     async with serve(web(BrokenPipeline())) as base:
         events = await (await SSEClient.open(base, "/build/gh/o/r/HEAD")).events()

@@ -81,6 +81,8 @@ class ScriptedPipeline:
     delay: float = 0.0
     requests: list[LaunchRequest] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set when the consumer asked for what follows the last event (a launch's hand-over)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def launch(self, request: LaunchRequest) -> AsyncIterator[Event]:
         self.requests.append(request)
@@ -89,6 +91,7 @@ class ScriptedPipeline:
                 if self.delay:
                     await asyncio.sleep(self.delay)
                 yield event
+            self.finished.set()
         finally:
             self.closed.set()
 

@@ -4,6 +4,12 @@ Every call authenticates with the service's API token.  Failures raise
 :class:`HubAPIError` carrying the HTTP status and the hub's own message
 (callers turn it into a user-facing error); a hub that cannot be reached at
 all gives status 599.
+
+Each :class:`HubClient` has connections of its own: its calls never wait
+behind other code's requests (Tornado's shared ``AsyncHTTPClient()`` allows
+10 at once and queues the rest, failing them with "599: Timeout in request
+queue" after 20 s).  A spawn's progress stream, which lasts as long as the
+spawn, has a connection of its own too, closed as soon as its reader stops.
 """
 
 from __future__ import annotations
@@ -11,11 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
+from tornado import httputil
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
 
 
 class HubAPIError(Exception):
@@ -29,18 +40,89 @@ class HubAPIError(Exception):
 
 def _hub_message(err: HTTPClientError) -> str:
     body = err.response.body if err.response is not None else b""
+    return _hub_message_of(body, str(err.message))
+
+
+def _hub_message_of(body: bytes, default: str) -> str:
+    """The ``message`` of the hub's JSON error body, else ``default``."""
     with contextlib.suppress(ValueError, AttributeError):
-        return str(json.loads(body).get("message") or err.message)
-    return str(err.message)
+        return str(json.loads(body).get("message") or default)
+    return default
+
+
+class _Streamed(httputil.HTTPMessageDelegate):
+    """A response read as it comes: its status, then its body's chunks (``None``: the
+    end); ``error``: why the reading stopped early, if it did."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = ""
+        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.error: BaseException | None = None
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> None:
+        if isinstance(start_line, httputil.ResponseStartLine):
+            self.status, self.reason = start_line.code, start_line.reason
+
+    def data_received(self, chunk: bytes) -> None:
+        self.chunks.put_nowait(chunk)
+
+    def finish(self) -> None:
+        self.chunks.put_nowait(None)
+
+    def on_connection_close(self) -> None:
+        self.chunks.put_nowait(None)
+
+    def read_from(self, connection: HTTP1Connection) -> None:
+        """Read the response of ``connection`` into this object, in the background."""
+
+        def done(reading: asyncio.Future[bool]) -> None:
+            if not reading.cancelled() and reading.exception() is not None:
+                self.error = reading.exception()
+                self.chunks.put_nowait(None)
+
+        asyncio.ensure_future(connection.read_response(self)).add_done_callback(done)
+
+    async def body(self) -> bytes:
+        """The rest of the body."""
+        data = b""
+        while (chunk := await self.chunks.get()) is not None:
+            data += chunk
+        return data
 
 
 class HubClient:
-    """REST calls on ``api_url`` (e.g. ``http://127.0.0.1:8081/hub/api/``)."""
+    """REST calls on ``api_url`` (e.g. ``http://127.0.0.1:8081/hub/api/``).
 
-    def __init__(self, api_url: str, token: str, timeout: float = 30) -> None:
+    ``connections``: how many calls may be under way at once (more wait for
+    a free one); the progress streams are not counted.
+    """
+
+    def __init__(
+        self, api_url: str, token: str, timeout: float = 30, connections: int = 10
+    ) -> None:
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
         self.token = token
         self.timeout = timeout
+        self.connections = connections
+        self._http: AsyncHTTPClient | None = None
+
+    @property
+    def http(self) -> AsyncHTTPClient:
+        """This client's own connections (made on first use, in the running loop)."""
+        if self._http is None:
+            self._http = AsyncHTTPClient(force_instance=True, max_clients=self.connections)
+        return self._http
+
+    def close(self) -> None:
+        """Let go of the connections (calls under way fail)."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     def _url(self, path: str, query: dict[str, Any] | None = None) -> str:
         url = self.api_url + path.lstrip("/")
@@ -59,7 +141,7 @@ class HubClient:
             allow_nonstandard_methods=True,
         )
         try:
-            return await AsyncHTTPClient().fetch(request)
+            return await self.http.fetch(request)
         except HTTPClientError as err:
             raise HubAPIError(err.code, _hub_message(err)) from err
         except OSError as err:
@@ -100,6 +182,15 @@ class HubClient:
             if err.status != 404:
                 raise
 
+    async def stop_server(self, name: str) -> None:
+        """Stop ``name``'s server (interrupting a pending spawn); no user or no server
+        running is fine.  A stop that takes a while goes on in the hub (202)."""
+        try:
+            await self.request("DELETE", self.user_path(name))
+        except HubAPIError as err:
+            if err.status not in (400, 404):  # 400: not running
+                raise
+
     async def create_token(self, name: str, scopes: list[str], note: str) -> str:
         """Issue an API token owned by ``name`` with ``scopes``; returns it."""
         body = {"scopes": scopes, "note": note}
@@ -124,39 +215,61 @@ class HubClient:
             offset += limit
 
     async def progress(self, name: str) -> AsyncIterator[dict[str, Any]]:
-        """Follow the spawn-progress event stream (SSE) until it ends."""
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        request = HTTPRequest(
-            self._url(self.user_path(name) + "/progress"),
-            headers={"Authorization": f"token {self.token}", "Accept": "text/event-stream"},
-            request_timeout=3600,
-            streaming_callback=queue.put_nowait,
-        )
+        """Follow the spawn-progress event stream (SSE) until it ends.
 
-        async def fetch() -> None:
-            try:
-                await AsyncHTTPClient().fetch(request)
-            finally:
-                queue.put_nowait(None)
-
-        task = asyncio.ensure_future(fetch())
-        buffer = b""
+        The stream has a connection of its own (one of the pool would be held
+        for the whole spawn), closed as soon as the caller stops iterating.
+        """
+        stream, response = await self._get_streamed(self.user_path(name) + "/progress")
         try:
-            while (chunk := await queue.get()) is not None:
-                buffer += chunk
+            buffer = await response.chunks.get()
+            if response.status != 200:
+                body = (buffer or b"") + await response.body()
+                status = response.status or 599
+                raise HubAPIError(status, _hub_message_of(body, response.reason or "no answer"))
+            while buffer is not None:
                 while b"\n\n" in buffer:
                     frame, buffer = buffer.split(b"\n\n", 1)
                     for line in frame.decode(errors="replace").splitlines():
                         if line.startswith("data:"):
                             with contextlib.suppress(ValueError):
                                 yield json.loads(line[5:].strip())
-            await asyncio.wait([task])
-            err = task.exception()
-            if err is not None:
-                if isinstance(err, HTTPClientError):
-                    raise HubAPIError(err.code, _hub_message(err)) from err
-                raise HubAPIError(599, f"progress stream failed: {err}") from err
+                chunk = await response.chunks.get()
+                buffer = None if chunk is None else buffer + chunk
+            if response.error is not None:
+                raise HubAPIError(599, f"progress stream failed: {response.error}")
         finally:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            stream.close()
+
+    async def _get_streamed(self, path: str) -> tuple[IOStream, _Streamed]:
+        """GET ``path`` on a connection of its own: the connection, and the response
+        as it comes."""
+        url = urlsplit(self._url(path))
+        secure = url.scheme == "https"
+        try:
+            stream = await TCPClient().connect(
+                url.hostname or "127.0.0.1",
+                url.port or (443 if secure else 80),
+                ssl_options=ssl.create_default_context() if secure else None,
+                timeout=self.timeout,
+            )
+        except (OSError, TimeoutError, StreamClosedError) as err:
+            raise HubAPIError(599, f"hub not reachable: {err}") from err
+        connection = HTTP1Connection(stream, True, HTTP1ConnectionParameters(no_keep_alive=True))
+        headers = httputil.HTTPHeaders(
+            {
+                "Host": url.netloc,
+                "Authorization": f"token {self.token}",
+                "Accept": "text/event-stream",
+            }
+        )
+        target = url.path + (f"?{url.query}" if url.query else "")
+        response = _Streamed()
+        try:
+            await connection.write_headers(httputil.RequestStartLine("GET", target, ""), headers)
+            connection.finish()
+        except StreamClosedError as err:
+            stream.close()
+            raise HubAPIError(599, f"hub not reachable: {err}") from err
+        response.read_from(connection)
+        return stream, response

@@ -19,18 +19,31 @@ BinderHub does:
    ``.../progress`` (SSE), relaying the hub's messages as ``Launching``
    events, ending with ``Ready``.
 
-On failure (or when the consumer stops iterating before ``Ready``) the
-temporary user is deleted, so nothing is left half-started.
+A launch is under way until its consumer has taken its session: asked for
+what follows ``Ready`` (iterated to the end).  One that fails, or whose
+consumer stops iterating before (a visitor who left: the iterator closed or
+its task cancelled), is *undone* by a clean-up the launcher owns, which no
+cancellation cuts short: the hub calls already sent are let finish, no
+server is asked for after the consumer left, the server is stopped (a
+pending spawn interrupted: the hub's ``DELETE .../server``) and the
+temporary user deleted, retried for :data:`FORGET_SECONDS` while the hub is
+busy or away.  Clean-ups use a hub client of their own, so they never wait
+behind launches.
+
+``launches_per_address`` bounds the launches one client address has under
+way, an undone launch counting until its clean-up is over: leaving and
+coming back does not start more sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import re
 import secrets
 import string
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +61,10 @@ from .hubclient import HubAPIError, HubClient
 #: JupyterHub user names we make: lowercase letters, digits, '-'; at most 30
 NAME_MAX = 30
 RANDOM_CHARS = 8
+#: seconds the removal of a temporary user is retried (the hub busy or restarting)
+FORGET_SECONDS = 120.0
+#: seconds the consumer of a launch that failed waits for its clean-up (which goes on)
+CLEANUP_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +81,8 @@ class SessionRequest:
     the dataset cache) the session holds shared while it runs, so neither
     its environment nor its datasets are evicted;
     ``high_quota``: the spec matches its provider's ``high_quota_specs``
-    (``per_repo_quota_higher`` applies).
+    (``per_repo_quota_higher`` applies);
+    ``client_ip``: the requester's address (``launches_per_address``).
     """
 
     env_key: str
@@ -76,6 +94,7 @@ class SessionRequest:
     data_mounts: Mapping[str, Path] = field(default_factory=dict)
     hold_files: Sequence[Path] = ()
     high_quota: bool = False
+    client_ip: str = ""
 
 
 def user_name_for(resolved: Resolved) -> str:
@@ -91,6 +110,57 @@ def user_name_for(resolved: Resolved) -> str:
     alphabet = string.ascii_lowercase + string.digits
     suffix = "".join(secrets.choice(alphabet) for _ in range(RANDOM_CHARS))
     return f"{prefix}-{suffix}"
+
+
+class _Abandoned(Exception):
+    """The consumer left before the admission asked for a server: nothing more is asked."""
+
+
+@dataclass
+class _Launch:
+    """One launch's state, shared by its consumer and its clean-up."""
+
+    #: the temporary user, from just before it is asked for
+    user: str | None = None
+    #: set when the consumer has left (or the launch failed)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def check(self) -> None:
+        """Raise :class:`_Abandoned` once the consumer has left."""
+        if self.gone.is_set():
+            raise _Abandoned()
+
+
+class AddressCounts:
+    """Launches under way per client address."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[str] = collections.Counter()
+
+    def take(self, address: str, limit: int) -> Callable[[], None]:
+        """Count one launch of ``address``; returns what ends it (once; again: nothing).
+
+        Raises :class:`QuotaExceeded` when ``address`` has ``limit`` under way
+        (``limit`` 0: no limit).
+        """
+        if limit and self._counts[address] >= limit:
+            raise QuotaExceeded(
+                "Too many launches from your address at the same time."
+                " Wait until one is ready, then try again.",
+                log_message=f"{address or 'an unknown address'} has {limit} launches under way",
+            )
+        self._counts[address] += 1
+        counted = True
+
+        def release() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                self._counts[address] -= 1
+                if self._counts[address] <= 0:
+                    del self._counts[address]
+
+        return release
 
 
 class SessionLauncher(LoggingConfigurable):
@@ -121,15 +191,48 @@ class SessionLauncher(LoggingConfigurable):
     launch_timeout = Int(
         300, help="Seconds to wait for a session to be ready before giving up."
     ).tag(config=True)
+    launches_per_address = Int(
+        10,
+        help="""Launches one client address may have under way at once: from asking the hub
+        for a session until it is ready, or removed again when the visitor left first (so
+        leaving and coming back does not start more).  Past it a launch fails with 429.
+        A classroom behind one address launching in the same seconds may need more;
+        0: no limit.""",
+    ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._admission = asyncio.Lock()
+        self._hub: HubClient | None = None
+        self._cleanup_hub: HubClient | None = None
+        self.addresses = AddressCounts()
+        #: clean-ups under way (owned here: their consumers may be gone)
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     @property
     def hub(self) -> HubClient:
-        """The REST client (created per use: cheap, no state)."""
-        return HubClient(self.hub_api_url, self.api_token)
+        """The REST client of launches."""
+        if self._hub is None:
+            self._hub = HubClient(self.hub_api_url, self.api_token)
+        return self._hub
+
+    @property
+    def cleanup_hub(self) -> HubClient:
+        """The REST client of clean-ups: connections of its own, so removing a user
+        never waits behind the calls of launches."""
+        if self._cleanup_hub is None:
+            self._cleanup_hub = HubClient(self.hub_api_url, self.api_token)
+        return self._cleanup_hub
+
+    async def aclose(self, within: float = 30) -> None:
+        """Wait (at most ``within`` s) for the clean-ups under way, then let go of the
+        hub connections."""
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=within)
+        for client in (self._hub, self._cleanup_hub):
+            if client is not None:
+                client.close()
+        self._hub = self._cleanup_hub = None
 
     # -- quotas -----------------------------------------------------------------
 
@@ -168,13 +271,22 @@ class SessionLauncher(LoggingConfigurable):
 
     # -- launch -----------------------------------------------------------------
 
-    async def launch(self, req: SessionRequest) -> AsyncIterator[Event]:
-        """Yield ``Launching`` events, then ``Ready``.  Raises QuotaExceeded / LaunchError."""
+    async def launch(self, req: SessionRequest) -> AsyncGenerator[Event, None]:
+        """Yield ``Launching`` events, then ``Ready``.  Raises QuotaExceeded / LaunchError.
+
+        The session is the consumer's once it asks for what follows ``Ready``;
+        a consumer that stops before undoes the launch (see the module docstring).
+        """
         yield Launching(message=f"Launching server for {req.resolved.repo_url}")
-        name, token, ready = await self._admit(req)
-        done = False
-        found: dict[str, str] = {}
+        release = self.addresses.take(req.client_ip, self.launches_per_address)
+        launch = _Launch()
+        # a task: a consumer that leaves does not cut a hub call short
+        admission = asyncio.ensure_future(self._admit(req, launch))
+        taken = False
         try:
+            token, ready = await asyncio.shield(admission)
+            name = str(launch.user)
+            found: dict[str, str] = {}
             if not ready:
                 async for event in self._follow(name, found):
                     yield event
@@ -182,33 +294,63 @@ class SessionLauncher(LoggingConfigurable):
             if not path:
                 model = await self._call(self.hub.get_user(name))
                 path = model["servers"][""]["url"]
-            done = True
             yield self._ready(req, urljoin(req.launch_host or "/", path), token)
+            taken = True
         finally:
-            if not done:
-                await asyncio.shield(self._forget(name))
+            if taken:
+                release()
+            else:
+                await self._undo(admission, launch, release)
 
-    async def _admit(self, req: SessionRequest) -> tuple[str, str, bool]:
+    async def _admit(self, req: SessionRequest, launch: _Launch) -> tuple[str, bool]:
         """Check the quotas and ask for the server as one step.
 
         Where a quota applies, launches are admitted one at a time (the step
         takes a few hub API calls), so two launches at once cannot both pass
-        it: the second sees the first's pending server.  Returns (temporary
-        user, launch token, already ready?).
+        it: the second sees the first's pending server.  Once the consumer
+        has left, nothing more is asked.  Returns (launch token, already ready?).
         """
         limited = bool(self.repo_quota(req.high_quota)) or self.total_quota is not None
         async with self._admission if limited else contextlib.nullcontext():
+            launch.check()
             await self.check_quota(req.resolved, req.high_quota)
-            name = await self._make_user(req)
+            launch.check()
+            name = await self._make_user(req, launch)
+            scopes = [f"access:servers!user={name}"]
+            token = await self._call(self.hub.create_token(name, scopes, "binder launch"))
+            options = self.user_options(req, token)
+            launch.check()
+            ready = await self._call(self.hub.start_server(name, options))
+        return token, ready
+
+    async def _undo(
+        self, admission: asyncio.Future[Any], launch: _Launch, release: Callable[[], None]
+    ) -> None:
+        """Clean up after a launch whose session nobody took (it failed, or its consumer
+        left): in a task of the launcher's, counted against the address until it is
+        over; the consumer waits for it at most :data:`CLEANUP_WAIT` s."""
+        launch.gone.set()
+
+        async def clean_up() -> None:
+            with contextlib.suppress(Exception):  # a failure is the consumer's to see
+                await admission
+            if launch.user is None:
+                return
             try:
-                scopes = [f"access:servers!user={name}"]
-                token = await self._call(self.hub.create_token(name, scopes, "binder launch"))
-                options = self.user_options(req, token)
-                ready = await self._call(self.hub.start_server(name, options))
-            except BaseException:
-                await asyncio.shield(self._forget(name))
-                raise
-        return name, token, ready
+                await self._forget(launch.user)
+            except Exception:
+                self.log.exception("clean-up of temporary user %s failed", launch.user)
+
+        task = asyncio.ensure_future(clean_up())
+        self._cleanups.add(task)
+
+        def over(done: asyncio.Task[None]) -> None:
+            self._cleanups.discard(done)
+            release()
+
+        task.add_done_callback(over)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), CLEANUP_WAIT)
 
     def user_options(self, req: SessionRequest, token: str) -> dict[str, Any]:
         """The ``user_options`` of the server: the launch's :class:`LaunchOptions`."""
@@ -232,14 +374,16 @@ class SessionLauncher(LoggingConfigurable):
             **binder_info(req).fields(),
         )
 
-    async def _make_user(self, req: SessionRequest) -> str:
-        """Create this launch's temporary user; returns its name."""
+    async def _make_user(self, req: SessionRequest, launch: _Launch) -> str:
+        """Create this launch's temporary user (``launch.user`` from just before it is
+        asked for: a call that fails may still have made it); returns its name."""
         for _ in range(5):
-            name = user_name_for(req.resolved)
+            name = launch.user = user_name_for(req.resolved)
             try:
                 await self.hub.create_user(name)
             except HubAPIError as err:
-                if err.status == 409:
+                if err.status == 409:  # someone else's
+                    launch.user = None
                     continue
                 raise self._unavailable(err) from err
             return name
@@ -282,10 +426,24 @@ class SessionLauncher(LoggingConfigurable):
             raise self._launch_failed(err) from err
 
     async def _forget(self, name: str) -> None:
-        try:
-            await self.hub.delete_user(name)
-        except HubAPIError as err:
-            self.log.warning("could not delete temporary user %s: %s", name, err)
+        """Stop ``name``'s server (interrupting a pending spawn) and delete the user,
+        retried for :data:`FORGET_SECONDS`."""
+        hub = self.cleanup_hub
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + FORGET_SECONDS
+        delay = 0.25
+        while True:
+            try:
+                await hub.stop_server(name)
+                await hub.delete_user(name)
+                return
+            except HubAPIError as err:  # 400: still stopping; 599: busy or away
+                if loop.time() + delay > give_up:
+                    self.log.warning("could not delete temporary user %s: %s", name, err)
+                    return
+                self.log.debug("deleting temporary user %s: %s; trying again", name, err)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
     @staticmethod
     def _launch_failed(err: HubAPIError) -> LaunchError:

@@ -35,7 +35,10 @@ class BuildHandler(EventStreamHandler):
     The handler only checks the request (Accept header, rate limit) and
     relays: the flow lives in the pipeline.  After ``ready`` the stream
     stays open ``WebApp.ready_linger_seconds``; after ``failed`` (or
-    ``built`` with ``?build_only=true``) it ends.
+    ``built`` with ``?build_only=true``) it ends.  The pipeline's events are
+    read to their end once ``ready`` is sent: that hands the session over.
+    A client that leaves before (its connection closed) abandons the launch,
+    and the pipeline removes what it had started.
     """
 
     def initialize(  # type: ignore[override]
@@ -100,13 +103,11 @@ class BuildHandler(EventStreamHandler):
         events = self.pipeline.launch(request)
         last = None
         try:
-            async for event in events:
+            async for event in events:  # to the end: the pipeline ends after its outcome
                 await self.send(event.to_wire())
                 last = event
                 if isinstance(event, Ready):
                     self.sessions.record(event.url, event.binder_request)
-                if event.terminal:
-                    break
         except ClientGone:
             raise
         except BinderboxError as error:  # the pipeline's contract says it does not raise
