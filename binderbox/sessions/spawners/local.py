@@ -61,8 +61,9 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from jupyterhub.spawner import LocalProcessSpawner
@@ -83,6 +84,8 @@ from ...runtime.sandbox import Sandbox
 from ...store.locks import FileLock
 from ..homes import prepare_home, remove_home
 from .mixin import BinderSpawnerMixin
+
+_T = TypeVar("_T")
 
 #: the port of every session's server inside its own network namespace
 SESSION_PORT = 8888
@@ -204,28 +207,42 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         return cmd
 
     @staticmethod
-    def _take_holds(paths: list[Path]) -> list[FileLock]:
-        """Shared use-locks on ``paths`` (blocks briefly while an eviction finishes)."""
-        holds: list[FileLock] = []
+    def _take_holds(paths: list[Path], holds: list[FileLock]) -> None:
+        """Shared use-locks on ``paths`` into ``holds`` (blocks briefly while an eviction
+        finishes)."""
+        for path in paths:
+            holds.append(FileLock.acquire(path, shared=True))
+
+    @staticmethod
+    async def _in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` in a thread; cancelled, it waits for the thread to end, so what
+        the thread took (locks, leases, a home) is known to the clean-up."""
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
         try:
-            for path in paths:
-                holds.append(FileLock.acquire(path, shared=True))
-        except BaseException:
-            for hold in holds:
-                hold.release()
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await work
             raise
-        return holds
 
     async def start(self) -> tuple[str, int]:
-        """Start the sandboxed server; return (ip, port) once it answers HTTP."""
+        """Start the sandboxed server; return (ip, port) once it answers HTTP.
+
+        A start that fails or is interrupted (the hub stops a pending spawn when its
+        visitor left) before the supervisor runs undoes what it made."""
         self._messages = []
         options = self.launch_options
         if not (options.env_path / "bin" / "jupyterhub-singleuser").exists():
             raise web.HTTPError(400, "the environment has no jupyterhub-singleuser")
-        holds = await asyncio.to_thread(self._take_holds, list(options.hold_files))
+        holds: list[FileLock] = []
         leases: list[Lease] = []
         try:  # the supervisor has its own copies of every descriptor
+            await self._in_thread(self._take_holds, list(options.hold_files), holds)
             return await self._start_holding(options, [h.fileno() for h in holds], leases)
+        except BaseException:
+            if self.proc is None:
+                await asyncio.shield(asyncio.to_thread(self._cleanup))
+            raise
         finally:
             for hold in holds:
                 hold.release()
@@ -257,9 +274,9 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
     async def _start_holding(
         self, options: LaunchOptions, holds: list[int], leases: list[Lease]
     ) -> tuple[str, int]:
-        net = await asyncio.to_thread(self._place, leases)
+        net = await self._in_thread(self._place, leases)
         self.report(10, "Copying the repository into a private home")
-        start_script = await asyncio.to_thread(
+        start_script = await self._in_thread(
             prepare_home,
             self.home_path,
             options.env_path,
