@@ -56,6 +56,8 @@ pytestmark = [
     pytest.mark.skipif(not can_make_hosts(), reason="network isolation needs root"),
 ]
 module_loop = pytest.mark.asyncio(loop_scope="module")
+#: an interpreter every host uid may run (the suite's own may sit under /root)
+PYTHON = "/usr/bin/python3"
 
 
 @pytest.fixture(scope="module")
@@ -236,13 +238,33 @@ async def test_sessions_run_as_their_own_uid_and_no_token_is_on_a_command_line(
     api_token = str(out["api_token"])
     assert api_token and first.token
     lines = command_lines()
-    for secret in (first.token, api_token):
+    hub_dir = Path(hub.data_dir) / "hub"
+    service = [(hub_dir / name).read_text().strip() for name in ("service_token", "proxy_token")]
+    for secret in (first.token, api_token, *service):
         assert not [line for line in lines if secret.encode() in line]
 
     # the repository's start script and another entry were links to a host file
     info = victim.stat()
     assert (info.st_uid, oct(info.st_mode & 0o7777)) == (0, "0o600")
     assert victim.read_text() == "host file\n"
+
+
+@module_loop
+async def test_only_the_service_opens_connections_to_a_session(
+    hub: ManagedHub, content: Path
+) -> None:
+    ready = await new_session(hub, content, "ingress")
+    address = await session_address(hub, ready)
+    connect = f"import socket; socket.create_connection(({address!r}, 8888), timeout=5)"
+    as_service = await asyncio.to_thread(
+        subprocess.run, [PYTHON, "-c", connect], capture_output=True, check=False
+    )
+    assert as_service.returncode == 0  # the hub and the proxy run as the service's uid
+    other_user = ["setpriv", "--reuid", "54321", "--regid", "54321", "--clear-groups"]
+    stranger = await asyncio.to_thread(
+        subprocess.run, [*other_user, PYTHON, "-c", connect], capture_output=True, text=True
+    )
+    assert stranger.returncode != 0 and "Errno 113" in stranger.stderr  # refused: no route
 
 
 def test_the_rule_set_blocks_the_metadata_address_and_private_ranges() -> None:

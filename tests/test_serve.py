@@ -464,3 +464,27 @@ async def test_sigterm_ends_every_session_with_the_service(tmp_path: Path, main_
     assert "binderbox stopped" in serve.output()
     assert not Path(f"/proc/{supervisor}").exists()  # its sandbox ended with the service
     assert not home.exists()
+
+
+async def test_kept_sessions_end_themselves_when_no_service_comes_back(
+    tmp_path: Path, main_repo: Path
+) -> None:
+    config = "c.ManagedHub.spawner_config = {'orphan_timeout': 6}\n"
+    serve = ServeProcess(tmp_path / "serve-hup", tmp_path / "serve-hup" / "data", config)
+    serve.start()
+    try:
+        ready = ready_of(await build_events(serve.url, "git", git_spec(main_repo)))
+        name = ready["url"].rstrip("/").rsplit("/", 1)[-1]
+        client = HubClient(serve.hub_api_url, serve.api_token)
+        supervisor = int((await client.get_user(name))["servers"][""]["state"]["pid"])
+    finally:
+        status = serve.stop(signal.SIGHUP)  # the sessions are kept for a restart...
+    assert status == 0, serve.output()[-3000:]
+    assert Path(f"/proc/{supervisor}").exists()
+    for _ in range(600):  # ...that never comes: bounded wait, about 60 s at most
+        if not Path(f"/proc/{supervisor}").exists():
+            break
+        await asyncio.sleep(0.1)
+    assert not Path(f"/proc/{supervisor}").exists()
+    log = (serve.data_dir / "logs" / "sessions" / f"{name}-default.log").read_text()
+    assert "the service has been gone for 6 s" in log
