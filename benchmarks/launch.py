@@ -1,6 +1,8 @@
 """Launch figures of ``binderbox serve``: cached launches, first cell, idle memory.
 
-Run: .venv/bin/python benchmarks/launch.py [--launches N]   (about a minute)
+Run: .venv/bin/python benchmarks/launch.py [--launches N] [--isolation on|off|both]
+(about a minute; ``both`` runs a service with sandbox networks and one without, launches
+alternating between them, to show what the isolation costs)
 
 What it does, on this machine, through the real command and the proxy's
 public port (as a browser or a thebe client would):
@@ -223,7 +225,8 @@ def wait_for_file(path: Path) -> None:
         time.sleep(0.1)
 
 
-async def bench(serve: ServeProcess, repo: Path, launches: int) -> None:
+async def first_build(serve: ServeProcess, repo: Path, label: str) -> None:
+    """The first launch (builds the environment); waits for its bytecode."""
     started = time.monotonic()
     first = await build_events(serve.url, "git", git_spec(repo))
     if first.last.get("phase") != "ready":
@@ -232,7 +235,7 @@ async def bench(serve: ServeProcess, repo: Path, launches: int) -> None:
     await end_session(serve, first.last)
     built_in = first.time_of("built")
     print(
-        f"first launch (builds the environment): built after {built_in:.1f} s,"
+        f"{label}first launch (builds the environment): built after {built_in:.1f} s,"
         f" ready after {ready_in:.1f} s"
     )
     # the environment gets its bytecode in the background: time it, and let the
@@ -240,11 +243,28 @@ async def bench(serve: ServeProcess, repo: Path, launches: int) -> None:
     done = Path(first.of("built")[0]["path"]) / ".binderbox" / "bytecode.json"
     await asyncio.to_thread(wait_for_file, done)
     print(f"  its bytecode was complete {time.monotonic() - started:.1f} s after the request")
-    samples = []
+
+
+async def bench(services: dict[str, ServeProcess], repo: Path, launches: int) -> None:
+    """Launches alternate between the services (same run, same machine load)."""
+    for label, serve in services.items():
+        await first_build(serve, repo, f"[{label}] " if len(services) > 1 else "")
+    samples: dict[str, list[dict[str, float]]] = {label: [] for label in services}
     for _ in range(launches):
-        samples.append(await one_launch(serve, repo))
-    report(samples)
-    await measure_idle(serve, repo)
+        for label, serve in services.items():
+            samples[label].append(await one_launch(serve, repo))
+    for label, serve in services.items():
+        if len(services) > 1:
+            print(f"\n== {label}")
+        report(samples[label])
+        await measure_idle(serve, repo)
+
+
+#: what each --isolation mode adds to the service's config
+MODES = {
+    "on": "",
+    "off": "c.SandboxNetwork.isolation = 'off'  # sessions on the host's network\n",
+}
 
 
 def main() -> None:
@@ -255,9 +275,17 @@ def main() -> None:
         action="store_true",
         help="the first launch builds with empty package and bytecode caches",
     )
+    parser.add_argument(
+        "--isolation",
+        choices=["on", "off", "both"],
+        default="on",
+        help="sandbox networks on (the default), off, or both in one run (launches alternate)",
+    )
     args = parser.parse_args()
+    modes = ["off", "on"] if args.isolation == "both" else [args.isolation]
     with tempfile.TemporaryDirectory(prefix="binderbox-bench-") as tmp:
         work = Path(tmp)
+        work.chmod(0o711)  # sandboxes run as their own uids: they must enter it
         repo = make_repo(
             work / "bench-repo",
             {"requirements.txt": "six==1.16.0\n", "index.ipynb": notebook("print(6*7)")},
@@ -265,19 +293,22 @@ def main() -> None:
         extra = ""
         if args.cold:
             extra += f"\nc.PythonBuilder.cache_dir = {str(work / 'cold' / 'uv')!r}\n"
-        serve = ServeProcess(work / "serve", work / "data", extra)
-        started = time.monotonic()
-        serve.start()
-        print(f"binderbox serve started in {time.monotonic() - started:.1f} s at {serve.url}")
+        services = {
+            f"isolation {mode}": ServeProcess(
+                work / f"serve-{mode}", work / f"data-{mode}", extra + MODES[mode]
+            )
+            for mode in modes
+        }
         try:
-            asyncio.run(bench(serve, repo, args.launches))
+            for label, serve in services.items():
+                started = time.monotonic()
+                serve.start()
+                print(f"[{label}] binderbox serve started in {time.monotonic() - started:.1f} s")
+            asyncio.run(bench(services, repo, args.launches))
         finally:
-            try:
-                serve.stop_sessions()
-            finally:
-                status = serve.stop()
-        if status != 0:
-            raise SystemExit(f"binderbox serve exited with {status}")
+            statuses = [serve.stop() for serve in services.values() if serve.proc is not None]
+        if any(statuses):
+            raise SystemExit(f"binderbox serve exited with {statuses}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,6 @@ from urllib.parse import quote, urlsplit
 
 from testcache import CACHE as TEST_CACHE
 
-from binderbox.hub import ManagedHub
 from binderbox.hub.process import free_port
 from binderbox.sessions.hubclient import HubClient
 
@@ -177,9 +177,12 @@ class ServeProcess:
 
     @property
     def hub_api_url(self) -> str:
-        """The hub's REST API (on the sandbox bridge's gateway where sessions get
-        networks of their own, else on 127.0.0.1)."""
-        return f"http://{ManagedHub().hub_ip}:{self.ports['hub']}/hub/api/"
+        """The hub's REST API, where the service's hub config says the hub listens (the
+        sandbox bridge's gateway where sessions get networks of their own)."""
+        config = (self.data_dir / "hub" / "jupyterhub_config.py").read_text()
+        found = re.search(r"^c\.JupyterHub\.hub_ip = '([^']+)'$", config, re.MULTILINE)
+        address = found.group(1) if found else "127.0.0.1"
+        return f"http://{address}:{self.ports['hub']}/hub/api/"
 
     @property
     def api_token(self) -> str:
