@@ -10,6 +10,8 @@ mount the test cache and /tmp; :func:`launch` runs one launch to ``ready``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from binderbox.events import Event, Ready
 from binderbox.hub import ManagedHub
 from binderbox.providers.base import Resolved
 from binderbox.sessions import SessionLauncher, SessionRequest
+from binderbox.sessions.hubclient import HubClient
 
 CACHE = TEST_CACHE
 
@@ -71,3 +74,16 @@ async def fetch(url: str, **kwargs: Any) -> Any:
 
 def user_of(ready: Ready) -> str:
     return ready.url.rstrip("/").rsplit("/", 1)[-1]
+
+
+@contextlib.asynccontextmanager
+async def running_hub(managed: ManagedHub) -> AsyncIterator[ManagedHub]:
+    """``managed`` started; afterwards every user (and session) deleted, then stopped."""
+    await managed.start()
+    try:
+        yield managed
+    finally:
+        client = HubClient(managed.hub_api_url, managed.api_token)
+        for user in await client.request("GET", "users"):
+            await client.delete_user(user["name"])
+        await managed.stop()

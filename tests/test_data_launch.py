@@ -30,6 +30,7 @@ from data_helpers import FileServer, Route, tar_bytes, zip_bytes
 from kernels import run_code
 from repos import commit, make_repo, notebook
 from serve_helpers import build_events, end_session, git_spec, running_serve
+from session_helpers import running_hub
 from testcache import CACHE as TEST_CACHE
 from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
@@ -161,14 +162,10 @@ async def hub(data_dir: Path) -> AsyncIterator[ManagedHub]:
         web_port=web_port,
         spawner_config={"allowed_roots": [str(data_dir)]},
     )
-    await managed.start()
     try:
-        yield managed
+        async with running_hub(managed):
+            yield managed
     finally:
-        client = HubClient(managed.hub_api_url, managed.api_token)
-        for user in await client.request("GET", "users"):
-            await client.delete_user(user["name"])
-        await managed.stop()
         web.stop()
 
 

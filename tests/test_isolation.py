@@ -33,6 +33,7 @@ from session_helpers import (
     launcher_for,
     make_hub,
     resolved,
+    running_hub,
     session_env,
     user_of,
 )
@@ -98,15 +99,8 @@ def content(tmp_path_factory: pytest.TempPathFactory, victim: Path) -> Path:
 async def hub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ManagedHub]:
     data_dir = tmp_path_factory.mktemp("data")
     ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "web": 0}
-    managed = make_hub(data_dir, ports)
-    await managed.start()
-    try:
+    async with running_hub(make_hub(data_dir, ports)) as managed:
         yield managed
-    finally:
-        client = HubClient(managed.hub_api_url, managed.api_token)
-        for user in await client.request("GET", "users"):
-            await client.delete_user(user["name"])
-        await managed.stop()
 
 
 async def new_session(hub: ManagedHub, content: Path, name: str) -> Any:

@@ -447,14 +447,19 @@ async def test_restart_keeps_running_sessions(main: ServeProcess, main_repo: Pat
         await end_session(main, ready)
 
 
+async def launched(serve: ServeProcess, repo: Path) -> tuple[str, int]:
+    """Launch ``repo``: the session's hub user and its supervisor's pid."""
+    ready = ready_of(await build_events(serve.url, "git", git_spec(repo)))
+    name = user_of(ready["url"])
+    client = HubClient(serve.hub_api_url, serve.api_token)
+    return name, int((await client.get_user(name))["servers"][""]["state"]["pid"])
+
+
 async def test_sigterm_ends_every_session_with_the_service(tmp_path: Path, main_repo: Path) -> None:
     serve = ServeProcess(tmp_path / "serve-term", tmp_path / "serve-term" / "data")
     serve.start()
     try:
-        ready = ready_of(await build_events(serve.url, "git", git_spec(main_repo)))
-        name = ready["url"].rstrip("/").rsplit("/", 1)[-1]
-        client = HubClient(serve.hub_api_url, serve.api_token)
-        supervisor = int((await client.get_user(name))["servers"][""]["state"]["pid"])
+        name, supervisor = await launched(serve, main_repo)
         home = serve.data_dir / "homes" / f"{name}-default"
         assert home.is_dir() and Path(f"/proc/{supervisor}").exists()
     finally:
@@ -473,10 +478,7 @@ async def test_kept_sessions_end_themselves_when_no_service_comes_back(
     serve = ServeProcess(tmp_path / "serve-hup", tmp_path / "serve-hup" / "data", config)
     serve.start()
     try:
-        ready = ready_of(await build_events(serve.url, "git", git_spec(main_repo)))
-        name = ready["url"].rstrip("/").rsplit("/", 1)[-1]
-        client = HubClient(serve.hub_api_url, serve.api_token)
-        supervisor = int((await client.get_user(name))["servers"][""]["state"]["pid"])
+        name, supervisor = await launched(serve, main_repo)
     finally:
         status = serve.stop(signal.SIGHUP)  # the sessions are kept for a restart...
     assert status == 0, serve.output()[-3000:]

@@ -78,15 +78,14 @@ def claim(run_dir: Path | None, kind: str, values: Iterable[int]) -> Lease:
     raise NoLeaseLeft(f"every {kind} of the range is in use")
 
 
-def held(run_dir: Path | None, kind: str, value: int) -> bool:
-    """Whether someone holds the lease of ``value`` now."""
-    path = lease_dir(run_dir) / f"{kind}-{value}"
+def lock_held(path: Path) -> bool:
+    """Whether some process holds a ``flock`` on ``path`` now (a missing file: no)."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:

@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import fcntl
 import os
 import signal
 import subprocess
@@ -64,6 +63,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..util.sizes import tree_size
+from .leases import lock_held
 from .limits import join
 from .netns import NetSetupError, SandboxNet, enter
 
@@ -161,7 +161,7 @@ class Watchdogs:
         return ""
 
     def service_gone(self) -> str:
-        if _lock_held(self.args.service_lock):
+        if lock_held(self.args.service_lock):
             self.gone_since = None
             return ""
         now = time.monotonic()
@@ -202,20 +202,6 @@ def _start_ticks(pid: int) -> int:
     with contextlib.suppress(OSError, IndexError, ValueError):
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
     return 0
-
-
-def _lock_held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
