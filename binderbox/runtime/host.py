@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -51,6 +52,8 @@ from .sandbox import Sandbox, bwrap_path
 SUPERVISOR = [sys.executable, "-m", "binderbox.runtime.supervise"]
 #: the sandbox network settings this process set up already
 _ensured: set[str] = set()
+#: numbers this process's sandboxed steps (their cgroups' names)
+_steps = itertools.count()
 
 
 def parse_size(text: str) -> int:
@@ -211,7 +214,7 @@ class SandboxHost(LoggingConfigurable):
         ``step.oom_killed``."""
         await self.ensure_network()
         net, lease = self.network.claim("build") if self.network.enabled else (None, None)
-        name = f"build-{lease.value if lease else os.getpid()}-{uid or 0}"
+        name = f"build-{os.getpid()}-{next(_steps)}"
         limits = default_limits()
         try:
             cgroups = limits.create(name, self.build_limits)
