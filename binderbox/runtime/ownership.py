@@ -17,18 +17,22 @@ from pathlib import Path
 
 #: bits never left on a file given to or taken back from a sandbox
 _DANGEROUS = stat.S_ISUID | stat.S_ISGID | stat.S_IWGRP | stat.S_IWOTH
+#: bits every published file gets (and folders and executables, searching)
+_READ = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+_SEARCH = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 
 
 def give_tree(root: Path, uid: int) -> None:
     """Make every entry under ``root`` (and ``root``) owned by ``uid`` (gid ``uid``);
     set-uid/set-gid bits and group/other write bits are dropped."""
-    _walk(root, uid)
+    _walk(root, uid, readable=False)
 
 
 def take_back(root: Path) -> None:
-    """Give ``root``'s tree to this process's uid (the service), with the same rules:
-    what a build published is then writable by no sandbox uid."""
-    _walk(root, os.geteuid())
+    """Give ``root``'s tree to this process's uid (the service), with the same rules,
+    and readable by everyone: what a build or a code source published is then
+    readable by every sandbox uid and writable by none."""
+    _walk(root, os.geteuid(), readable=True)
 
 
 def give_dir(path: Path, uid: int, mode: int = 0o755) -> None:
@@ -37,18 +41,21 @@ def give_dir(path: Path, uid: int, mode: int = 0o755) -> None:
     path.chmod(mode)
 
 
-def _walk(root: Path, uid: int) -> None:
-    _fix(root, uid)
+def _walk(root: Path, uid: int, *, readable: bool) -> None:
+    _fix(root, uid, readable)
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
-            _fix(Path(dirpath, name), uid)
+            _fix(Path(dirpath, name), uid, readable)
 
 
-def _fix(path: Path, uid: int) -> None:
+def _fix(path: Path, uid: int, readable: bool) -> None:
     info = os.lstat(path)
     if info.st_uid != uid or info.st_gid != uid:
         os.lchown(path, uid, uid)
     if stat.S_ISLNK(info.st_mode):
         return
-    if info.st_mode & _DANGEROUS:
-        path.chmod(stat.S_IMODE(info.st_mode) & ~_DANGEROUS)
+    mode = stat.S_IMODE(info.st_mode) & ~_DANGEROUS
+    if readable:
+        mode |= _READ | (_SEARCH if stat.S_ISDIR(info.st_mode) or mode & stat.S_IXUSR else 0)
+    if mode != stat.S_IMODE(info.st_mode):
+        path.chmod(mode)
