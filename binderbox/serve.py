@@ -146,7 +146,8 @@ def _hub_for(app: Any, pipeline: LaunchPipeline, host: SandboxHost, web: WebApp)
     assert pipeline.data is not None
     roots = [pipeline.store.root, pipeline.content.root, pipeline.data.root]
     hub.spawner_config = {"allowed_roots": roots, **hub.spawner_config}
-    sections = ("SandboxHost", "SandboxNetwork", "Destinations")
+    # the operator's settings of the classes the hub's sessions use, passed on
+    sections = ("SandboxHost", "SandboxNetwork", "Destinations", "SandboxSpawner")
     hub.sandbox_config = {name: dict(app.config[name]) for name in sections if name in app.config}
     hub.params()  # fixes the ports, so the hub's API URL is known before it starts
     return hub

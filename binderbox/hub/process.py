@@ -164,9 +164,9 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
     ).tag(config=True)
     network = Instance(SandboxNetwork, help="The sandboxes' network (hub_ip's default).")
     sandbox_config = Dict(
-        help="""Settings of the sandbox classes (SandboxHost, SandboxNetwork, Destinations)
-        for the hub's sessions: {class name: {trait: JSON value}}; binderbox serve passes
-        its own."""
+        help="""Settings of the classes the hub's sessions use (SandboxSpawner, SandboxHost,
+        SandboxNetwork, Destinations): {class name: {trait: JSON value}}; binderbox serve
+        passes what its own config file sets for them."""
     ).tag(config=True)
     proxy_api_port = Int(
         8001, help="Port of the proxy's REST API on 127.0.0.1 (0 = pick a free one at start)."
