@@ -455,7 +455,10 @@ async def launched(serve: ServeProcess, repo: Path) -> tuple[str, int]:
     return name, int((await client.get_user(name))["servers"][""]["state"]["pid"])
 
 
-async def test_sigterm_ends_every_session_with_the_service(tmp_path: Path, main_repo: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_sigterm_and_sigint_end_every_session_with_the_service(
+    tmp_path: Path, main_repo: Path, sig: signal.Signals
+) -> None:
     serve = ServeProcess(tmp_path / "serve-term", tmp_path / "serve-term" / "data")
     serve.start()
     try:
@@ -463,7 +466,7 @@ async def test_sigterm_ends_every_session_with_the_service(tmp_path: Path, main_
         home = serve.data_dir / "homes" / f"{name}-default"
         assert home.is_dir() and Path(f"/proc/{supervisor}").exists()
     finally:
-        status = serve.stop(signal.SIGTERM)
+        status = serve.stop(sig)
     assert status == 0, serve.output()[-3000:]
     assert "stopping: ending every session" in serve.output()
     assert "binderbox stopped" in serve.output()
