@@ -37,6 +37,7 @@ _counter = itertools.count()
 _SERVER = """\
 import functools, http.server, socketserver, sys
 class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128
     def server_bind(self):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]

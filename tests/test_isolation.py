@@ -46,7 +46,8 @@ from binderbox.data.requirement import DataEntry
 from binderbox.environments import EnvSpec
 from binderbox.hub import ManagedHub
 from binderbox.hub.process import free_port
-from binderbox.runtime.host import SandboxHost
+from binderbox.runtime.host import SandboxHost, Step
+from binderbox.runtime.layout import base_sandbox
 from binderbox.runtime.network import TABLE, SandboxNetwork
 from binderbox.sessions import SessionRequest
 from binderbox.sessions.hubclient import HubClient
@@ -393,3 +394,43 @@ async def test_a_dataset_code_source_reaches_only_the_internet_as_its_own_uid(
     out = probe_result("\n".join(m.split(": ", 1)[-1] for m in said))
     assert not [k for k, v in out.items() if v == "open"], out
     assert out["pypi"] == 200
+
+
+HOLD = """
+import socket
+held, refused = [], 0
+for _ in range(60):
+    try:
+        held.append(socket.create_connection((ADDRESS, PORT), timeout=5))
+    except OSError:
+        refused += 1
+print("PROBE", len(held), refused)
+"""
+
+
+async def test_a_sandbox_cannot_hold_more_connections_than_its_limit(
+    private_host: NamespaceHost,
+) -> None:
+    """A port scan or a flood cannot fill the host's connection table: past
+    ``max_connections`` a sandbox's new connections are refused (the host is one the
+    operator allowed, so only the limit stands in the way)."""
+    host = SandboxHost()
+    host.network.max_connections = 20
+    host.network.destinations.allowed = [f"{private_host.address}/32"]
+    code = HOLD.replace("ADDRESS", repr(private_host.address)).replace(
+        "PORT", str(private_host.port)
+    )
+    lease = host.lease_uid()
+    assert lease is not None
+    step = Step()
+    try:
+        lines = [
+            line
+            async for line in host.run_step(
+                base_sandbox([], None), [PYTHON, "-c", code], uid=lease.value, step=step
+            )
+        ]
+    finally:
+        lease.release()
+    assert step.output.code == 0, lines
+    assert "PROBE 20 40" in lines

@@ -50,8 +50,8 @@ from .sandbox import Sandbox, bwrap_path
 
 #: the supervisor's command
 SUPERVISOR = [sys.executable, "-m", "binderbox.runtime.supervise"]
-#: the sandbox network settings this process set up already
-_ensured: set[str] = set()
+#: the sandbox network settings this process set up last
+_ensured: dict[str, str] = {}
 #: numbers this process's sandboxed steps (their cgroups' names)
 _steps = itertools.count()
 
@@ -172,9 +172,9 @@ class SandboxHost(LoggingConfigurable):
         """Set up the sandbox network (:meth:`SandboxNetwork.ensure`) once per process
         and settings."""
         key = self.network.settings_key()
-        if key not in _ensured:
+        if _ensured.get("last") != key:  # other settings than the last: the rules change
             await asyncio.to_thread(self.network.ensure)
-            _ensured.add(key)
+            _ensured["last"] = key
 
     def prepare(
         self,

@@ -49,12 +49,6 @@ class Lease:
                 os.close(self.fd)
             self.fd = -1
 
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
 
 def lease_dir(run_dir: Path | None = None) -> Path:
     """The lease folder, made (mode 0700) on first use."""
@@ -65,17 +59,23 @@ def lease_dir(run_dir: Path | None = None) -> Path:
 
 def claim(run_dir: Path | None, kind: str, values: Iterable[int]) -> Lease:
     """Lease the first free value of ``values``; :class:`NoLeaseLeft` when none is."""
-    folder = lease_dir(run_dir)
     for value in values:
-        path = folder / f"{kind}-{value}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        return Lease(kind, value, fd)
+        lease = try_claim(run_dir, kind, value)
+        if lease is not None:
+            return lease
     raise NoLeaseLeft(f"every {kind} of the range is in use")
+
+
+def try_claim(run_dir: Path | None, kind: str, value: int) -> Lease | None:
+    """Lease ``value`` if it is free now; None when someone holds it."""
+    path = lease_dir(run_dir) / f"{kind}-{value}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return Lease(kind, value, fd)
 
 
 def lock_held(path: Path) -> bool:

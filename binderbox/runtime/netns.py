@@ -92,7 +92,7 @@ def enter(net: SandboxNet) -> None:
         outside = (
             f"link add {net.veth} type veth peer name eth0 netns {pid}\n"
             f"link set {net.veth} master {net.bridge}\n"
-            f"link set dev {net.veth} type bridge_slave isolated on learning off\n"
+            f"link set dev {net.veth} type bridge_slave isolated on\n"
             f"link set {net.veth} up\n"
         )
         _run(["nsenter", f"--net=/proc/{pid}/fd/{host}", "ip", "-batch", "-"], outside)

@@ -65,6 +65,8 @@ from .netns import SandboxNet
 TABLE = "binderbox"
 FORWARD_FLAG = RUN_ROOT / "forwarding-was-off"
 REJECT = "reject with icmpx type admin-prohibited"
+_ESTABLISHED = "ct state established,related accept"
+_DNS = "ip daddr @dns4 meta l4proto { tcp, udp } th dport 53 accept"
 
 
 class NetworkError(BinderboxError):
@@ -120,6 +122,8 @@ class NetState:
     egress: str
     service_uid: int
     drop_other_forwarding: bool
+    max_connections: int = 512
+    new_per_second: int = 100
 
     @property
     def digest(self) -> str:
@@ -134,70 +138,84 @@ def _set(name: str, kind: str, elements: list[str], interval: bool = False) -> s
     return f"  set {name} {{ type {kind};{flags}{body} }}\n"
 
 
-def _chain(name: str, hook: str, rules: list[str]) -> str:
-    kind = "nat" if hook == "postrouting" else "filter"
-    priority = "srcnat" if hook == "postrouting" else "filter - 10"
-    head = f"  chain {name} {{\n    type {kind} hook {hook} priority {priority}; policy accept;\n"
+def _chain(name: str, hook: str | None, rules: list[str]) -> str:
+    """A chain: a base chain on ``hook`` (its policy accept), or a regular one (None)."""
+    head = f"  chain {name} {{\n"
+    if hook is not None:
+        kind = "nat" if hook == "postrouting" else "filter"
+        priority = "srcnat" if hook == "postrouting" else "filter - 10"
+        head += f"    type {kind} hook {hook} priority {priority}; policy accept;\n"
     return head + "".join(f"    {rule}\n" for rule in rules) + "  }\n"
 
 
-def render_ruleset(state: NetState, hub_elements: list[str]) -> str:
-    """The ``nft -f`` text that (re)creates the table (see the module docstring)."""
-    inb, outb, gw = f'iifname "{state.bridge}"', f'oifname "{state.bridge}"', state.gateway
-    sets = [
+def _sets(state: NetState, hub_elements: list[str]) -> list[str]:
+    return [
         _set("dns4", "ipv4_addr", list(state.resolvers)),
         _set("blocked4", "ipv4_addr", [n for n in state.blocked if ":" not in n], True),
         _set("allowed4", "ipv4_addr", [n for n in state.allowed if ":" not in n], True),
         _set("blocked_ports", "inet_service", [str(p) for p in state.blocked_ports]),
         _set("session_hub", "ipv4_addr . inet_service", hub_elements),
+        "  set connections { type ipv4_addr; size 65535; flags dynamic; }\n",
+        "  set new_rate { type ipv4_addr; size 65535; flags dynamic,timeout; timeout 60s; }\n",
     ]
-    dns = "ip daddr @dns4 meta l4proto { tcp, udp } th dport 53 accept"
+
+
+def _limits(state: NetState) -> list[str]:
+    """New connections of one sandbox: at most so many open, so many a second."""
+    rate, burst = state.new_per_second, 2 * state.new_per_second
+    return [
+        f"add @connections {{ ip saddr ct count over {state.max_connections} }} {REJECT}",
+        f"update @new_rate {{ ip saddr limit rate over {rate}/second burst {burst} packets }}"
+        f" {REJECT}",
+    ]
+
+
+def _forward(state: NetState, inb: str, outb: str) -> list[str]:
     egress = "accept" if state.egress == "internet" else REJECT
-    established = "ct state established,related accept"
     forward = [
-        f"{inb} {established}",
-        f"{outb} {established}",
-        f"{inb} {dns}",
+        f"{inb} {_ESTABLISHED}",
+        f"{outb} {_ESTABLISHED}",
+        f"{inb} ct state new jump sandbox_limits",
+        f"{inb} {_DNS}",
         f"{inb} meta nfproto ipv6 {REJECT}",
         f"{inb} tcp dport @blocked_ports {REJECT}",
-        f"{inb} ip daddr @allowed4 {egress}",
+        f"{inb} ip daddr @allowed4 accept",  # the operator's choice, whatever the egress
         f"{inb} ip daddr @blocked4 {REJECT}",
         f"{inb} {egress}",
         f"{outb} {REJECT}",
     ]
     if state.drop_other_forwarding:  # the host forwarded nothing before binderbox
         forward.append("meta nfproto ipv4 drop")
+    return forward
+
+
+def render_ruleset(state: NetState, hub_elements: list[str]) -> str:
+    """The ``nft -f`` text that (re)creates the table (see the module docstring)."""
+    inb, outb, gw = f'iifname "{state.bridge}"', f'oifname "{state.bridge}"', state.gateway
+    incoming = [
+        f"{inb} {_ESTABLISHED}",
+        f"{inb} ct state new jump sandbox_limits",
+        f"{inb} ip daddr {gw} ip saddr . tcp dport @session_hub accept",
+        f"{inb} {_DNS}",
+        f"{inb} {REJECT}",
+    ]
+    outgoing = [
+        f"{outb} {_ESTABLISHED}",
+        f"{outb} ip daddr {state.builds} {REJECT}",
+        f"{outb} meta skuid != {state.service_uid} {REJECT}",
+    ]
+    masquerade = [f"ip saddr {state.subnet} {outb.replace('oifname', 'oifname !=')} masquerade"]
     chains = [
-        _chain(
-            "input",
-            "input",
-            [
-                f"{inb} {established}",
-                f"{inb} ip daddr {gw} ip saddr . tcp dport @session_hub accept",
-                f"{inb} {dns}",
-                f"{inb} {REJECT}",
-            ],
-        ),
-        _chain("forward", "forward", forward),
-        _chain(
-            "output",
-            "output",
-            [
-                f"{outb} {established}",
-                f"{outb} ip daddr {state.builds} {REJECT}",
-                f"{outb} meta skuid != {state.service_uid} {REJECT}",
-            ],
-        ),
-        _chain(
-            "postrouting",
-            "postrouting",
-            [f'ip saddr {state.subnet} oifname != "{state.bridge}" masquerade'],
-        ),
+        _chain("sandbox_limits", None, _limits(state)),
+        _chain("input", "input", incoming),
+        _chain("forward", "forward", _forward(state, inb, outb)),
+        _chain("output", "output", outgoing),
+        _chain("postrouting", "postrouting", masquerade),
     ]
     return (
         f"table inet {TABLE}\ndelete table inet {TABLE}\n"
         f'table inet {TABLE} {{\n  comment "binderbox sandboxes {state.digest}"\n'
-        + "".join(sets)
+        + "".join(_sets(state, hub_elements))
         + "".join(chains)
         + "}\n"
     )
@@ -229,7 +247,18 @@ class SandboxNetwork(LoggingConfigurable):
     blocked_ports = List(
         Int(), [25, 465, 587], help="TCP ports sandboxes may not connect to anywhere (SMTP)."
     ).tag(config=True)
-    destinations = Instance(Destinations)
+    max_connections = Int(
+        512,
+        help="""Connections one sandbox may have open at once (tracked by the kernel);
+        past it new ones are refused: a port scan or a flood cannot fill the host's
+        connection table.""",
+    ).tag(config=True)
+    new_connections_per_second = Int(
+        100, help="New connections one sandbox may open per second (bursts of twice that)."
+    ).tag(config=True)
+    destinations = Instance(
+        Destinations, help="The operator's allowed destinations (c.Destinations.allowed)."
+    )
 
     @default("destinations")
     def _default_destinations(self) -> Destinations:
@@ -315,8 +344,9 @@ class SandboxNetwork(LoggingConfigurable):
 
     def settings_key(self) -> str:
         """What the operator chose (the host's part of the rules is read by :meth:`ensure`)."""
-        chosen = (self.subnet, self.bridge, self.egress, self.blocked_ports)
-        return repr((*chosen, list(self.destinations.allowed)))
+        chosen: list[object] = [self.subnet, self.bridge, self.egress, self.blocked_ports]
+        chosen += [self.max_connections, self.new_connections_per_second]
+        return repr([*chosen, list(self.destinations.allowed)])
 
     def ensure(self) -> None:
         """Make (or update) the bridge and the table; NetworkError when impossible."""
@@ -390,6 +420,8 @@ class SandboxNetwork(LoggingConfigurable):
             egress=self.egress,
             service_uid=os.geteuid(),
             drop_other_forwarding=FORWARD_FLAG.exists(),
+            max_connections=self.max_connections,
+            new_per_second=self.new_connections_per_second,
         )
 
     # -- per sandbox ---------------------------------------------------------------
@@ -444,39 +476,30 @@ def _loopback_only(path: Path) -> bool:
     return bool(found) and all(ipaddress.ip_address(a).is_loopback for a in found)
 
 
-def _table_digest() -> str:
+def _nft_json(*args: str) -> list[dict[str, Any]]:
+    """``nft -j list ...`` decoded ([] when the table or set does not exist)."""
     try:
         out = subprocess.run(
-            ["nft", "-j", "list", "table", "inet", TABLE],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+            ["nft", "-j", "list", *args], capture_output=True, text=True, timeout=30, check=False
         ).stdout
-        for item in json.loads(out or "{}").get("nftables", []):
-            comment = item.get("table", {}).get("comment", "")
-            if comment.startswith("binderbox sandboxes "):
-                return str(comment.rsplit(" ", 1)[1])
+        items: list[dict[str, Any]] = json.loads(out or "{}").get("nftables", [])
     except (OSError, subprocess.SubprocessError, ValueError):
-        pass
+        return []
+    return items
+
+
+def _table_digest() -> str:
+    for item in _nft_json("table", "inet", TABLE):
+        comment = item.get("table", {}).get("comment", "")
+        if comment.startswith("binderbox sandboxes "):
+            return str(comment.rsplit(" ", 1)[1])
     return ""
 
 
 def _hub_elements() -> list[str]:
     """``<address> . <port>`` of the table's session_hub set (none if no table)."""
-    try:
-        out = subprocess.run(
-            ["nft", "-j", "list", "set", "inet", TABLE, "session_hub"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        ).stdout
-        items = json.loads(out or "{}").get("nftables", [])
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return []
     found = []
-    for item in items:
+    for item in _nft_json("set", "inet", TABLE, "session_hub"):
         for element in item.get("set", {}).get("elem", []):
             concat = element.get("concat") if isinstance(element, dict) else None
             if concat and len(concat) == 2:

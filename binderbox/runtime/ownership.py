@@ -4,9 +4,10 @@ A sandbox writes only where it owns the files: its home, the environment being
 built, a copy of the repository.  These functions change owners with
 ``lchown`` and modes only of what is not a link, walking with ``lstat``: a
 link planted by repository code is never followed, so no host file outside the
-tree is ever changed.  They are for trees no sandbox runs in at the time (a
-build between its steps, a home before its session starts): a running
-sandbox could swap a file for a link between the look and the change.
+tree is ever changed: owners change with ``lchown``, modes through a descriptor
+opened with ``O_NOFOLLOW``, so even a file swapped for a link between the look
+and the change is never followed.  They are meant for trees no sandbox runs in
+at the time (a build between its steps, a home before its session starts).
 """
 
 from __future__ import annotations
@@ -35,12 +36,6 @@ def take_back(root: Path) -> None:
     _walk(root, os.geteuid(), readable=True)
 
 
-def give_dir(path: Path, uid: int, mode: int = 0o755) -> None:
-    """``path`` itself (a folder this process made) to ``uid`` with ``mode``."""
-    os.chown(path, uid, uid, follow_symlinks=False)
-    path.chmod(mode)
-
-
 def _walk(root: Path, uid: int, *, readable: bool) -> None:
     _fix(root, uid, readable)
     for dirpath, dirnames, filenames in os.walk(root):
@@ -58,4 +53,17 @@ def _fix(path: Path, uid: int, readable: bool) -> None:
     if readable:
         mode |= _READ | (_SEARCH if stat.S_ISDIR(info.st_mode) or mode & stat.S_IXUSR else 0)
     if mode != stat.S_IMODE(info.st_mode):
-        path.chmod(mode)
+        _chmod_unfollowed(path, mode)
+
+
+def _chmod_unfollowed(path: Path, mode: int) -> None:
+    """``chmod`` of what ``path`` names itself: a link swapped in since the look is not
+    followed (opened with O_NOFOLLOW; sockets and the like cannot be opened: skipped)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)

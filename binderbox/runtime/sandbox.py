@@ -70,7 +70,6 @@ class Sandbox:
     """A bubblewrap command line under construction.  See the module docstring."""
 
     cwd: str = "/"
-    share_net: bool = True
     hostname: str = "binder"
     env: dict[str, str] = field(default_factory=dict)
     _mounts: list[str] = field(default_factory=list)
@@ -113,7 +112,10 @@ class Sandbox:
     def options_file(self) -> bytes:
         """:meth:`options` NUL-separated, for ``bwrap --args FD -- command``: what the
         sandbox is told (its environment: tokens) never shows on a command line."""
-        return b"".join(arg.encode() + b"\0" for arg in self.options())
+        options = self.options()
+        if any("\0" in arg for arg in options):  # a NUL would end one option, start another
+            raise ValueError("a sandbox option holds a NUL character")
+        return b"".join(arg.encode() + b"\0" for arg in options)
 
     def args(self, command: Sequence[str]) -> list[str]:
         """bubblewrap's arguments for ``command`` (without the executable)."""
@@ -144,8 +146,6 @@ class Sandbox:
             "--tmpfs",
             "/var/tmp",
         ]
-        if not self.share_net:
-            args.append("--unshare-net")
         args += _system_mounts()
         for inside, host in sorted(self._files.items()):
             args += ["--ro-bind", host, inside]
