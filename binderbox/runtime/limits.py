@@ -32,6 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..util.sizes import human
+from .treewatch import CHECK_INTERVAL
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: the folder under each hierarchy holding the sessions' groups
 GROUP = "binderbox"
@@ -253,3 +256,52 @@ def default_limits() -> CgroupLimits:
 def limits_status() -> dict[str, Any]:
     """What is enforced here, for /health and the startup log."""
     return default_limits().status.to_json()
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """What each session may use (the spawner's settings), for /health."""
+
+    limits: Limits
+    #: bytes a home may hold (0: no limit) and seconds between two walks of it
+    home_bytes: int = 0
+    home_interval: float = 15.0
+
+
+def cgroup_enforcement(limits: Limits, status: LimitsStatus) -> dict[str, Any]:
+    """Each cgroup limit of ``limits`` and how this host enforces it (for /health)."""
+
+    def entry(value: object, enforced: bool, **shown: object) -> dict[str, Any]:
+        if not value:
+            return {"limit": None, "enforced": "no limit set"}
+        return {"limit": value, **shown, "enforced": status.backend if enforced else "advisory"}
+
+    mem = limits.mem_bytes
+    return {
+        "memory": entry(mem and human(mem), status.memory, bytes=mem),
+        "cpu": entry(limits.cpu, status.cpu),
+        "pids": entry(limits.pids, status.pids),
+    }
+
+
+def session_limits_status(sessions: SessionLimits) -> dict[str, Any]:
+    """The ``Session limits`` check of /health: each limit and how it is enforced."""
+    status = default_limits().status
+    home: dict[str, Any] = {"limit": None, "enforced": "no limit set"}
+    if sessions.home_bytes:
+        home = {
+            "limit": human(sessions.home_bytes),
+            "bytes": sessions.home_bytes,
+            "enforced": "measured",
+            "how": "no filesystem quota: the session's supervisor measures the home every "
+            f"{sessions.home_interval:g} s (and sooner when the free space of its "
+            f"filesystem, looked at every {CHECK_INTERVAL:g} s, drops enough for it to be "
+            "over) and stops a session over it; one file alone is held to the limit by "
+            "the kernel (RLIMIT_FSIZE)",
+        }
+    return {
+        "service": "Session limits",
+        "ok": True,
+        "limits": {**cgroup_enforcement(sessions.limits, status), "home": home},
+        "cgroups": status.to_json(),
+    }

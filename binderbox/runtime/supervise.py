@@ -40,10 +40,17 @@ Watchdogs, while the command runs:
     (sessions) ``binderbox serve`` holds ``PATH`` locked while it runs; when
     nobody has held it for ``SECONDS``, the service is gone and the session is
     stopped: no session outlives its service unbounded.
-``--home PATH --home-limit BYTES``
-    (sessions) the home is measured every ``--home-interval`` seconds; a home
-    over its limit stops the session (the files stay until the spawner removes
-    the home).
+``--tree PATH=BYTES`` (repeatable), ``--tree-interval SECONDS``
+    (a session's home; a build's environment, home copy and private cache) each
+    tree must stay under its limit; it is measured as
+    :mod:`binderbox.runtime.treewatch` says (a cheap look at the free space every
+    half second, a walk when that could mean the tree is over, and every
+    ``--tree-interval`` seconds).  A tree over its limit stops the sandbox (the
+    files stay for the caller: the spawner removes the home, the builder fails
+    the build and the store deletes what it wrote).
+``--file-size-limit BYTES``
+    no file the sandbox writes may grow past ``BYTES`` (``RLIMIT_FSIZE``, set for
+    the command and inherited by all it starts: enforced by the kernel).
 
 Standard library only (and small binderbox modules that are): one of these runs
 for every session and every build step.
@@ -56,6 +63,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -63,9 +71,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..util.sizes import tree_size
 from .limits import join
 from .netns import NetSetupError, SandboxNet, enter
+from .treewatch import CHECK_INTERVAL, TreeWatch, WatchedTree
 
 #: seconds between two looks for orphans in a build sandbox
 REAP_INTERVAL = 0.5
@@ -89,9 +97,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--die-with-parent", action="store_true")
     parser.add_argument("--service-lock", type=Path)
     parser.add_argument("--orphan-timeout", type=float, default=0.0)
-    parser.add_argument("--home", type=Path)
-    parser.add_argument("--home-limit", type=int, default=0)
-    parser.add_argument("--home-interval", type=float, default=15.0)
+    parser.add_argument("--tree", action="append", default=[], type=WatchedTree.parse)
+    parser.add_argument("--tree-interval", type=float, default=15.0)
+    parser.add_argument("--file-size-limit", type=int, default=0)
     if "--" not in argv:
         raise SystemExit("usage: supervise [options] -- command...")
     split = argv.index("--")
@@ -114,10 +122,23 @@ def start(args: argparse.Namespace) -> subprocess.Popen[bytes]:
     if args.net is not None:
         enter(args.net)
     fds = tuple(args.pass_fd)
+    limit = int(args.file_size_limit)
+
+    def limit_files() -> None:  # in the child, before exec: inherited by the sandbox
+        if limit > 0:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     if args.uid is None:
-        return subprocess.Popen(args.command, pass_fds=fds)
+        return subprocess.Popen(args.command, pass_fds=fds, preexec_fn=limit_files)
     uid = int(args.uid)
-    return subprocess.Popen(args.command, pass_fds=fds, user=uid, group=uid, extra_groups=[])
+    return subprocess.Popen(
+        args.command,
+        pass_fds=fds,
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        preexec_fn=limit_files,
+    )
 
 
 class Watchdogs:
@@ -130,8 +151,9 @@ class Watchdogs:
             self.checks.append((REAP_INTERVAL, self.reap))
         if args.service_lock is not None and args.orphan_timeout > 0:
             self.checks.append((SERVICE_INTERVAL, self.service_gone))
-        if args.home is not None and args.home_limit > 0:
-            self.checks.append((args.home_interval, self.home_too_big))
+        self.trees = TreeWatch(args.tree, args.tree_interval)
+        if args.tree:
+            self.checks.append((CHECK_INTERVAL, self.trees.check))
         self.due = [time.monotonic() + interval for interval, _ in self.checks]
         self.gone_since: float | None = None
 
@@ -168,12 +190,6 @@ class Watchdogs:
         self.gone_since = self.gone_since or now
         if now - self.gone_since >= self.args.orphan_timeout:
             return f"the service has been gone for {self.args.orphan_timeout:g} s"
-        return ""
-
-    def home_too_big(self) -> str:
-        size = tree_size(self.args.home)
-        if size > self.args.home_limit:
-            return f"the home holds {size} bytes, over its limit of {self.args.home_limit}"
         return ""
 
 
