@@ -80,15 +80,21 @@ def parse_size(text: str) -> int:
 class Prepared:
     """A sandbox ready to start: the supervisor's command line and the descriptors it
     must inherit (bubblewrap's arguments, then the caller's).  :meth:`close` closes
-    this process's copy of the arguments descriptor once the supervisor runs."""
+    this process's copy of the arguments descriptor once the supervisor runs (and
+    again is nothing)."""
 
     argv: list[str]
     pass_fds: list[int]
     args_fd: int
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.args_fd)
+        """Close the arguments descriptor once: a second ``os.close`` of its number
+        would close whatever this process opened under that number meanwhile (another
+        build's lock, the event loop's own descriptors)."""
+        fd, self.args_fd = self.args_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def args_memfd(data: bytes) -> int:
