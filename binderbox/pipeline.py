@@ -205,8 +205,9 @@ class LaunchPipeline(LoggingConfigurable):
         state = LaunchState(provider=self.provider_for(request))
         async for event in self.resolve_and_fetch(state):
             yield event
-        async for event in self.environment(state):
-            yield event
+        async with contextlib.aclosing(self.environment(state)) as stage:  # a visitor who
+            async for event in stage:  # leaves a queued build frees its place at once
+                yield event
         if request.build_only:
             return
         async for event in self._datasets(state):
@@ -252,7 +253,7 @@ class LaunchPipeline(LoggingConfigurable):
             found = self._trees[content] = TreeFacts(spec)
         return found
 
-    async def environment(self, state: LaunchState) -> AsyncIterator[Event]:
+    async def environment(self, state: LaunchState) -> AsyncGenerator[Event, None]:
         """The second stage: detect the content's spec, reuse or build its environment.
 
         Needs :meth:`resolve_and_fetch` done on ``state``; sets ``state.tree``
@@ -275,10 +276,11 @@ class LaunchPipeline(LoggingConfigurable):
                 cached=True,
             )
             return
-        async for event in self._build(state, key):
-            yield event
+        async with contextlib.aclosing(self._build(state, key)) as building:
+            async for event in building:
+                yield event
 
-    async def _build(self, state: LaunchState, key: str) -> AsyncIterator[Event]:
+    async def _build(self, state: LaunchState, key: str) -> AsyncGenerator[Event, None]:
         assert state.spec is not None and state.resolved is not None
         spec = state.spec
         # only an environment whose key covers the content may see it while building

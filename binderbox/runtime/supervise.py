@@ -43,8 +43,8 @@ Watchdogs, while the command runs:
 ``--tree PATH=BYTES`` (repeatable), ``--tree-interval SECONDS``
     (a session's home; a build's environment, home copy and private cache) each
     tree must stay under its limit; it is measured as
-    :mod:`binderbox.runtime.treewatch` says (a cheap look at the free space every
-    half second, a walk when that could mean the tree is over, and every
+    :mod:`binderbox.runtime.treewatch` says (a cheap look at the free space five
+    times a second, a walk when that could mean the tree is over, and every
     ``--tree-interval`` seconds).  A tree over its limit stops the sandbox (the
     files stay for the caller: the spawner removes the home, the builder fails
     the build and the store deletes what it wrote).

@@ -6,7 +6,7 @@ trees and their limits, and :meth:`TreeWatch.check` (the supervisor runs it ever
 :data:`CHECK_INTERVAL` seconds) says when one is over.  Sizes are
 :func:`~binderbox.util.sizes.disk_bytes`: the disk the tree takes.
 
-Walking a tree costs time in proportion to its files -- too much for twice a
+Walking a tree costs time in proportion to its files -- too much for five times a
 second -- and a tree walked only every ``interval`` seconds can grow by gigabytes
 in between.  So each check first asks the tree's filesystem how much is free (one
 ``statvfs`` call): a tree cannot have grown by more than its filesystem's free
@@ -34,8 +34,9 @@ from pathlib import Path
 
 from ..util.sizes import disk_bytes
 
-#: seconds between two checks (statvfs calls) of the watched trees
-CHECK_INTERVAL = 0.5
+#: seconds between two checks (statvfs calls) of the watched trees: what code writing
+#: at the disk's speed can add past a limit before it is stopped
+CHECK_INTERVAL = 0.2
 
 
 @dataclass

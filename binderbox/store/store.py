@@ -143,10 +143,12 @@ class Store(LoggingConfigurable):
     ).tag(config=True)
 
     def __init__(self, **kwargs: Any) -> None:
+        #: the builds running and waiting in this process (made first: config sets its size)
+        self.queue = BuildQueue(0)
         super().__init__(**kwargs)
+        self.queue.slots = self.concurrent_builds
         self._runs: dict[str, BuildJob] = {}
         self._metadata: Metadata | None = None
-        self.queue = BuildQueue(self.concurrent_builds)
 
     @observe("concurrent_builds")
     def _slots_changed(self, change: Any) -> None:
