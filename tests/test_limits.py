@@ -129,10 +129,30 @@ sleep 600
 """
 
 
+#: the same, deeper in the environment than a path can name (PATH_MAX): a walk by
+#: path names would not see it
+DEEP_FILLER = """#!/bin/bash
+/srv/env/bin/python - <<'DEEP'
+import os
+here = os.open(os.environ["NB_PYTHON_PREFIX"], os.O_RDONLY)
+for _ in range(20):
+    os.mkdir("d" * 250, dir_fd=here)
+    here = os.open("d" * 250, os.O_RDONLY, dir_fd=here)
+for i in range(1, 101):
+    out = os.open(f"filler-{i}", os.O_WRONLY | os.O_CREAT, dir_fd=here)
+    os.write(out, bytes(10 << 20))
+    os.close(out)
+    print("wrote", i, flush=True)
+DEEP
+sleep 600
+"""
+
+
+@pytest.mark.parametrize("script", [DISK_FILLER, DEEP_FILLER], ids=["flat", "deep"])
 async def test_a_postbuild_writing_past_the_environment_size_limit_fails_plainly(
-    tmp_path: Path,
+    tmp_path: Path, script: str
 ) -> None:
-    repo = make_repo(tmp_path / "filler", {"postBuild": DISK_FILLER}, executable=("postBuild",))
+    repo = make_repo(tmp_path / "filler", {"postBuild": script}, executable=("postBuild",))
     config = {"SandboxHost": {"env_size_limit": "100M"}, "LaunchPipeline": {"build_timeout": 300}}
     async with pipeline_on(tmp_path / "data", **config) as pipeline:
         events = await build(pipeline, repo)

@@ -27,8 +27,8 @@ from ..errors import BuildError
 from ..runtime.layout import Mount
 from ..runtime.leases import Lease
 from ..runtime.ownership import give_tree
-from ..runtime.treewatch import WatchedTree
-from ..util.sizes import disk_bytes, human
+from ..runtime.treewatch import WatchedTree, over_limit
+from ..util.sizes import human
 from .interpreters import Interpreter
 
 
@@ -95,7 +95,7 @@ class BuildRun:
 
     def env_over_limit(self) -> bool:
         """Whether the environment is over the size limit now (blocking: a walk)."""
-        return bool(self.limit) and disk_bytes(self.prefix) > self.limit
+        return bool(self.limit) and over_limit([WatchedTree(self.prefix, self.limit)])
 
 
 def too_big(limit: int) -> BuildError:

@@ -88,7 +88,10 @@ class TreeWatch:
             bound = tree.size + max(0, tree.free - free)
             if tree.size < 0 or bound > tree.limit or now - tree.walked >= self.interval:
                 tree.free, tree.walked = free, now  # what is written meanwhile counts next
-                tree.size = disk_bytes(tree.path)
+                try:
+                    tree.size = disk_bytes(tree.path)
+                except TimeoutError:
+                    return "a folder it writes holds too many files to be measured"
                 if tree.size > tree.limit:
                     return (
                         f"a folder it writes holds {tree.size} bytes, "
@@ -98,5 +101,9 @@ class TreeWatch:
 
 
 def over_limit(trees: Sequence[WatchedTree]) -> bool:
-    """Whether a tree is over its limit now (a full walk of each)."""
-    return any(disk_bytes(tree.path) > tree.limit for tree in trees)
+    """Whether a tree is over its limit now (a full walk of each; one too big to be
+    measured is)."""
+    try:
+        return any(disk_bytes(tree.path) > tree.limit for tree in trees)
+    except TimeoutError:
+        return True
