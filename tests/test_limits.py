@@ -408,16 +408,58 @@ async def test_a_session_writing_past_its_home_limit_is_stopped_and_its_home_rem
     kernel = await start_kernel(writer.url, writer.token)
     assert await execute(writer.url, writer.token, kernel, WRITE_PAST_HOME) == "writing\n"
 
-    client = HubClient(hub.hub_api_url, hub.api_token)
-    async with asyncio.timeout(120):
-        while (await client.get_user(user_of(writer)))["servers"]:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-        while home_of(hub, writer).exists():  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-    log = Path(hub.data_dir) / "logs" / "sessions" / f"{user_of(writer)}-default.log"
-    assert "stopping the sandbox: a folder it writes holds" in log.read_text()
+    await stopped_and_removed(hub, writer)
     assert await run_code(other.url, other.token, "print('unaffected')") == "unaffected\n"
     assert home_of(hub, other).is_dir()
+
+
+#: takes every process the session may have (the forks wait five minutes), then
+#: writes past the home limit: the supervisor must still measure (it runs ``du``)
+WRITE_AT_THE_PIDS_LIMIT = """
+import os, time
+kernel, deadline = os.getpid(), time.monotonic() + 300
+while True:
+    try:
+        if os.fork() == 0:
+            continue
+    except BlockingIOError:
+        break
+if os.getpid() != kernel:
+    time.sleep(max(0.0, deadline - time.monotonic()))
+    os._exit(0)
+for i in range(8):
+    with open(os.path.expanduser(f"~/big-{i}"), "wb") as out:
+        out.write(b"\\1" * (5 << 20))
+print("written")
+"""
+
+
+async def stopped_and_removed(hub: ManagedHub, ready: Any) -> None:
+    """Wait (bounded) until the hub has no server for ``ready``'s user and its home
+    is gone; the session's log says the supervisor stopped it for its size."""
+    client = HubClient(hub.hub_api_url, hub.api_token)
+    async with asyncio.timeout(120):
+        while (await client.get_user(user_of(ready)))["servers"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        while home_of(hub, ready).exists():  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+    log = Path(hub.data_dir) / "logs" / "sessions" / f"{user_of(ready)}-default.log"
+    assert "stopping the sandbox: a folder it writes holds" in log.read_text()
+
+
+@module_loop
+async def test_a_session_at_its_pids_limit_is_still_held_to_its_home_limit(
+    hub: ManagedHub, content: Path
+) -> None:
+    writer = await new_session(hub, content, "crowded-writer")
+    kernel = await start_kernel(writer.url, writer.token)
+    cell = asyncio.create_task(execute(writer.url, writer.token, kernel, WRITE_AT_THE_PIDS_LIMIT))
+    try:
+        await stopped_and_removed(hub, writer)
+    finally:
+        cell.cancel()
+        with contextlib.suppress(BaseException):
+            await cell  # the session died under it
 
 
 @module_loop

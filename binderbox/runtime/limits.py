@@ -12,13 +12,14 @@ What is enforceable depends on the host, so it is detected, not assumed:
   ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` and ``pids.max``.
 
 Each sandbox (a session, or a build with all its steps) gets
-``<hierarchy>/binderbox/<name>``; its supervisor writes its own pid into
-``cgroup.procs`` of each before it starts bubblewrap, so everything in the
-sandbox is accounted.  A pids limit makes a fork bomb fail to fork instead
-of taking the machine: ``pids.max`` counts threads too.  When neither
-works, limits are *advisory*: ``MEM_LIMIT``/``CPU_LIMIT`` are still passed
-to the server (jupyter-resource-usage shows them) but nothing enforces them,
-and :func:`limits_status` says so and why.  Never claim enforcement that
+``<hierarchy>/binderbox/<name>``; its supervisor's child writes its own pid
+into ``cgroup.procs`` of each before it becomes bubblewrap, so everything in
+the sandbox is accounted (the supervisor itself is not).  A pids limit makes
+a fork bomb fail to fork instead of taking the machine: ``pids.max`` counts
+threads too.  When neither works, limits are *advisory*:
+``MEM_LIMIT``/``CPU_LIMIT`` are still passed to the server
+(jupyter-resource-usage shows them) but nothing enforces them, and
+:func:`limits_status` says so and why.  Never claim enforcement that
 isn't there.
 """
 
@@ -242,7 +243,8 @@ def _enable_v2_controllers(root: Path, group: Path) -> set[str]:
 
 
 def join(dirs: list[Path], pid: int) -> None:
-    """Move ``pid`` into each group of ``dirs`` (called by the supervisor for itself)."""
+    """Move ``pid`` into each group of ``dirs`` (the supervisor's child, for itself,
+    before it becomes the sandbox)."""
     for group in dirs:
         (group / "cgroup.procs").write_text(str(pid))
 

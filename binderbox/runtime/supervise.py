@@ -8,15 +8,18 @@ Sessions (the spawner) and build steps and dataset code sources
 (:class:`~binderbox.runtime.host.SandboxHost`) start their sandbox through this
 small program.  In order, it
 
-1. joins the sandbox's cgroups (``--cgroup DIR``, repeatable), so memory, CPU
-   and pids limits cover everything started below;
-2. moves into a network namespace of its own wired to the sandbox bridge
+1. moves into a network namespace of its own wired to the sandbox bridge
    (``--net ADDRESS/PREFIX,GATEWAY,BRIDGE``; :mod:`binderbox.runtime.netns`);
-3. starts the command as the unprivileged host uid ``--uid`` (with the same
-   gid, no supplementary groups) -- bubblewrap then maps it to uid 1000 inside;
-   descriptors named by ``--pass-fd`` (bubblewrap's ``--args`` file: secrets
-   never sit on a command line) are inherited, no other;
-4. forwards SIGTERM/SIGINT/SIGHUP to it, and exits with its status.
+2. starts the command, which before it runs joins the sandbox's cgroups
+   (``--cgroup DIR``, repeatable), so memory, CPU and pids limits cover
+   everything started below, and becomes the unprivileged host uid ``--uid``
+   (with the same gid, no supplementary groups) -- bubblewrap then maps it to
+   uid 1000 inside; descriptors named by ``--pass-fd`` (bubblewrap's ``--args``
+   file: secrets never sit on a command line) are inherited, no other;
+3. forwards SIGTERM/SIGINT/SIGHUP to it, and exits with its status.
+
+The supervisor itself stays outside the cgroups: a sandbox at its pids or
+memory limit cannot starve its watchdogs (the size checks start ``du``).
 
 Why a separate parent: bubblewrap's ``--die-with-parent`` kills the sandbox
 when its parent dies.  If the hub were that parent, restarting the hub would
@@ -115,30 +118,24 @@ def _say(message: str) -> None:
 
 
 def start(args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    """Steps 1-3 of the module docstring."""
+    """Steps 1-2 of the module docstring."""
     if args.die_with_parent:
         _die_with_parent()
-    join(args.cgroup, os.getpid())
     if args.net is not None:
         enter(args.net)
-    fds = tuple(args.pass_fd)
-    limit = int(args.file_size_limit)
+    groups, limit = list(args.cgroup), int(args.file_size_limit)
+    uid = None if args.uid is None else int(args.uid)
 
-    def limit_files() -> None:  # in the child, before exec: inherited by the sandbox
+    def enter_limits() -> None:  # in the child, before exec: everything below inherits it
+        join(groups, os.getpid())  # while still root: the groups are root's
         if limit > 0:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
 
-    if args.uid is None:
-        return subprocess.Popen(args.command, pass_fds=fds, preexec_fn=limit_files)
-    uid = int(args.uid)
-    return subprocess.Popen(
-        args.command,
-        pass_fds=fds,
-        user=uid,
-        group=uid,
-        extra_groups=[],
-        preexec_fn=limit_files,
-    )
+    return subprocess.Popen(args.command, pass_fds=tuple(args.pass_fd), preexec_fn=enter_limits)
 
 
 class Watchdogs:
@@ -248,7 +245,7 @@ def supervise(args: argparse.Namespace) -> int:
     """Run the command to its end; its exit status (see the module docstring)."""
     try:
         child = start(args)
-    except (NetSetupError, OSError) as err:
+    except (NetSetupError, OSError, subprocess.SubprocessError) as err:
         _say(f"the sandbox could not be started: {err}")
         return 1
 

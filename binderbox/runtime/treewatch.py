@@ -87,11 +87,14 @@ class TreeWatch:
             free = _free_bytes(tree.path, tree.free)
             bound = tree.size + max(0, tree.free - free)
             if tree.size < 0 or bound > tree.limit or now - tree.walked >= self.interval:
-                tree.free, tree.walked = free, now  # what is written meanwhile counts next
                 try:
-                    tree.size = disk_bytes(tree.path)
+                    size = disk_bytes(tree.path)
                 except TimeoutError:
                     return "a folder it writes holds too many files to be measured"
+                except OSError:
+                    continue  # du could not run (the host is short of something): next time
+                # what was written during the walk counts next time
+                tree.size, tree.free, tree.walked = size, free, now
                 if tree.size > tree.limit:
                     return (
                         f"a folder it writes holds {tree.size} bytes, "

@@ -47,7 +47,7 @@ def disk_bytes(path: Path, timeout: float = MEASURE_TIMEOUT) -> int:
     path names loses what lies deeper than PATH_MAX -- a hiding place untrusted code
     could make.  Files vanishing meanwhile are skipped; a missing ``path`` is 0 bytes.
     Raises :class:`TimeoutError` when the tree (millions of files) takes longer than
-    ``timeout`` seconds to measure.
+    ``timeout`` seconds to measure, :class:`OSError` when ``du`` could not run.
     """
     try:
         done = subprocess.run(
@@ -60,7 +60,11 @@ def disk_bytes(path: Path, timeout: float = MEASURE_TIMEOUT) -> int:
     except subprocess.TimeoutExpired:
         raise TimeoutError(f"{path} could not be measured in {timeout:g} s") from None
     fields = done.stdout.split()  # a total even when some entries vanished (status 1)
-    return int(fields[0]) if fields and fields[0].isdigit() else 0
+    if fields and fields[0].isdigit():
+        return int(fields[0])
+    if not os.path.lexists(path):
+        return 0
+    raise OSError(f"du measured nothing in {path}: {done.stderr.strip()[:200]}")
 
 
 def human(size: int) -> str:

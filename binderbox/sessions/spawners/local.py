@@ -17,8 +17,8 @@ BinderHub's launch links.
 Process layout and why:
 
 * ``start`` runs ``python -m binderbox.runtime.supervise`` in a new session
-  (setsid).  The supervisor joins the session's cgroups
-  (:mod:`binderbox.runtime.limits`) and is the parent of ``bwrap``, so
+  (setsid).  The supervisor puts ``bwrap`` into the session's cgroups
+  (:mod:`binderbox.runtime.limits`) and is its parent, so
   ``--die-with-parent`` refers to it, not to the hub: sessions survive a
   restart of the hub (``cleanup_servers = False``).  The supervisor's pid
   and start time are the spawner state; ``poll`` checks that process (a
