@@ -250,6 +250,7 @@ def configurable_classes() -> list[type]:
     from .pipeline import LaunchPipeline
     from .providers import PROVIDERS
     from .runtime.destinations import Destinations
+    from .runtime.host import SandboxHost
     from .serve import Maintenance
     from .sessions import SessionLauncher
     from .store import Store
@@ -264,6 +265,7 @@ def configurable_classes() -> list[type]:
         DataCache,
         *default_fetcher_classes(),
         Destinations,
+        SandboxHost,
         ManagedHub,
         ChildWatcher,
         SessionLauncher,
