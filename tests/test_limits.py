@@ -17,28 +17,26 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
 from kernels import execute, run_code, start_kernel
 from repos import make_repo
-from session_helpers import launch, launcher_for, make_hub, resolved, session_env, user_of
+from session_helpers import launcher_for, new_session, running_hub, user_of
 from testcache import CACHE as TEST_CACHE
 
 from binderbox.app import BinderboxApp
 from binderbox.builders import run_in_env
 from binderbox.events import Building, Built, Event, Failed, Waiting
 from binderbox.hub import ManagedHub
-from binderbox.hub.process import free_port
 from binderbox.pipeline import LaunchPipeline, LaunchRequest
 from binderbox.runtime.host import SandboxHost, Step
 from binderbox.runtime.layout import base_sandbox
 from binderbox.runtime.limits import limits_status
 from binderbox.serve import Service
-from binderbox.sessions import SessionRequest
 from binderbox.sessions.hubclient import HubClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -153,7 +151,10 @@ async def test_a_postbuild_writing_past_the_environment_size_limit_fails_plainly
     tmp_path: Path, script: str
 ) -> None:
     repo = make_repo(tmp_path / "filler", {"postBuild": script}, executable=("postBuild",))
-    config = {"SandboxHost": {"env_size_limit": "100M"}, "LaunchPipeline": {"build_timeout": 300}}
+    config: dict[str, dict[str, Any]] = {
+        "SandboxHost": {"env_size_limit": "100M"},
+        "LaunchPipeline": {"build_timeout": 300},
+    }
     async with pipeline_on(tmp_path / "data", **config) as pipeline:
         events = await build(pipeline, repo)
         end = failed(events)
@@ -273,7 +274,10 @@ async def test_builds_past_the_cap_wait_with_waiting_events(tmp_path: Path) -> N
     }
     async with pipeline_on(tmp_path / "data", Store={"concurrent_builds": 1}) as pipeline:
         first, leaver, second = (
-            pipeline.launch(LaunchRequest(provider="", spec=str(repos[name]), build_only=True))
+            cast(
+                AsyncGenerator[Event, None],  # what launch returns: the web layer closes it
+                pipeline.launch(LaunchRequest(provider="", spec=str(repos[name]), build_only=True)),
+            )
             for name in names
         )
         seen: dict[str, list[Event]] = {name: [] for name in names}
@@ -315,27 +319,9 @@ def content(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def hub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ManagedHub]:
     """A real hub whose sessions have a small home limit (and are polled every second,
     so a stopped one is noticed soon); the other limits at their defaults."""
-    data_dir = tmp_path_factory.mktemp("data")
-    ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "web": 0}
-    managed = make_hub(data_dir, ports)
-    managed.spawner_config = {**managed.spawner_config, "home_limit": HOME_LIMIT}
-    managed.spawner_config["poll_interval"] = 1
-    await managed.start()
-    try:
+    data = tmp_path_factory.mktemp("data")
+    async with running_hub(data, home_limit=HOME_LIMIT, poll_interval=1) as managed:
         yield managed
-    finally:
-        client = HubClient(managed.hub_api_url, managed.api_token)
-        for user in await client.request("GET", "users"):
-            await client.delete_user(user["name"])
-        await managed.stop()
-
-
-async def new_session(hub: ManagedHub, content: Path, name: str) -> Any:
-    request = SessionRequest(
-        "env-test", session_env(), content, resolved(name), launch_host=hub.public_url
-    )
-    _, ready = await launch(launcher_for(hub), request)
-    return ready
 
 
 def home_of(hub: ManagedHub, ready: Any) -> Path:
