@@ -420,14 +420,19 @@ print("written")
 """
 
 
+def cgroups_of(ready: Any) -> list[Path]:
+    """The session's cgroups (none where limits are advisory)."""
+    return list(Path("/sys/fs/cgroup").glob(f"*/binderbox/{user_of(ready)}-default"))
+
+
 async def stopped_and_removed(hub: ManagedHub, ready: Any) -> None:
     """Wait (bounded) until the hub has no server for ``ready``'s user and its home
-    is gone; the session's log says the supervisor stopped it for its size."""
+    and cgroups are gone; the session's log says the supervisor stopped it for its size."""
     client = HubClient(hub.hub_api_url, hub.api_token)
     async with asyncio.timeout(120):
         while (await client.get_user(user_of(ready)))["servers"]:  # noqa: ASYNC110
             await asyncio.sleep(0.2)
-        while home_of(hub, ready).exists():  # noqa: ASYNC110
+        while home_of(hub, ready).exists() or cgroups_of(ready):  # noqa: ASYNC110
             await asyncio.sleep(0.2)
     log = Path(hub.data_dir) / "logs" / "sessions" / f"{user_of(ready)}-default.log"
     assert "stopping the sandbox: a folder it writes holds" in log.read_text()
@@ -438,6 +443,7 @@ async def test_a_session_at_its_pids_limit_is_still_held_to_its_home_limit(
     hub: ManagedHub, content: Path
 ) -> None:
     writer = await new_session(hub, content, "crowded-writer")
+    assert cgroups_of(writer) or limits_status()["mode"] == "advisory"
     kernel = await start_kernel(writer.url, writer.token)
     cell = asyncio.create_task(execute(writer.url, writer.token, kernel, WRITE_AT_THE_PIDS_LIMIT))
     try:

@@ -16,7 +16,8 @@ small program.  In order, it
    (with the same gid, no supplementary groups) -- bubblewrap then maps it to
    uid 1000 inside; descriptors named by ``--pass-fd`` (bubblewrap's ``--args``
    file: secrets never sit on a command line) are inherited, no other;
-3. forwards SIGTERM/SIGINT/SIGHUP to it, and exits with its status.
+3. forwards SIGTERM/SIGINT/SIGHUP to it, and exits with its status once nothing
+   is left in the sandbox's cgroups (what is still there then is killed).
 
 The supervisor itself stays outside the cgroups: a sandbox at its pids or
 memory limit cannot starve its watchdogs (the size checks start ``du``).
@@ -255,6 +256,14 @@ def supervise(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    try:
+        return _watch(args, child)
+    finally:
+        _drain(args.cgroup)
+
+
+def _watch(args: argparse.Namespace, child: subprocess.Popen[bytes]) -> int:
+    """Wait for the command, running the watchdogs; its exit status."""
     dogs = Watchdogs(args, child)
     while True:
         try:
@@ -267,6 +276,24 @@ def supervise(args: argparse.Namespace) -> int:
             _stop(child)
             child.wait()
             return STOPPED_BY_WATCHDOG
+
+
+def _drain(groups: list[Path]) -> None:
+    """Once the command ended: kill what is left in the sandbox's cgroups (a namespace's
+    processes still dying) and wait, bounded, until they are empty -- whoever removes
+    them after this supervisor exits then can."""
+    deadline = time.monotonic() + GRACE
+    while groups and time.monotonic() < deadline:
+        left: set[int] = set()
+        for group in groups:
+            with contextlib.suppress(OSError, ValueError):
+                left.update(int(pid) for pid in (group / "cgroup.procs").read_text().split())
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:
