@@ -6,8 +6,14 @@ CLI renders them, tests consume them directly::
 
     spec ─ provider.resolve ─ content.ensure ─ detect ─ key ─ store
            (fetching)         (fetching)                      │ cached ─ built
-                                                              │ else build ─ building… ─ built
+                                                              │ else build ─ waiting… ─
+                                                              │   building… ─ built
          ─ datasets (fetching) ─ launcher.launch (launching…) ─ ready
+
+A build waits for a slot when :attr:`Store.concurrent_builds` are running: its
+visitors get ``waiting`` events saying how many builds are ahead, each time that
+changes.  The build's time limit (:attr:`LaunchPipeline.build_timeout`) starts
+when it runs.
 
 A launch never raises a :class:`~binderbox.errors.BinderboxError`: it ends
 with a ``failed`` event carrying the user message and status code.  Its
@@ -15,7 +21,8 @@ session is the consumer's once the consumer iterates past ``ready`` (to the
 end); one that stops iterating before (a visitor who left) abandons the
 launch, and the launcher removes the session again (see
 :mod:`binderbox.sessions.launcher`).  A build it had started or joined goes
-on for whoever launches the same environment next.  Anything
+on for whoever launches the same environment next -- unless it was still waiting
+for a slot and all its visitors left: then it gives up its place in the queue.  Anything
 else escaping a stage is a bug: it is logged with its traceback and the user
 gets a generic ``failed`` event.
 
@@ -56,7 +63,7 @@ from .providers.base import RepoProvider, Resolved
 from .providers.gitutil import redact
 from .providers.policy import enforce_policy
 from .sessions import SessionLauncher, SessionRequest
-from .store import Env, Finisher, Store
+from .store import Env, Finisher, SharedBuild, Store
 from .store.locks import FileLock
 
 #: how many fetched trees the pipeline remembers what it read from (:class:`TreeFacts`)
@@ -131,7 +138,11 @@ class LaunchPipeline(LoggingConfigurable):
         on the server's disk.  The CLI, run by the operator, turns it on.""",
     ).tag(config=True)
     build_timeout = Float(
-        3600.0, help="Seconds a build may run before it is stopped and fails."
+        900.0,
+        help="""Seconds a build may run before it is stopped and fails (time waiting in the
+        build queue, Store.concurrent_builds, does not count).  uv builds take seconds to
+        a few minutes, even large ones; a build slot held longer keeps every build behind
+        it waiting.""",
     ).tag(config=True)
     default_python = Unicode(
         "3.10", help="Python version for repositories that name none (repo2docker's default)."
@@ -194,8 +205,9 @@ class LaunchPipeline(LoggingConfigurable):
         state = LaunchState(provider=self.provider_for(request))
         async for event in self.resolve_and_fetch(state):
             yield event
-        async for event in self.environment(state):
-            yield event
+        async with contextlib.aclosing(self.environment(state)) as stage:  # a visitor who
+            async for event in stage:  # leaves a queued build frees its place at once
+                yield event
         if request.build_only:
             return
         async for event in self._datasets(state):
@@ -241,7 +253,7 @@ class LaunchPipeline(LoggingConfigurable):
             found = self._trees[content] = TreeFacts(spec)
         return found
 
-    async def environment(self, state: LaunchState) -> AsyncIterator[Event]:
+    async def environment(self, state: LaunchState) -> AsyncGenerator[Event, None]:
         """The second stage: detect the content's spec, reuse or build its environment.
 
         Needs :meth:`resolve_and_fetch` done on ``state``; sets ``state.tree``
@@ -264,10 +276,11 @@ class LaunchPipeline(LoggingConfigurable):
                 cached=True,
             )
             return
-        async for event in self._build(state, key):
-            yield event
+        async with contextlib.aclosing(self._build(state, key)) as building:
+            async for event in building:
+                yield event
 
-    async def _build(self, state: LaunchState, key: str) -> AsyncIterator[Event]:
+    async def _build(self, state: LaunchState, key: str) -> AsyncGenerator[Event, None]:
         assert state.spec is not None and state.resolved is not None
         spec = state.spec
         # only an environment whose key covers the content may see it while building
@@ -278,8 +291,31 @@ class LaunchPipeline(LoggingConfigurable):
             spec=spec.to_json(),
             source=state.resolved.binder_persistent_request,
         )
-        if shared.joined:
-            yield Waiting(message="Joining a build of the same environment already running")
+        try:
+            if shared.joined:
+                yield Waiting(message="Joining a build of the same environment already running")
+            async for ahead in shared.queued():
+                yield Waiting(message=self._queue_message(ahead))
+            async for event in self._follow(state, shared):
+                yield event
+        finally:
+            shared.leave()  # a build still queued whose visitors all left gives up its place
+        assert state.env is not None
+        yield Built(
+            message="Built environment, launching...", image_name=key, path=str(state.env.path)
+        )
+
+    def _queue_message(self, ahead: int) -> str:
+        builds = "build" if ahead == 1 else "builds"
+        slots = self.store.concurrent_builds
+        return (
+            f"Waiting for a build slot: {ahead} {builds} ahead of this one"
+            f" (this service runs {slots} at once)."
+        )
+
+    async def _follow(self, state: LaunchState, shared: SharedBuild) -> AsyncIterator[Event]:
+        """The running build's lines as ``building`` events; sets ``state.env``."""
+        assert state.resolved is not None
         started = time.monotonic()
         metrics.BUILDS_INPROGRESS.inc()
         status = "failure"
@@ -296,7 +332,6 @@ class LaunchPipeline(LoggingConfigurable):
                 metrics.BUILD_COUNT.labels(
                     status=status, provider=state.resolved.provider, repo=state.resolved.repo_url
                 ).inc()
-        yield Built(message="Built environment, launching...", image_name=key, path=str(env.path))
 
     async def _run_builder(
         self, spec: EnvSpec, content: Path | None, prefix: Path
@@ -304,7 +339,7 @@ class LaunchPipeline(LoggingConfigurable):
         """The store's build function: a private copy of the content, a deadline."""
         workdir = Path(tempfile.mkdtemp(prefix="binderbox-build-", dir=self.work_dir or None))
         workdir.chmod(0o711)  # the build's sandbox uids enter it; nobody lists it
-        try:
+        try:  # (a failed build's copy may hold gigabytes: deleted off the event loop)
             copy: Path | None = None
             if content is not None:
                 copy = workdir / "content"
@@ -329,7 +364,7 @@ class LaunchPipeline(LoggingConfigurable):
             finally:
                 await lines.aclose()
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, workdir, True))
 
     async def _datasets(self, state: LaunchState) -> AsyncIterator[Event]:
         """Fetch the repository's ``data_requirement.json`` datasets (once, cached)."""
@@ -431,10 +466,20 @@ class LaunchPipeline(LoggingConfigurable):
             ).inc()
 
     async def health(self) -> list[dict[str, Any]]:
-        """Health checks of the parts the pipeline owns."""
+        """Health checks of the parts the pipeline owns: the store, and the builds
+        (the queue, enforced here; the time limit)."""
         root = Path(self.store.root)
         usage = shutil.disk_usage(root if root.exists() else root.parent)
-        return [{"service": "Store", "ok": usage.free > 0, "free_bytes": usage.free}]
+        queue = self.store.queue
+        builds = {
+            "service": "Builds",
+            "ok": True,
+            "running": queue.running,
+            "waiting": queue.waiting,
+            "concurrent_builds": self.store.concurrent_builds or None,
+            "timeout_seconds": self.build_timeout,
+        }
+        return [{"service": "Store", "ok": usage.free > 0, "free_bytes": usage.free}, builds]
 
     def versions(self) -> dict[str, Any]:
         """The builder's part of ``/versions`` (the web layer adds the service's)."""

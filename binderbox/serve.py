@@ -42,7 +42,6 @@ from .hub.process import free_port
 from .pipeline import LaunchPipeline, LaunchRequest
 from .providers import offered_providers
 from .runtime.host import SandboxHost
-from .runtime.limits import limits_status
 from .sessions import SessionLauncher
 from .web import SessionIndex, WebApp, make_app
 
@@ -69,7 +68,8 @@ class Service:
         return self.pipeline.versions()
 
     async def health(self) -> list[dict[str, Any]]:
-        """Store, hub API, proxy, culler and session limits (advisory or enforced)."""
+        """Store, builds, hub API, proxy, culler, sandboxes, and the limits of builds and
+        sessions with how each is enforced here (cgroups, measured, or advisory)."""
         checks = await self.pipeline.health()
         status = self.hub.status()
         hub_checks = {
@@ -80,9 +80,7 @@ class Service:
         for name, reason in self.hub.given_up().items():  # kept exiting: not started again
             hub_checks[name]["error"] = reason
         checks += hub_checks.values()
-        limits = limits_status()
-        checks.append({"service": "Session limits", "ok": True, **limits})
-        checks += self.host.status()
+        checks += self.host.status(sessions=self.hub.session_limits())
         return checks
 
 

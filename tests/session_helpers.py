@@ -5,12 +5,15 @@ real hub to launch it with.
 ``/srv/env`` with the real builder (see tests/envs.py) -- what a build of
 a repository without requirements gives -- cached across runs.
 :func:`make_hub` is a :class:`ManagedHub` on the given ports whose sessions may
-mount the test cache and /tmp; :func:`launch` runs one launch to ``ready``.
+mount the test cache and /tmp, :func:`running_hub` one started on free ports (its
+users deleted at the end); :func:`launch` runs one launch to ``ready``,
+:func:`new_session` one of the session environment.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 from binderbox.events import Event, Ready
 from binderbox.hub import ManagedHub
+from binderbox.hub.process import free_port
 from binderbox.providers.base import Resolved
 from binderbox.sessions import SessionLauncher, SessionRequest
 from binderbox.sessions.hubclient import HubClient
@@ -77,7 +81,18 @@ def user_of(ready: Ready) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_hub(managed: ManagedHub) -> AsyncIterator[ManagedHub]:
+async def running_hub(data_dir: Path, **spawner: object) -> AsyncIterator[ManagedHub]:
+    """A started :func:`make_hub` on free ports, ``spawner`` added to its spawner settings;
+    at the end its users (and so their sessions) are deleted and it is stopped."""
+    ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "web": 0}
+    managed = make_hub(data_dir, ports)
+    managed.spawner_config = {**managed.spawner_config, **spawner}
+    async with started_hub(managed):
+        yield managed
+
+
+@contextlib.asynccontextmanager
+async def started_hub(managed: ManagedHub) -> AsyncIterator[ManagedHub]:
     """``managed`` started; afterwards every user (and session) deleted, then stopped."""
     await managed.start()
     try:
@@ -87,3 +102,30 @@ async def running_hub(managed: ManagedHub) -> AsyncIterator[ManagedHub]:
         for user in await client.request("GET", "users"):
             await client.delete_user(user["name"])
         await managed.stop()
+
+
+async def new_session(hub: ManagedHub, content: Path, name: str) -> Ready:
+    """A launch of the session environment with ``content``, as repository ``name``."""
+    request = SessionRequest(
+        "env-test", session_env(), content, resolved(name), launch_host=hub.public_url
+    )
+    _, ready = await launch(launcher_for(hub), request)
+    return ready
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

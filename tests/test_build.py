@@ -271,6 +271,9 @@ def test_generate_config_lists_every_setting(tmp_path: Path) -> None:
         "c.ChildWatcher.max_restarts",
         "c.WebApp.recent_sessions",
         "c.GitHubProvider.allow_private_hosts",
+        "c.Store.concurrent_builds",
+        "c.SandboxHost.env_size_limit",
+        "c.SandboxHost.build_pids_limit",
     ):
         assert f"# {setting} =" in text, setting
 

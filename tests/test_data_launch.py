@@ -30,7 +30,7 @@ from data_helpers import FileServer, Route, tar_bytes, zip_bytes
 from kernels import run_code
 from repos import commit, make_repo, notebook
 from serve_helpers import build_events, end_session, git_spec, running_serve
-from session_helpers import running_hub
+from session_helpers import started_hub
 from testcache import CACHE as TEST_CACHE
 from tornado.httpserver import HTTPServer
 from tornado.web import Application, RequestHandler
@@ -163,7 +163,7 @@ async def hub(data_dir: Path) -> AsyncIterator[ManagedHub]:
         spawner_config={"allowed_roots": [str(data_dir)]},
     )
     try:
-        async with running_hub(managed):
+        async with started_hub(managed):
             yield managed
     finally:
         web.stop()

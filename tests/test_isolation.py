@@ -27,16 +27,7 @@ from envs import built_env
 from kernels import execute, run_code, start_kernel
 from nethosts import NamespaceHost, can_make_hosts, namespace_host
 from netprobe import host_targets, probe_code, probe_result
-from session_helpers import (
-    fetch,
-    launch,
-    launcher_for,
-    make_hub,
-    resolved,
-    running_hub,
-    session_env,
-    user_of,
-)
+from session_helpers import descendants, fetch, new_session, running_hub, user_of
 from testcache import CACHE as TEST_CACHE
 
 from binderbox.builders.python import PythonBuilder
@@ -45,11 +36,9 @@ from binderbox.data.fetchers.code import CodeFetcher
 from binderbox.data.requirement import DataEntry
 from binderbox.environments import EnvSpec
 from binderbox.hub import ManagedHub
-from binderbox.hub.process import free_port
 from binderbox.runtime.host import SandboxHost, Step
 from binderbox.runtime.layout import base_sandbox
 from binderbox.runtime.network import TABLE, SandboxNetwork
-from binderbox.sessions import SessionRequest
 from binderbox.sessions.hubclient import HubClient
 
 pytestmark = [
@@ -98,18 +87,8 @@ def content(tmp_path_factory: pytest.TempPathFactory, victim: Path) -> Path:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def hub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ManagedHub]:
-    data_dir = tmp_path_factory.mktemp("data")
-    ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "web": 0}
-    async with running_hub(make_hub(data_dir, ports)) as managed:
+    async with running_hub(tmp_path_factory.mktemp("data")) as managed:
         yield managed
-
-
-async def new_session(hub: ManagedHub, content: Path, name: str) -> Any:
-    req = SessionRequest(
-        "env-test", session_env(), content, resolved(name), launch_host=hub.public_url
-    )
-    _, ready = await launch(launcher_for(hub), req)
-    return ready
 
 
 async def session_address(hub: ManagedHub, ready: Any) -> str:
@@ -172,24 +151,6 @@ async def test_ports_taken_in_a_session_do_not_take_the_hub(hub: ManagedHub, con
         "    except BlockingIOError:\n        pass\nprint('connections', len(got))\n"
     )
     assert (await execute(ready.url, ready.token, kernel, check)).strip() == "connections 0"
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def host_uid(pid: int) -> int:

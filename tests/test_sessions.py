@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 from kernels import run_code
 from session_helpers import (
+    descendants,
     fetch,
     launch,
     launcher_for,
@@ -208,13 +209,17 @@ async def test_sessions_end_to_end(
     assert not (env_path / "intruder").exists()
 
     # the session runs under its supervisor, in its cgroups when limits are enforced
+    # (the supervisor outside them: a session at its limits cannot starve its watchdogs)
     client = HubClient(managed.hub_api_url, managed.api_token)
     state = (await client.get_user(name))["servers"][""]["state"]
     limits = limits_status()
     if limits["backend"] == "cgroup-v1":
         group = Path(f"/sys/fs/cgroup/memory/binderbox/{name}-default")
         assert (group / "memory.limit_in_bytes").read_text().strip() == str(2 << 30)
-        assert str(state["pid"]) in (group / "cgroup.procs").read_text().split()
+        procs = set((group / "cgroup.procs").read_text().split())
+        sandbox = descendants(int(state["pid"]))
+        assert sandbox and {str(pid) for pid in sandbox} <= procs
+        assert str(state["pid"]) not in procs
 
     # the other session's token does not open this one
     assert (await fetch(f"{ready.url}api/status?token={other.token}")).code == 403

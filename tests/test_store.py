@@ -236,6 +236,78 @@ async def test_concurrent_callers_share_one_build(store: Store, workdir: Path) -
     assert logs == [expected] * 5  # the late joiner got the tail, then the live lines
 
 
+async def next_place(places: AsyncIterator[int]) -> int:
+    async with asyncio.timeout(PATIENCE):
+        return await anext(places)
+
+
+async def test_builds_past_the_cap_wait_in_order(store: Store, tmp_path: Path) -> None:
+    store.concurrent_builds = 1
+    keys = [f"{'abc'[i]}" * 32 for i in range(3)]
+    works = [tmp_path / f"work-{i}" for i in range(3)]
+    for work in works:
+        work.mkdir()
+    first, second, third = (
+        store.build(key, gated_build(work), spec={}, source="x")
+        for key, work in zip(keys, works, strict=True)
+    )
+    sharer = store.build(keys[0], gated_build(works[0]), spec={}, source="x")
+    assert [place async for place in first.queued()] == []  # a free slot: no waiting
+    assert [place async for place in sharer.queued()] == []  # one build, one slot
+    await until((works[0] / "started").exists, "the first build started")
+    assert (store.queue.running, store.queue.waiting) == (1, 2)
+
+    places = second.queued()
+    third_places = third.queued()
+    assert await next_place(places) == 1
+    assert await next_place(third_places) == 2
+    assert not (works[1] / "runs").exists() and not (works[2] / "runs").exists()
+
+    (works[0] / "release").touch()  # the first ends: the second runs, the third moves up
+    assert (await first.wait()).path.is_dir()
+    with pytest.raises(StopAsyncIteration):
+        await next_place(places)
+    assert await next_place(third_places) == 1
+    await until((works[1] / "started").exists, "the second build started")
+    (works[1] / "release").touch()
+    (works[2] / "release").touch()
+    assert (await second.wait()).path.is_dir() and (await third.wait()).path.is_dir()
+    assert [runs(work) for work in works] == [1, 1, 1]
+
+
+async def test_a_queued_build_whose_callers_all_left_gives_up_its_place(
+    store: Store, root: Path, tmp_path: Path
+) -> None:
+    store.concurrent_builds = 1
+    keys = [f"{'def'[i]}" * 32 for i in range(3)]
+    works = [tmp_path / f"work-{i}" for i in range(3)]
+    for work in works:
+        work.mkdir()
+    running = store.build(keys[0], gated_build(works[0]), spec={}, source="x")
+    leaving = store.build(keys[1], gated_build(works[1]), spec={}, source="x")
+    staying = store.build(keys[1], gated_build(works[1]), spec={}, source="x")  # shares it
+    behind = store.build(keys[2], gated_build(works[2]), spec={}, source="x")
+    places = behind.queued()
+    assert await next_place(places) == 2
+
+    leaving.leave()  # one of the two callers left: the build keeps its place
+    assert store.queue.waiting == 2
+    staying.leave()  # the last one left: its place goes to the build behind
+    assert await next_place(places) == 1
+    with pytest.raises(BuildError, match="stopped"):
+        await staying.wait()
+
+    (works[0] / "release").touch()
+    (works[2] / "release").touch()
+    assert (await running.wait()).path.is_dir() and (await behind.wait()).path.is_dir()
+    assert runs(works[1]) == 0  # the abandoned build never ran, and left nothing
+    assert store.get(keys[1]) is None and not list((root / "tmp").iterdir())
+    again = store.build(keys[1], gated_build(works[1]), spec={}, source="x")
+    assert not again.joined  # a new caller starts the build afresh
+    (works[1] / "release").touch()
+    assert (await again.wait()).path.is_dir()
+
+
 # -- several processes -----------------------------------------------------------
 
 

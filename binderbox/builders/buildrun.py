@@ -11,6 +11,11 @@ The rule (binderbox runs as root; otherwise every step runs as the service's uid
   repository copy) are handed to its uid without following links
   (:mod:`binderbox.runtime.ownership`); once repository code ran, the finished
   environment is taken back by the service, so no sandbox uid can change it.
+
+And the size rule: every step holds what it writes on the host -- the environment,
+the repository copy (beyond what it held before the build) and a private package
+cache -- to the environment size limit (:meth:`BuildRun.trees`); a step over it
+ends the build with :func:`too_big`.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import BuildError
 from ..runtime.layout import Mount
 from ..runtime.leases import Lease
 from ..runtime.ownership import give_tree
+from ..runtime.treewatch import WatchedTree, over_limit
+from ..util.sizes import human
 from .interpreters import Interpreter
 
 
@@ -37,6 +45,9 @@ class BuildRun:
     uv: Path
     builder_uid: int | None
     own: Lease | None
+    #: the environment size limit in bytes (0: none) and what the home held at the start
+    limit: int = 0
+    home_base: int = 0
     #: whether a step ran as the build's own uid (repository code may have run)
     ran_code: bool = False
     _owner: int | None = None
@@ -69,3 +80,38 @@ class BuildRun:
         """Give the build's own uid back."""
         if self.own is not None:
             self.own.release()
+
+    def trees(self, private_cache: Path | None = None) -> list[WatchedTree]:
+        """What a step writes on the host, each held to the size limit (the home beyond
+        what it held before the build); none without a limit."""
+        if not self.limit:
+            return []
+        trees = [WatchedTree(self.prefix, self.limit)]
+        if self.content is not None:
+            trees.append(WatchedTree(self.content, self.home_base + self.limit))
+        if private_cache is not None:
+            trees.append(WatchedTree(private_cache, self.limit))
+        return trees
+
+    def env_over_limit(self) -> bool:
+        """Whether the environment is over the size limit now (blocking: a walk)."""
+        return bool(self.limit) and over_limit([WatchedTree(self.prefix, self.limit)])
+
+
+def too_big(limit: int) -> BuildError:
+    """The failure of a build that grew past the environment size limit."""
+    return BuildError(
+        f"The build was stopped: the environment grew past this service's limit of {human(limit)}.",
+        hint="Make the environment smaller (fewer or lighter packages, less written by "
+        "postBuild), or ask the operator for a larger limit.",
+        reason="env_size",
+    )
+
+
+def out_of_memory(what: str, limit: str) -> BuildError:
+    """The failure of a step the kernel killed for memory (``limit``: the setting)."""
+    return BuildError(
+        f"{what} ran out of memory (this service allows a build {limit}).",
+        hint="Make the environment smaller, or ask the operator for a larger limit.",
+        reason="build_memory",
+    )

@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..runtime.layout import META
 
 #: uv's words when --no-build meets something that must be built
 SOURCE_BUILD_NEEDED = re.compile(
@@ -106,3 +109,14 @@ def unshared_bytes(root: Path) -> int:
             if info.st_nlink == 1:
                 total += info.st_size
     return total
+
+
+def reset_env(prefix: Path) -> None:
+    """Empty ``prefix`` but for binderbox's own folder (before a private-cache retry)."""
+    for child in prefix.iterdir():
+        if child.name == META:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()

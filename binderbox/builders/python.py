@@ -87,9 +87,10 @@ from ..runtime.ownership import give_tree, take_back
 from ..runtime.process import StepOutput, run_step
 from ..runtime.provision import provision
 from ..runtime.sandbox import Sandbox
+from ..util.sizes import disk_bytes
 from . import bytecode, caches, interpreters, uvlog
 from .base import Builder
-from .buildrun import BuildRun
+from .buildrun import BuildRun, out_of_memory, too_big
 from .bytecode import DONE as BYTECODE_DONE
 from .bytecode import BytecodeCache
 from .interpreters import Interpreter
@@ -291,6 +292,8 @@ class PythonBuilder(Builder):
             self._write_requirements(spec, interp, prefix)
             self._write_metadata(spec, run)
             (prefix / ".lock").unlink(missing_ok=True)  # uv's, world-writable
+            if await asyncio.to_thread(run.env_over_limit):  # before it is published
+                raise too_big(run.limit)
             yield "Environment complete (its bytecode is compiled once it is published)."
         finally:
             run.close()
@@ -302,7 +305,10 @@ class PythonBuilder(Builder):
             root = Path(self.provision_dir)
             mounts = [(provision(p, root), p) for p in interp_prefixes(interp)]
             uv = provision(Path(self.uv_path).resolve(), root)
-            return BuildRun(interp, content, prefix, mounts, uv, self.host.builder_uid, own)
+            run = BuildRun(interp, content, prefix, mounts, uv, self.host.builder_uid, own)
+            run.limit = self.host.env_size_bytes
+            run.home_base = disk_bytes(content) if content is not None else 0
+            return run
         except BaseException:
             if own is not None:
                 own.release()
@@ -339,7 +345,7 @@ class PythonBuilder(Builder):
                 return
             except _SourceBuildNeeded:
                 yield "Some requirements are built from source: installing with a private cache"
-            await asyncio.to_thread(_reset_env, prefix)
+            await asyncio.to_thread(caches.reset_env, prefix)
             run.changed_by_service()
         private = Path(tempfile.mkdtemp(prefix="uv-private-", dir=self.cache.parent))
         try:
@@ -440,21 +446,18 @@ class PythonBuilder(Builder):
         if cache.no_build:
             command = [*command, "--no-build"]
         step = Step()
-        async for line in self.host.run_step(box, command, uid=uid, step=step):
+        trees = run.trees(None if shared else cache.path)
+        async for line in self.host.run_step(box, command, uid=uid, step=step, trees=trees):
             yield line
+        if step.over_limit:
+            raise too_big(run.limit)
         if step.output.code != 0:
             tail = list(step.output.tail)
             if cache.no_build and caches.needs_source_build(tail):
                 raise _SourceBuildNeeded
-            raise self._out_of_memory(what) if step.oom_killed else uvlog.classify(tail, what=what)
-
-    def _out_of_memory(self, what: str) -> BuildError:
-        limit = self.host.build_mem_limit
-        return BuildError(
-            f"{what} ran out of memory (this service allows a build {limit}).",
-            hint="Make the environment smaller, or ask the operator for a larger limit.",
-            reason="build_memory",
-        )
+            if step.oom_killed:
+                raise out_of_memory(what, self.host.build_mem_limit)
+            raise uvlog.classify(tail, what=what)
 
     async def _postbuild(self, script: str, run: BuildRun) -> AsyncIterator[str]:
         """Run postBuild sandboxed, as the build's own uid; keep its home changes."""
@@ -474,11 +477,14 @@ class PythonBuilder(Builder):
         before = await asyncio.to_thread(snapshot, content)
         yield f"Running {script}"
         step = Step(output=StepOutput(tail=deque(maxlen=TAIL)))
-        async for line in self.host.run_step(box, command, uid=uid, step=step):
+        trees = run.trees()
+        async for line in self.host.run_step(box, command, uid=uid, step=step, trees=trees):
             yield line
         code, tail = step.output.code, step.output.tail
+        if step.over_limit:
+            raise too_big(run.limit)
         if code != 0 and step.oom_killed:
-            raise self._out_of_memory("postBuild")
+            raise out_of_memory("postBuild", self.host.build_mem_limit)
         if code != 0:
             last = next((line.strip()[:200] for line in reversed(tail) if line.strip()), "")
             output = "\n".join(tail)
@@ -568,17 +574,6 @@ class PythonBuilder(Builder):
 
 class _SourceBuildNeeded(Exception):
     """A --no-build install met something that must be built from source."""
-
-
-def _reset_env(prefix: Path) -> None:
-    """Empty ``prefix`` but for binderbox's own folder (before a private-cache retry)."""
-    for child in prefix.iterdir():
-        if child.name == META:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def requirement_name(line: str) -> str | None:

@@ -55,7 +55,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..errors import BinderboxError
 from ..logs import tail
-from ..runtime.limits import limits_status
+from ..runtime.limits import SessionLimits, limits_status
 from ..runtime.network import SandboxNetwork
 from ..sessions.hubclient import HubAPIError, HubClient
 from .config import (
@@ -300,6 +300,12 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
         config["orphan_timeout"] = self.cull_timeout
         config.update(self.spawner_config)
         return config
+
+    def session_limits(self) -> SessionLimits:
+        """What each session may use with this hub's spawner settings (for /health)."""
+        from ..sessions.spawners.local import SandboxSpawner  # the hub's side: loaded late
+
+        return SandboxSpawner.limits_of(self._spawner_config())
 
     def write_config(self) -> Path:
         """Write ``<data>/hub/jupyterhub_config.py`` (ports chosen first) and return it."""

@@ -16,7 +16,9 @@ command into a process started through the supervisor
   (:class:`~binderbox.runtime.network.SandboxNetwork`), when the host allows;
 * **limits**: a cgroup per sandbox with memory, CPU and pids limits
   (:mod:`binderbox.runtime.limits`); a process the kernel killed for memory is
-  reported (:attr:`Step.oom_killed`);
+  reported (:attr:`Step.oom_killed`).  The trees a build writes are held to
+  :attr:`SandboxHost.env_size_limit` while it runs
+  (:mod:`binderbox.runtime.treewatch`; :attr:`Step.over_limit`);
 * **secrets**: bubblewrap reads its arguments (the sandbox's environment among
   them) from a memory file descriptor (``--args``), never from a command line
   that ``ps`` shows.
@@ -41,12 +43,20 @@ from typing import Any
 from traitlets import Float, Instance, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from ..util.sizes import human
 from .leases import Lease, NoLeaseLeft, claim
-from .limits import Limits, default_limits
+from .limits import (
+    Limits,
+    SessionLimits,
+    cgroup_enforcement,
+    default_limits,
+    session_limits_status,
+)
 from .netns import SandboxNet
 from .network import SandboxNetwork
 from .process import StepOutput, StepProcess
 from .sandbox import Sandbox, bwrap_path
+from .treewatch import CHECK_INTERVAL, WatchedTree, over_limit
 
 #: the supervisor's command
 SUPERVISOR = [sys.executable, "-m", "binderbox.runtime.supervise"]
@@ -54,6 +64,8 @@ SUPERVISOR = [sys.executable, "-m", "binderbox.runtime.supervise"]
 _ensured: dict[str, str] = {}
 #: numbers this process's sandboxed steps (their cgroups' names)
 _steps = itertools.count()
+#: seconds between two walks of a build's trees (besides the free-space checks)
+BUILD_TREE_INTERVAL = 10.0
 
 
 def parse_size(text: str) -> int:
@@ -71,15 +83,21 @@ def parse_size(text: str) -> int:
 class Prepared:
     """A sandbox ready to start: the supervisor's command line and the descriptors it
     must inherit (bubblewrap's arguments, then the caller's).  :meth:`close` closes
-    this process's copy of the arguments descriptor once the supervisor runs."""
+    this process's copy of the arguments descriptor once the supervisor runs (and
+    again is nothing)."""
 
     argv: list[str]
     pass_fds: list[int]
     args_fd: int
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.args_fd)
+        """Close the arguments descriptor once: a second ``os.close`` of its number
+        would close whatever this process opened under that number meanwhile (another
+        build's lock, the event loop's own descriptors)."""
+        fd, self.args_fd = self.args_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def args_memfd(data: bytes) -> int:
@@ -92,11 +110,13 @@ def args_memfd(data: bytes) -> int:
 
 @dataclass
 class Step:
-    """The end of a sandboxed step: its output tail, exit code, and whether the kernel
-    killed a process of it for memory."""
+    """The end of a sandboxed step: its output tail, exit code, whether the kernel
+    killed a process of it for memory, and whether it wrote past a size limit."""
 
     output: StepOutput = field(default_factory=StepOutput)
     oom_killed: bool = False
+    #: a tree it wrote was over its limit when it ended (or when it was stopped for it)
+    over_limit: bool = False
 
 
 class SandboxHost(LoggingConfigurable):
@@ -119,6 +139,15 @@ class SandboxHost(LoggingConfigurable):
         1024,
         help="Processes and threads a build step or dataset code source may have at once "
         "(0 = no limit).",
+    ).tag(config=True)
+    env_size_limit = Unicode(
+        "10G",
+        help="""Disk a built environment may take ('' = no limit).  A build over it fails
+        ("the environment grew past this service's limit").  Measured while the build
+        runs -- its environment, what it adds to the home and its private package cache,
+        each held to this size; one file alone by the kernel (RLIMIT_FSIZE) -- and again
+        before the environment is published.  There is no filesystem quota: see
+        binderbox/runtime/treewatch.py.""",
     ).tag(config=True)
     network = Instance(SandboxNetwork)
 
@@ -153,8 +182,14 @@ class SandboxHost(LoggingConfigurable):
         mem = parse_size(self.build_mem_limit)
         return Limits(mem_bytes=mem, cpu=self.build_cpu_limit, pids=self.build_pids_limit)
 
-    def status(self) -> list[dict[str, Any]]:
-        """For /health: the host uids and the network."""
+    @property
+    def env_size_bytes(self) -> int:
+        """:attr:`env_size_limit` in bytes (0: none)."""
+        return parse_size(self.env_size_limit)
+
+    def status(self, sessions: SessionLimits | None = None) -> list[dict[str, Any]]:
+        """For /health: the host uids, the network, and each limit of builds and (given)
+        sessions with how it is enforced here."""
         if self.switches_uid:
             first, last = self.uid_base, self.uid_base + self.uid_count - 1
             uids = {"mode": "unprivileged", "range": f"{first}-{last}", "builder": first}
@@ -164,7 +199,34 @@ class SandboxHost(LoggingConfigurable):
                 "reason": "binderbox is not running as root: sandboxes run as its own uid "
                 "(mapped to 1000 inside)",
             }
-        return [{"service": "Sandbox uids", "ok": True, **uids}, self.network.status()]
+        checks = [{"service": "Sandbox uids", "ok": True, **uids}, self.network.status()]
+        checks.append(self.build_limits_status())
+        if sessions is not None:
+            checks.append(session_limits_status(sessions))
+        return checks
+
+    def build_limits_status(self) -> dict[str, Any]:
+        """How each limit of a build step is enforced on this host (for /health)."""
+        size = self.env_size_bytes
+        env_size: dict[str, Any] = {"limit": None, "enforced": "no limit set"}
+        if size:
+            env_size = {
+                "limit": human(size),
+                "bytes": size,
+                "enforced": "measured",
+                "how": f"no filesystem quota: while a build runs the free space of what it "
+                f"writes is looked at every {CHECK_INTERVAL:g} s, its folders are measured "
+                f"when that could mean they are over and every {BUILD_TREE_INTERVAL:g} s, "
+                "one file alone is held to the limit by the kernel (RLIMIT_FSIZE); the "
+                "environment is measured again before it is published",
+            }
+        cgroups = default_limits().status
+        return {
+            "service": "Build limits",
+            "ok": True,
+            "limits": {**cgroup_enforcement(self.build_limits, cgroups), "env_size": env_size},
+            "cgroups": cgroups.to_json(),
+        }
 
     # -- starting ---------------------------------------------------------------
 
@@ -207,11 +269,18 @@ class SandboxHost(LoggingConfigurable):
 
     @contextlib.asynccontextmanager
     async def run(
-        self, box: Sandbox, command: Sequence[str], *, uid: int | None, step: Step
+        self,
+        box: Sandbox,
+        command: Sequence[str],
+        *,
+        uid: int | None,
+        step: Step,
+        trees: Sequence[WatchedTree] = (),
     ) -> AsyncIterator[StepProcess]:
         """Start a build step or code source: its own network, cgroup and (given) uid;
-        its orphans reaped.  Leaving the context kills what is left of it and fills
-        ``step.oom_killed``."""
+        its orphans reaped; ``trees`` (what it writes on the host) held to their limits,
+        and no file past the largest of them.  Leaving the context kills what is left of
+        it and fills ``step.oom_killed``."""
         await self.ensure_network()
         net, lease = self.network.claim("build") if self.network.enabled else (None, None)
         name = f"build-{os.getpid()}-{next(_steps)}"
@@ -224,7 +293,7 @@ class SandboxHost(LoggingConfigurable):
                 uid=uid,
                 net=net,
                 cgroups=cgroups,
-                options=["--reap-orphans", "--die-with-parent"],
+                options=["--reap-orphans", "--die-with-parent", *tree_options(trees)],
                 keep_fds=[lease.fd] if lease else [],
             )
             try:
@@ -240,11 +309,29 @@ class SandboxHost(LoggingConfigurable):
                 lease.release()
 
     async def run_step(
-        self, box: Sandbox, command: Sequence[str], *, uid: int | None, step: Step
+        self,
+        box: Sandbox,
+        command: Sequence[str],
+        *,
+        uid: int | None,
+        step: Step,
+        trees: Sequence[WatchedTree] = (),
     ) -> AsyncIterator[str]:
-        """:meth:`run` ``command``; yields its lines and fills ``step``."""
-        async with self.run(box, command, uid=uid, step=step) as proc:
+        """:meth:`run` ``command``; yields its lines and fills ``step`` (``over_limit``:
+        measured again once it ended)."""
+        async with self.run(box, command, uid=uid, step=step, trees=trees) as proc:
             async for line in proc.lines():
                 step.output.tail.append(line)
                 yield line
             step.output.code = await proc.wait()
+        step.over_limit = await asyncio.to_thread(over_limit, trees)
+
+
+def tree_options(trees: Sequence[WatchedTree], interval: float = BUILD_TREE_INTERVAL) -> list[str]:
+    """The supervisor's options that hold ``trees`` to their limits, each walked at
+    least every ``interval`` seconds, and each file to the largest of the limits."""
+    if not trees:
+        return []
+    options = [f"--tree={tree.to_arg()}" for tree in trees]
+    largest = str(max(tree.limit for tree in trees))
+    return [*options, "--tree-interval", str(interval), "--file-size-limit", largest]

@@ -12,13 +12,14 @@ What is enforceable depends on the host, so it is detected, not assumed:
   ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` and ``pids.max``.
 
 Each sandbox (a session, or a build with all its steps) gets
-``<hierarchy>/binderbox/<name>``; its supervisor writes its own pid into
-``cgroup.procs`` of each before it starts bubblewrap, so everything in the
-sandbox is accounted.  A pids limit makes a fork bomb fail to fork instead
-of taking the machine: ``pids.max`` counts threads too.  When neither
-works, limits are *advisory*: ``MEM_LIMIT``/``CPU_LIMIT`` are still passed
-to the server (jupyter-resource-usage shows them) but nothing enforces them,
-and :func:`limits_status` says so and why.  Never claim enforcement that
+``<hierarchy>/binderbox/<name>``; its supervisor's child writes its own pid
+into ``cgroup.procs`` of each before it becomes bubblewrap, so everything in
+the sandbox is accounted (the supervisor itself is not).  A pids limit makes
+a fork bomb fail to fork instead of taking the machine: ``pids.max`` counts
+threads too.  When neither works, limits are *advisory*:
+``MEM_LIMIT``/``CPU_LIMIT`` are still passed to the server
+(jupyter-resource-usage shows them) but nothing enforces them, and
+:func:`limits_status` says so and why.  Never claim enforcement that
 isn't there.
 """
 
@@ -31,6 +32,9 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ..util.sizes import human
+from .treewatch import CHECK_INTERVAL
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: the folder under each hierarchy holding the sessions' groups
@@ -239,7 +243,8 @@ def _enable_v2_controllers(root: Path, group: Path) -> set[str]:
 
 
 def join(dirs: list[Path], pid: int) -> None:
-    """Move ``pid`` into each group of ``dirs`` (called by the supervisor for itself)."""
+    """Move ``pid`` into each group of ``dirs`` (the supervisor's child, for itself,
+    before it becomes the sandbox)."""
     for group in dirs:
         (group / "cgroup.procs").write_text(str(pid))
 
@@ -253,3 +258,52 @@ def default_limits() -> CgroupLimits:
 def limits_status() -> dict[str, Any]:
     """What is enforced here, for /health and the startup log."""
     return default_limits().status.to_json()
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """What each session may use (the spawner's settings), for /health."""
+
+    limits: Limits
+    #: bytes a home may hold (0: no limit) and seconds between two walks of it
+    home_bytes: int = 0
+    home_interval: float = 15.0
+
+
+def cgroup_enforcement(limits: Limits, status: LimitsStatus) -> dict[str, Any]:
+    """Each cgroup limit of ``limits`` and how this host enforces it (for /health)."""
+
+    def entry(value: object, enforced: bool, **shown: object) -> dict[str, Any]:
+        if not value:
+            return {"limit": None, "enforced": "no limit set"}
+        return {"limit": value, **shown, "enforced": status.backend if enforced else "advisory"}
+
+    mem = limits.mem_bytes
+    return {
+        "memory": entry(mem and human(mem), status.memory, bytes=mem),
+        "cpu": entry(limits.cpu, status.cpu),
+        "pids": entry(limits.pids, status.pids),
+    }
+
+
+def session_limits_status(sessions: SessionLimits) -> dict[str, Any]:
+    """The ``Session limits`` check of /health: each limit and how it is enforced."""
+    status = default_limits().status
+    home: dict[str, Any] = {"limit": None, "enforced": "no limit set"}
+    if sessions.home_bytes:
+        home = {
+            "limit": human(sessions.home_bytes),
+            "bytes": sessions.home_bytes,
+            "enforced": "measured",
+            "how": "no filesystem quota: the session's supervisor measures the home every "
+            f"{sessions.home_interval:g} s (and sooner when the free space of its "
+            f"filesystem, looked at every {CHECK_INTERVAL:g} s, drops enough for it to be "
+            "over) and stops a session over it; one file alone is held to the limit by "
+            "the kernel (RLIMIT_FSIZE)",
+        }
+    return {
+        "service": "Session limits",
+        "ok": True,
+        "limits": {**cgroup_enforcement(sessions.limits, status), "home": home},
+        "cgroups": status.to_json(),
+    }

@@ -8,15 +8,19 @@ Sessions (the spawner) and build steps and dataset code sources
 (:class:`~binderbox.runtime.host.SandboxHost`) start their sandbox through this
 small program.  In order, it
 
-1. joins the sandbox's cgroups (``--cgroup DIR``, repeatable), so memory, CPU
-   and pids limits cover everything started below;
-2. moves into a network namespace of its own wired to the sandbox bridge
+1. moves into a network namespace of its own wired to the sandbox bridge
    (``--net ADDRESS/PREFIX,GATEWAY,BRIDGE``; :mod:`binderbox.runtime.netns`);
-3. starts the command as the unprivileged host uid ``--uid`` (with the same
-   gid, no supplementary groups) -- bubblewrap then maps it to uid 1000 inside;
-   descriptors named by ``--pass-fd`` (bubblewrap's ``--args`` file: secrets
-   never sit on a command line) are inherited, no other;
-4. forwards SIGTERM/SIGINT/SIGHUP to it, and exits with its status.
+2. starts the command, which before it runs joins the sandbox's cgroups
+   (``--cgroup DIR``, repeatable), so memory, CPU and pids limits cover
+   everything started below, and becomes the unprivileged host uid ``--uid``
+   (with the same gid, no supplementary groups) -- bubblewrap then maps it to
+   uid 1000 inside; descriptors named by ``--pass-fd`` (bubblewrap's ``--args``
+   file: secrets never sit on a command line) are inherited, no other;
+3. forwards SIGTERM/SIGINT/SIGHUP to it, and exits with its status once nothing
+   is left in the sandbox's cgroups (what is still there then is killed).
+
+The supervisor itself stays outside the cgroups: a sandbox at its pids or
+memory limit cannot starve its watchdogs (the size checks start ``du``).
 
 Why a separate parent: bubblewrap's ``--die-with-parent`` kills the sandbox
 when its parent dies.  If the hub were that parent, restarting the hub would
@@ -40,10 +44,17 @@ Watchdogs, while the command runs:
     (sessions) ``binderbox serve`` holds ``PATH`` locked while it runs; when
     nobody has held it for ``SECONDS``, the service is gone and the session is
     stopped: no session outlives its service unbounded.
-``--home PATH --home-limit BYTES``
-    (sessions) the home is measured every ``--home-interval`` seconds; a home
-    over its limit stops the session (the files stay until the spawner removes
-    the home).
+``--tree PATH=BYTES`` (repeatable), ``--tree-interval SECONDS``
+    (a session's home; a build's environment, home copy and private cache) each
+    tree must stay under its limit; it is measured as
+    :mod:`binderbox.runtime.treewatch` says (a cheap look at the free space five
+    times a second, a walk when that could mean the tree is over, and every
+    ``--tree-interval`` seconds).  A tree over its limit stops the sandbox (the
+    files stay for the caller: the spawner removes the home, the builder fails
+    the build and the store deletes what it wrote).
+``--file-size-limit BYTES``
+    no file the sandbox writes may grow past ``BYTES`` (``RLIMIT_FSIZE``, set for
+    the command and inherited by all it starts: enforced by the kernel).
 
 Standard library only (and small binderbox modules that are): one of these runs
 for every session and every build step.
@@ -55,6 +66,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -62,10 +74,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..util.sizes import tree_size
 from .leases import lock_held
 from .limits import join
 from .netns import NetSetupError, SandboxNet, enter
+from .treewatch import CHECK_INTERVAL, TreeWatch, WatchedTree
 
 #: seconds between two looks for orphans in a build sandbox
 REAP_INTERVAL = 0.5
@@ -89,9 +101,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--die-with-parent", action="store_true")
     parser.add_argument("--service-lock", type=Path)
     parser.add_argument("--orphan-timeout", type=float, default=0.0)
-    parser.add_argument("--home", type=Path)
-    parser.add_argument("--home-limit", type=int, default=0)
-    parser.add_argument("--home-interval", type=float, default=15.0)
+    parser.add_argument("--tree", action="append", default=[], type=WatchedTree.parse)
+    parser.add_argument("--tree-interval", type=float, default=15.0)
+    parser.add_argument("--file-size-limit", type=int, default=0)
     if "--" not in argv:
         raise SystemExit("usage: supervise [options] -- command...")
     split = argv.index("--")
@@ -107,17 +119,24 @@ def _say(message: str) -> None:
 
 
 def start(args: argparse.Namespace) -> subprocess.Popen[bytes]:
-    """Steps 1-3 of the module docstring."""
+    """Steps 1-2 of the module docstring."""
     if args.die_with_parent:
         _die_with_parent()
-    join(args.cgroup, os.getpid())
     if args.net is not None:
         enter(args.net)
-    fds = tuple(args.pass_fd)
-    if args.uid is None:
-        return subprocess.Popen(args.command, pass_fds=fds)
-    uid = int(args.uid)
-    return subprocess.Popen(args.command, pass_fds=fds, user=uid, group=uid, extra_groups=[])
+    groups, limit = list(args.cgroup), int(args.file_size_limit)
+    uid = None if args.uid is None else int(args.uid)
+
+    def enter_limits() -> None:  # in the child, before exec: everything below inherits it
+        join(groups, os.getpid())  # while still root: the groups are root's
+        if limit > 0:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+
+    return subprocess.Popen(args.command, pass_fds=tuple(args.pass_fd), preexec_fn=enter_limits)
 
 
 class Watchdogs:
@@ -130,8 +149,9 @@ class Watchdogs:
             self.checks.append((REAP_INTERVAL, self.reap))
         if args.service_lock is not None and args.orphan_timeout > 0:
             self.checks.append((SERVICE_INTERVAL, self.service_gone))
-        if args.home is not None and args.home_limit > 0:
-            self.checks.append((args.home_interval, self.home_too_big))
+        self.trees = TreeWatch(args.tree, args.tree_interval)
+        if args.tree:
+            self.checks.append((CHECK_INTERVAL, self.trees.check))
         self.due = [time.monotonic() + interval for interval, _ in self.checks]
         self.gone_since: float | None = None
 
@@ -168,12 +188,6 @@ class Watchdogs:
         self.gone_since = self.gone_since or now
         if now - self.gone_since >= self.args.orphan_timeout:
             return f"the service has been gone for {self.args.orphan_timeout:g} s"
-        return ""
-
-    def home_too_big(self) -> str:
-        size = tree_size(self.args.home)
-        if size > self.args.home_limit:
-            return f"the home holds {size} bytes, over its limit of {self.args.home_limit}"
         return ""
 
 
@@ -218,7 +232,7 @@ def supervise(args: argparse.Namespace) -> int:
     """Run the command to its end; its exit status (see the module docstring)."""
     try:
         child = start(args)
-    except (NetSetupError, OSError) as err:
+    except (NetSetupError, OSError, subprocess.SubprocessError) as err:
         _say(f"the sandbox could not be started: {err}")
         return 1
 
@@ -228,6 +242,14 @@ def supervise(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    try:
+        return _watch(args, child)
+    finally:
+        _drain(args.cgroup)
+
+
+def _watch(args: argparse.Namespace, child: subprocess.Popen[bytes]) -> int:
+    """Wait for the command, running the watchdogs; its exit status."""
     dogs = Watchdogs(args, child)
     while True:
         try:
@@ -240,6 +262,24 @@ def supervise(args: argparse.Namespace) -> int:
             _stop(child)
             child.wait()
             return STOPPED_BY_WATCHDOG
+
+
+def _drain(groups: list[Path]) -> None:
+    """Once the command ended: kill what is left in the sandbox's cgroups (a namespace's
+    processes still dying) and wait, bounded, until they are empty -- whoever removes
+    them after this supervisor exits then can."""
+    deadline = time.monotonic() + GRACE
+    while groups and time.monotonic() < deadline:
+        left: set[int] = set()
+        for group in groups:
+            with contextlib.suppress(OSError, ValueError):
+                left.update(int(pid) for pid in (group / "cgroup.procs").read_text().split())
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def main(argv: list[str] | None = None) -> int:

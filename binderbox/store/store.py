@@ -20,6 +20,11 @@ Guarantees:
   it.  Nothing under ``envs/`` is ever partial.  (A crash between the rename
   and the insert leaves a complete tree without a row: the next build of the
   key adopts it, :meth:`Store.gc` deletes it.)
+* **A cap on builds at once.**  At most :attr:`Store.concurrent_builds` builds run
+  in this process; further builds wait in order (:mod:`binderbox.store.queue`).
+  A build shared by several callers takes one slot; :meth:`SharedBuild.queued`
+  tells its callers how many builds are ahead while it waits, and a waiting build
+  whose callers all left (:meth:`SharedBuild.leave`) gives up its place.
 * **One build per key.**  In one process, concurrent :meth:`Store.build`
   calls share one asyncio task.  Across processes, ``locks/<key>.lock`` is
   held for the whole build; a process that finds it held tails the other
@@ -46,15 +51,13 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Float, Integer, Unicode, default, observe
 from traitlets.config import LoggingConfigurable
 
-from ..errors import BinderboxError, BuildError
-from .broadcast import Broadcast
+from ..errors import BinderboxError
 from .files import (
     LogTail,
     delete_unused,
@@ -67,6 +70,10 @@ from .files import (
 )
 from .locks import FileLock, try_lock
 from .metadata import BuildState, EnvRecord, Metadata
+from .queue import BuildQueue
+from .shared import BuildBroadcast, BuildJob, Env, SharedBuild, stopped
+
+__all__ = ["BuildFn", "Env", "SharedBuild", "Store"]
 
 #: given an empty directory, build into it; yields log lines; raises
 #: :class:`~binderbox.errors.BinderboxError` on failure
@@ -75,60 +82,6 @@ BuildFn = Callable[[Path], AsyncIterator[str]]
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: log lines kept in memory per running build (for followers)
 _BUFFER_LINES = 10_000
-
-
-@dataclass(frozen=True)
-class Env:
-    """A published environment."""
-
-    key: str
-    path: Path
-    spec: dict[str, Any]
-    source: str
-    size: int
-    created: float
-    last_used: float
-
-
-#: one build (or wait for another process's build) of one key in this process
-_Run = Broadcast[str, Env]
-
-
-def _stopped() -> BuildError:
-    return BuildError("The build was stopped before it finished.")
-
-
-class SharedBuild:
-    """A caller's handle on a build that may be shared with other callers.
-
-    ``joined`` is true when the build was already running (in this process or
-    another one) when this caller asked for it.
-    """
-
-    def __init__(self, run: _Run, *, joined: bool, start: int) -> None:
-        self._run = run
-        self._start = start
-        self.joined = joined
-
-    def follow(self) -> AsyncIterator[str]:
-        """The build's log lines, ending when the build ends.
-
-        A joiner first gets the recent tail of the log, then live lines.
-        Leaving the iteration early does not stop the build.
-        """
-        return self._run.follow(self._start)
-
-    async def wait(self) -> Env:
-        """The published environment, or the build's :class:`BinderboxError`.
-
-        Cancelling the caller does not cancel the build (others may share
-        it); use :meth:`cancel` for that.
-        """
-        return await self._run.result()
-
-    def cancel(self) -> None:
-        """Stop the build for every caller sharing it (its temp tree is deleted)."""
-        self._run.cancel()
 
 
 class Store(LoggingConfigurable):
@@ -180,10 +133,26 @@ class Store(LoggingConfigurable):
         help="Seconds between checks of another process's build (its log and its lock).",
     ).tag(config=True)
 
+    concurrent_builds = Integer(
+        2,
+        help="""Builds this service runs at once (0 = no cap); further builds wait in a
+        queue, in order, and their visitors get waiting events saying how many builds are
+        ahead.  A build shared by several visitors takes one slot; one whose visitors all
+        left the queue is dropped.  Each build may use SandboxHost.build_cpu_limit cores
+        and build_mem_limit memory: two fit a small server and leave room for sessions.""",
+    ).tag(config=True)
+
     def __init__(self, **kwargs: Any) -> None:
+        #: the builds running and waiting in this process (made first: config sets its size)
+        self.queue = BuildQueue(0)
         super().__init__(**kwargs)
-        self._runs: dict[str, _Run] = {}
+        self.queue.slots = self.concurrent_builds
+        self._runs: dict[str, BuildJob] = {}
         self._metadata: Metadata | None = None
+
+    @observe("concurrent_builds")
+    def _slots_changed(self, change: Any) -> None:
+        self.queue.slots = int(change["new"])
 
     # -- paths ----------------------------------------------------------
 
@@ -310,29 +279,33 @@ class Store(LoggingConfigurable):
         """
         _checked(key)
         asyncio.get_running_loop()  # RuntimeError now rather than a lock taken in vain
-        run = self._runs.get(key)
-        if run is not None:
-            return SharedBuild(run, joined=True, start=max(0, run.count - self.join_tail))
+        found = self._runs.get(key)
+        if found is not None and not found.dropped:
+            start = max(0, found.run.count - self.join_tail)
+            return SharedBuild(found, self.queue, joined=True, start=start)
         self._ensure_root()
         lock = FileLock.try_acquire(self._lock_path(key))
-        run = _Run(stopped=_stopped, keep=_BUFFER_LINES)
-        task = run.start(
-            self._execute(key, run, lock, build, spec, source), name=f"binderbox build {key}"
+        # a place in the queue at once when this process builds: its callers see it
+        job = BuildJob(
+            BuildBroadcast(stopped=stopped, keep=_BUFFER_LINES), self.queue.join() if lock else None
         )
-        task.add_done_callback(lambda _task: self._end_run(key, run, lock))
-        self._runs[key] = run
-        return SharedBuild(run, joined=lock is None, start=0)
+        task = job.run.start(
+            self._execute(key, job, lock, build, spec, source), name=f"binderbox build {key}"
+        )
+        task.add_done_callback(lambda _task: self._end_run(key, job, lock))
+        self._runs[key] = job
+        return SharedBuild(job, self.queue, joined=lock is None, start=0)
 
     async def _execute(
         self,
         key: str,
-        run: _Run,
+        job: BuildJob,
         lock: FileLock | None,
         build: BuildFn,
         spec: dict[str, Any],
         source: str,
     ) -> Env:
-        waited = lock is None
+        waited, run = lock is None, job.run
         try:
             if lock is None:
                 lock = await self._wait_for_other(key, run)
@@ -345,19 +318,34 @@ class Store(LoggingConfigurable):
                     raise status.error()
                 if status is not None and status.state is not BuildState.READY:
                     run.emit("The other build of this environment stopped; building it here.")
+            await self._turn(job)
             return await self._build_locked(key, run, build, spec, source)
         finally:
             if lock is not None:
                 lock.release()  # the one taken after waiting (_end_run forgets the run)
+            if job.place is not None:
+                job.place.leave()  # the slot (or the place in line) goes to the next
 
-    def _end_run(self, key: str, run: _Run, lock: FileLock | None) -> None:
-        """When ``run``'s task is done, even if cancelled before it ran: let go of it."""
+    async def _turn(self, job: BuildJob) -> None:
+        """Wait for a build slot (a place was taken in :meth:`build`, or is taken now
+        after another process's build died)."""
+        if job.place is None:
+            job.place = self.queue.join()
+            ahead = job.place.ahead()
+            if ahead is not None:
+                job.run.emit(f"Waiting for a build slot ({ahead} ahead).")
+        await job.place.turn()
+
+    def _end_run(self, key: str, job: BuildJob, lock: FileLock | None) -> None:
+        """When ``job``'s task is done, even if cancelled before it ran: let go of it."""
         if lock is not None:
             lock.release()  # idempotent: _execute released it unless it never ran
-        if self._runs.get(key) is run:
+        if job.place is not None:
+            job.place.leave()  # idempotent too
+        if self._runs.get(key) is job:
             del self._runs[key]
 
-    async def _wait_for_other(self, key: str, run: _Run) -> FileLock:
+    async def _wait_for_other(self, key: str, run: BuildBroadcast) -> FileLock:
         """Tail another process's build of ``key`` into ``run`` until its lock is free; take it."""
         tail = LogTail(self.log_path(key))
         try:
@@ -375,7 +363,7 @@ class Store(LoggingConfigurable):
             tail.close()
 
     async def _build_locked(
-        self, key: str, run: _Run, build: BuildFn, spec: dict[str, Any], source: str
+        self, key: str, run: BuildBroadcast, build: BuildFn, spec: dict[str, Any], source: str
     ) -> Env:
         """Build and publish ``key``, its log lines into ``run``; the caller holds its lock."""
         await asyncio.to_thread(self._remove_temp, key)
@@ -398,7 +386,9 @@ class Store(LoggingConfigurable):
             await asyncio.shield(asyncio.to_thread(remove_tree, tmp))
             raise
 
-    async def _run_build(self, run: _Run, build: BuildFn, tmp: Path, log: IO[str]) -> None:
+    async def _run_build(
+        self, run: BuildBroadcast, build: BuildFn, tmp: Path, log: IO[str]
+    ) -> None:
         lines = build(tmp)
         try:
             async for line in lines:
@@ -449,7 +439,7 @@ class Store(LoggingConfigurable):
 
     async def aclose(self) -> None:
         """Cancel the builds running in this process and wait for their cleanup."""
-        runs = list(self._runs.values())
+        runs = [job.run for job in self._runs.values()]
         for run in runs:
             run.cancel()
         await asyncio.gather(*(run.ended() for run in runs))

@@ -17,8 +17,8 @@ BinderHub's launch links.
 Process layout and why:
 
 * ``start`` runs ``python -m binderbox.runtime.supervise`` in a new session
-  (setsid).  The supervisor joins the session's cgroups
-  (:mod:`binderbox.runtime.limits`) and is the parent of ``bwrap``, so
+  (setsid).  The supervisor puts ``bwrap`` into the session's cgroups
+  (:mod:`binderbox.runtime.limits`) and is its parent, so
   ``--die-with-parent`` refers to it, not to the hub: sessions survive a
   restart of the hub (``cleanup_servers = False``).  The supervisor's pid
   and start time are the spawner state; ``poll`` checks that process (a
@@ -74,13 +74,14 @@ from traitlets import Instance, Int, Unicode, default
 
 from ...environments.spec import HOME
 from ...logs import tail
-from ...runtime.host import Prepared, SandboxHost, parse_size
+from ...runtime.host import Prepared, SandboxHost, parse_size, tree_options
 from ...runtime.layout import env_sandbox
 from ...runtime.leases import Lease
-from ...runtime.limits import Limits, default_limits
+from ...runtime.limits import Limits, SessionLimits, default_limits
 from ...runtime.netns import SandboxNet
 from ...runtime.options import LaunchOptions
 from ...runtime.sandbox import Sandbox
+from ...runtime.treewatch import WatchedTree
 from ...store.locks import FileLock
 from ..homes import prepare_home, remove_home
 from .mixin import BinderSpawnerMixin
@@ -118,12 +119,15 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
     ).tag(config=True)
     home_limit = Unicode(
         "2G",
-        help="Bytes a session's home may hold ('' = no limit).  Measured every "
-        "home_check_interval seconds: a session over it is stopped.",
+        help="""Disk a session's home may take ('' = no limit).  There is no filesystem
+        quota: the session's supervisor measures the home (every home_check_interval
+        seconds, and sooner when the free space of its filesystem drops enough for it to
+        be over) and stops a session over it; its home is then removed.  One file alone
+        is held to it by the kernel (RLIMIT_FSIZE).""",
     ).tag(config=True)
-    home_check_interval = Int(15, help="Seconds between two measurements of a home.").tag(
-        config=True
-    )
+    home_check_interval = Int(
+        15, help="Seconds between two full measurements of a home (see home_limit)."
+    ).tag(config=True)
     orphan_timeout = Int(
         600,
         help="Seconds a session keeps running after binderbox serve is gone (then it ends "
@@ -134,6 +138,22 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
     @default("host")
     def _default_host(self) -> SandboxHost:
         return SandboxHost(parent=self)
+
+    @classmethod
+    def limits_of(cls, config: dict[str, Any]) -> SessionLimits:
+        """The limits sessions get from the hub's ``c.SandboxSpawner`` settings
+        ``config`` (the others at their defaults), for /health in binderbox serve."""
+        traits = cls.class_traits()
+
+        def setting(name: str) -> Any:
+            return config[name] if name in config else traits[name].default()
+
+        mem = setting("mem_limit")
+        limits = Limits(
+            parse_size(str(mem or "")), float(setting("cpu_limit") or 0), setting("pids_limit")
+        )
+        home = parse_size(str(setting("home_limit")))
+        return SessionLimits(limits, home, float(setting("home_check_interval")))
 
     @default("ip")
     def _default_ip(self) -> str:
@@ -314,8 +334,8 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
             options += ["--service-lock", str(lock), "--orphan-timeout", str(self.orphan_timeout)]
         limit = parse_size(self.home_limit)
         if limit:
-            options += ["--home", str(self.home_path), "--home-limit", str(limit)]
-            options += ["--home-interval", str(self.home_check_interval)]
+            home = WatchedTree(self.home_path, limit)
+            options += tree_options([home], float(self.home_check_interval))
         return options
 
     @property
