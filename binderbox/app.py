@@ -96,6 +96,7 @@ class BinderboxApp(Application):
             for trait in ("allow_private_hosts", "allow_ssh"):
                 self.config.RepoProvider.setdefault(trait, True)
         builder = PythonBuilder(parent=self)
+        builder.host  # noqa: B018 - its settings are checked now, not at the first build
         if "cache_dir" not in self.config.PythonBuilder:
             builder.cache_dir = str(data / "uv-cache")  # made on first use
         pipeline = LaunchPipeline(

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
-from traitlets import Bool, Unicode
+from traitlets import Bool, TraitError, Unicode
 
 from .app import BinderboxApp
 from .errors import BinderboxError
@@ -43,6 +43,9 @@ class Command(BinderboxApp):
         except BinderboxError as exc:
             print(f"error: {exc.user_message}", file=sys.stderr)
             self.log.debug("details: %s", exc.log_message)
+            code = 1
+        except TraitError as exc:  # a setting of the config file or the command line
+            print(f"error: a setting is not valid: {exc}", file=sys.stderr)
             code = 1
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from .pipeline import LaunchPipeline, LaunchRequest
 from .providers import offered_providers
 from .runtime.host import SandboxHost
 from .sessions import SessionLauncher
+from .sessions.untracked import UntrackedSessions
 from .web import SessionIndex, WebApp, make_app
 
 
@@ -123,16 +125,26 @@ def service_lock(data: Path) -> Iterator[None]:
     path = data / "service.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_within(fd, seconds=3.0):
             raise BinderboxError(
                 f"Another binderbox serve is running with the data directory {data}.",
                 hint="Stop it first, or choose another --data-dir.",
-            ) from None
+            )
         yield
     finally:
         os.close(fd)
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    """``flock(fd, LOCK_EX)`` within ``seconds`` (sessions' supervisors probe the lock
+    with a shared lock for an instant: one probe must not look like another service)."""
+    for _ in range(int(seconds / 0.05)):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.05)
+    return False
 
 
 def _hub_for(app: Any, pipeline: LaunchPipeline, host: SandboxHost, web: WebApp) -> ManagedHub:
@@ -157,6 +169,14 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
     data = app.data_path
     host = SandboxHost(parent=app)
     await asyncio.to_thread(host.network.ensure)
+    why = host.network.unavailable()
+    if why:
+        app.log.warning(
+            "sandboxes share this host's network (%s): sessions can reach services on this "
+            "machine and its network; set SandboxNetwork.isolation = 'required' to refuse "
+            "to start like this",
+            why,
+        )
     with service_lock(data):
         await _serve(app, pipeline, host)
 
@@ -186,9 +206,11 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
     background: list[asyncio.Task[None]] = []
     try:
         await hub.start()
+        lost = UntrackedSessions(parent=app)
         background = [
             asyncio.create_task(Maintenance(parent=app).run(pipeline)),
             asyncio.create_task(hub.watch()),
+            asyncio.create_task(lost.run(pipeline.launcher.hub, app.data_path)),
         ]
         app.log.info("binderbox is running at %s", hub.public_url)
         print(f"binderbox is running at {hub.public_url}", flush=True)

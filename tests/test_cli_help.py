@@ -58,3 +58,19 @@ def test_help_of_every_command(command: list[str], flag: str, tmp_path: Path) ->
         assert "Class options" in result.stdout
         assert "--ManagedHub.public_port=<Int>" in result.stdout  # every section
     assert not (tmp_path / "data").exists()  # asking for help changes nothing
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ('c.SandboxHost.build_mem_limit = "-1G"', "SandboxHost.build_mem_limit: '-1G' is not"),
+        ('c.Store.budget = "lots"', "'budget' trait of a Store instance expected an int"),
+    ],
+)
+def test_a_bad_setting_is_a_plain_error(setting: str, words: str, tmp_path: Path) -> None:
+    (tmp_path / "binderbox_config.py").write_text(setting + "\n")
+    (tmp_path / "repo").mkdir()
+    result = run(["build", str(tmp_path / "repo"), "--data-dir", str(tmp_path / "data")], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: a setting is not valid: "), result.stderr
+    assert words in result.stderr and "Traceback" not in result.stderr

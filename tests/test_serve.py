@@ -17,6 +17,7 @@ kernel websocket with the launch token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -493,3 +494,32 @@ async def test_kept_sessions_end_themselves_when_no_service_comes_back(
     assert not Path(f"/proc/{supervisor}").exists()
     log = (serve.data_dir / "logs" / "sessions" / f"{name}-default.log").read_text()
     assert "the service has been gone for 6 s" in log
+
+
+async def test_a_session_the_hub_lost_is_stopped_and_tracked_ones_are_not(
+    tmp_path: Path, main_repo: Path
+) -> None:
+    """A supervisor the hub has no record of (its hub died while it started) is
+    stopped after a grace period; the sessions the hub knows run on."""
+    config = "c.UntrackedSessions.interval = 1\nc.UntrackedSessions.grace = 2\n"
+    serve = ServeProcess(tmp_path / "serve-lost", tmp_path / "serve-lost" / "data", config)
+    serve.start()
+    lost = None
+    try:
+        _, tracked = await launched(serve, main_repo)
+        lock = serve.data_dir / "service.lock"
+        supervise = [sys.executable, "-m", "binderbox.runtime.supervise"]
+        options = ["--service-lock", str(lock), "--orphan-timeout", "600"]
+        lost = await asyncio.create_subprocess_exec(
+            *supervise, *options, "--", "sleep", "600", start_new_session=True
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(lost.wait(), 60)  # bounded
+        assert lost.returncode is not None, "the lost session was not stopped"
+        assert Path(f"/proc/{tracked}").exists()  # the hub's own session runs on
+        assert "the hub has no record of it" in serve.output()
+    finally:
+        if lost is not None and lost.returncode is None:
+            lost.kill()
+            await lost.wait()
+        serve.stop()

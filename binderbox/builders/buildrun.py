@@ -50,7 +50,6 @@ class BuildRun:
     home_base: int = 0
     #: whether a step ran as the build's own uid (repository code may have run)
     ran_code: bool = False
-    _owner: int | None = None
     _given: set[Path] = field(default_factory=set)
 
     def hand_over(self, private_cache: Path | None, shared: bool) -> int | None:
@@ -61,9 +60,7 @@ class BuildRun:
         if self.builder_uid is None or self.own is None:
             return None
         uid = self.builder_uid if shared else self.own.value
-        if uid != self._owner:
-            give_tree(self.prefix, uid)
-            self._owner = uid
+        give_tree(self.prefix, uid)  # with what the service wrote there since the last step
         if not shared:
             self.ran_code = True
             for tree in (self.content, private_cache):
@@ -71,10 +68,6 @@ class BuildRun:
                     give_tree(tree, uid)
                     self._given.add(tree)
         return uid
-
-    def changed_by_service(self) -> None:
-        """The service wrote into the environment: hand it over again before the next step."""
-        self._owner = None
 
     def close(self) -> None:
         """Give the build's own uid back."""

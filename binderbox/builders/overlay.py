@@ -15,7 +15,9 @@ import shutil
 import stat
 from pathlib import Path
 
+from ..errors import BuildError
 from ..runtime.layout import META
+from ..util.sizes import human
 
 _Entry = tuple[str, int, int, str]
 
@@ -41,12 +43,25 @@ def _kind(mode: int) -> str:
     return "f" if stat.S_ISREG(mode) else "o"
 
 
-def capture_overlay(root: Path, before: dict[str, _Entry], overlay: Path) -> tuple[int, list[str]]:
+def capture_overlay(
+    root: Path, before: dict[str, _Entry], overlay: Path, limit: int = 0
+) -> tuple[int, list[str]]:
     """Copy what changed under ``root`` since ``before`` into ``overlay``.
 
     Returns the number of files/links copied and the deleted relative paths.
+    ``limit`` (bytes, 0: none) bounds what is copied, by apparent size: a copy writes
+    a sparse file out in full, so ``truncate -s 10T`` in a postBuild would otherwise
+    make the service write ten terabytes.  Over it: :class:`BuildError`, nothing copied.
     """
     after = snapshot(root)
+    copied = sum(e[1] for rel, e in after.items() if e[0] == "f" and before.get(rel) != e)
+    if limit and copied > limit:
+        raise BuildError(
+            f"The build was stopped: postBuild's changes to the home ({human(copied)}) are "
+            f"past this service's limit of {human(limit)}.",
+            hint="Write less into the home in postBuild, or ask the operator for a larger limit.",
+            reason="env_size",
+        )
     changed = 0
     for rel, entry in sorted(after.items()):
         if (before.get(rel) == entry and entry[0] != "d") or entry[0] == "o":

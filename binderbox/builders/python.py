@@ -83,7 +83,7 @@ from ..environments import ENV_PREFIX, HOME, EnvSpec
 from ..errors import BuildError, PostBuildFailed, PythonVersionUnavailable
 from ..runtime.host import SandboxHost, Step
 from ..runtime.layout import META, base_sandbox, reset_meta, session_environment
-from ..runtime.ownership import give_tree, take_back
+from ..runtime.ownership import give_tree, take_back, take_back_folder
 from ..runtime.process import StepOutput, run_step
 from ..runtime.provision import provision
 from ..runtime.sandbox import Sandbox
@@ -279,7 +279,6 @@ class PythonBuilder(Builder):
             async for line in self._venv(run, caches.copying(self.cache)):
                 yield line
             _seed(prefix, interp)
-            run.changed_by_service()
             async for line in self._install(spec, run):
                 yield line
             if spec.postbuild and content is not None:
@@ -289,6 +288,8 @@ class PythonBuilder(Builder):
                 reset_meta(prefix)
             if run.ran_code:  # published trees are writable by no sandbox uid
                 await asyncio.to_thread(take_back, prefix)
+            else:  # hard links into the builder's cache stay its own; the top and META not
+                await asyncio.to_thread(take_back_folder, prefix)
             self._write_requirements(spec, interp, prefix)
             self._write_metadata(spec, run)
             (prefix / ".lock").unlink(missing_ok=True)  # uv's, world-writable
@@ -346,14 +347,12 @@ class PythonBuilder(Builder):
             except _SourceBuildNeeded:
                 yield "Some requirements are built from source: installing with a private cache"
             await asyncio.to_thread(caches.reset_env, prefix)
-            run.changed_by_service()
         private = Path(tempfile.mkdtemp(prefix="uv-private-", dir=self.cache.parent))
         try:
             use = caches.copying(private)
             async for line in self._venv(run, use):
                 yield line
             _seed(prefix, interp)
-            run.changed_by_service()
             async for line in self._step(run, install, what=what, cache=use):
                 yield line
         finally:
@@ -495,7 +494,7 @@ class PythonBuilder(Builder):
             )
         meta = reset_meta(prefix)
         changed, deleted = await asyncio.to_thread(
-            capture_overlay, content, before, meta / "home-overlay"
+            capture_overlay, content, before, meta / "home-overlay", self.host.env_size_bytes
         )
         (meta / "home-deleted.json").write_text(json.dumps(deleted))
         yield f"postBuild changed {changed} file(s) and deleted {len(deleted)} in the home."

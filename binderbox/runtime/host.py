@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traitlets import Float, Instance, Int, Unicode, default
+from traitlets import Float, Instance, Int, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from ..util.sizes import human
+from ..util.sizes import human, parse_size, valid_size
 from .leases import Lease, NoLeaseLeft, claim
 from .limits import (
     Limits,
@@ -59,24 +59,14 @@ from .sandbox import Sandbox, bwrap_path
 from .treewatch import CHECK_INTERVAL, WatchedTree, over_limit
 
 #: the supervisor's command
-SUPERVISOR = [sys.executable, "-m", "binderbox.runtime.supervise"]
+#: (-I: isolated; the working directory is not on its path, PYTHON* variables ignored)
+SUPERVISOR = [sys.executable, "-I", "-m", "binderbox.runtime.supervise"]
 #: the sandbox network settings this process set up last
 _ensured: dict[str, str] = {}
 #: numbers this process's sandboxed steps (their cgroups' names)
 _steps = itertools.count()
 #: seconds between two walks of a build's trees (besides the free-space checks)
 BUILD_TREE_INTERVAL = 10.0
-
-
-def parse_size(text: str) -> int:
-    """``'2G'`` -> bytes (K, M, G, T suffixes, powers of 1024); '' -> 0."""
-    text = text.strip().upper().removesuffix("B")
-    if not text:
-        return 0
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
 
 
 @dataclass
@@ -101,8 +91,9 @@ class Prepared:
 
 
 def args_memfd(data: bytes) -> int:
-    """A sealed-in-practice memory file holding ``data``, positioned at its start."""
-    fd = os.memfd_create("bwrap-args", 0)  # inheritable only where passed
+    """A memory file holding ``data``, positioned at its start; close-on-exec (a child
+    gets it only where it is passed on purpose)."""
+    fd = os.memfd_create("bwrap-args", os.MFD_CLOEXEC)
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
@@ -149,11 +140,15 @@ class SandboxHost(LoggingConfigurable):
         before the environment is published.  There is no filesystem quota: see
         binderbox/runtime/treewatch.py.""",
     ).tag(config=True)
-    network = Instance(SandboxNetwork)
+    network = Instance(SandboxNetwork, help="The sandboxes' network (c.SandboxNetwork).")
 
     @default("network")
     def _default_network(self) -> SandboxNetwork:
         return SandboxNetwork(parent=self)
+
+    @validate("build_mem_limit", "env_size_limit")
+    def _valid_size(self, proposal: dict[str, Any]) -> str:
+        return valid_size(proposal)
 
     # -- uids -----------------------------------------------------------------
 
@@ -255,7 +250,8 @@ class SandboxHost(LoggingConfigurable):
         the supervisor holds for its life (use-locks, leases)."""
         if net is not None:
             box.file(self.network.resolv_conf(), "/etc/resolv.conf")
-        fd = args_memfd(box.options_file())
+        bwrap, options_file = bwrap_path(), box.options_file()  # what can fail, first
+        fd = args_memfd(options_file)
         argv = [*SUPERVISOR]
         for group in cgroups:
             argv += ["--cgroup", str(group)]
@@ -263,7 +259,7 @@ class SandboxHost(LoggingConfigurable):
             argv += ["--uid", str(uid)]
         if net is not None:
             argv += ["--net", net.to_arg()]
-        argv += [*options, "--pass-fd", str(fd), "--", bwrap_path(), "--args", str(fd), "--"]
+        argv += [*options, "--pass-fd", str(fd), "--", bwrap, "--args", str(fd), "--"]
         argv += command
         return Prepared(argv, [fd, *keep_fds], fd)
 

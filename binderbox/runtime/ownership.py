@@ -36,6 +36,12 @@ def take_back(root: Path) -> None:
     _walk(root, os.geteuid(), readable=True)
 
 
+def take_back_folder(path: Path) -> None:
+    """Only the folder ``path`` itself back to the service (what is in it keeps its
+    owners): no sandbox uid may then add, rename or remove its entries."""
+    _fix(path, os.geteuid(), True)
+
+
 def _walk(root: Path, uid: int, *, readable: bool) -> None:
     _fix(root, uid, readable)
     for dirpath, dirnames, filenames in os.walk(root):

@@ -2,8 +2,8 @@
 
 Two measures, for two questions:
 
-* :func:`tree_size` -- the bytes of the regular files (their apparent size): what a
-  dataset holds, as its limit is stated;
+* :func:`tree_size` -- the apparent bytes of the tree: what a dataset holds, as its
+  limit is stated;
 * :func:`disk_bytes` -- the disk a tree takes: the blocks of every inode under it
   (files, folders, links), each inode once however many names it has, sparse files
   at what they really use, at any depth.  The limits of homes and built environments
@@ -15,43 +15,42 @@ None follows links; what vanishes meanwhile is skipped.
 
 from __future__ import annotations
 
-import contextlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
-
-
-def tree_size(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (links not followed)."""
-    total = 0
-    stack = [str(path)]
-    while stack:
-        with contextlib.suppress(OSError), os.scandir(stack.pop()) as it:
-            for item in it:
-                if item.is_dir(follow_symlinks=False):
-                    stack.append(item.path)
-                elif item.is_file(follow_symlinks=False):
-                    total += item.stat(follow_symlinks=False).st_size
-    return total
-
+from typing import Any
 
 #: seconds :func:`disk_bytes` may take (a tree too big to measure in it counts as over)
 MEASURE_TIMEOUT = 120.0
 
 
+def tree_size(path: Path, timeout: float = MEASURE_TIMEOUT) -> int:
+    """The apparent bytes of what is under ``path`` (``du --apparent-size``), each inode
+    once; errors as :func:`disk_bytes`."""
+    return _du(path, timeout, "--apparent-size")
+
+
 def disk_bytes(path: Path, timeout: float = MEASURE_TIMEOUT) -> int:
     """Bytes of disk the inodes under ``path`` (itself included) take, each counted once.
 
-    Measured by GNU ``du`` (``-s -x -B1``): it walks trees of any depth, where a walk by
-    path names loses what lies deeper than PATH_MAX -- a hiding place untrusted code
-    could make.  Files vanishing meanwhile are skipped; a missing ``path`` is 0 bytes.
     Raises :class:`TimeoutError` when the tree (millions of files) takes longer than
     ``timeout`` seconds to measure, :class:`OSError` when ``du`` could not run.
     """
+    return _du(path, timeout)
+
+
+def _du(path: Path, timeout: float, *options: str) -> int:
+    """GNU ``du -s -x -B1``: it walks trees of any depth by descriptor, never following
+    a link, even one swapped in while it walks -- where a walk by path names loses
+    what lies deeper than PATH_MAX, or follows a folder replaced by a link meanwhile,
+    hiding places (or a root-owned walk of host folders) untrusted code could make.
+    Files vanishing meanwhile are skipped; a missing ``path`` is 0 bytes."""
+    du = shutil.which("du") or "/usr/bin/du"
     try:
         done = subprocess.run(
-            [shutil.which("du") or "/usr/bin/du", "-s", "-x", "-B1", "--", os.fspath(path)],
+            [du, "-s", "-x", "-B1", *options, "--", os.fspath(path)],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -77,3 +76,32 @@ def human(size: int) -> str:
     if unit == "bytes":
         return f"{size} bytes"
     return f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``'2G'``, ``'2GiB'``, ``'500M'``, ``'1024'`` -> bytes (powers of 1024); '' -> 0
+    (no limit).  ValueError for anything else (a negative size among them)."""
+    if not text.strip():
+        return 0
+    found = _SIZE.match(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a size (like '2G', '500M' or '1024')")
+    return int(float(found.group(1)) * _UNITS[found.group(2).upper()])
+
+
+def valid_size(proposal: dict[str, Any]) -> str:
+    """A traitlets ``@validate`` body for size settings: the value, checked (a
+    :class:`~traitlets.TraitError` names the setting and says what is wrong)."""
+    from traitlets import TraitError
+
+    value = str(proposal["value"])
+    try:
+        parse_size(value)
+    except ValueError as err:
+        trait = proposal["trait"]
+        raise TraitError(f"{type(proposal['owner']).__name__}.{trait.name}: {err}") from None
+    return value

@@ -70,11 +70,11 @@ from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import maybe_future, random_port
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Instance, Int, Unicode, default
+from traitlets import Instance, Int, Unicode, default, validate
 
 from ...environments.spec import HOME
 from ...logs import tail
-from ...runtime.host import Prepared, SandboxHost, parse_size, tree_options
+from ...runtime.host import Prepared, SandboxHost, tree_options
 from ...runtime.layout import env_sandbox
 from ...runtime.leases import Lease
 from ...runtime.limits import Limits, SessionLimits, default_limits
@@ -83,6 +83,7 @@ from ...runtime.options import LaunchOptions
 from ...runtime.sandbox import Sandbox
 from ...runtime.treewatch import WatchedTree
 from ...store.locks import FileLock
+from ...util.sizes import parse_size, valid_size
 from ..homes import prepare_home, remove_home
 from .mixin import BinderSpawnerMixin
 
@@ -128,6 +129,11 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
     home_check_interval = Int(
         15, help="Seconds between two full measurements of a home (see home_limit)."
     ).tag(config=True)
+
+    @validate("home_limit")
+    def _valid_home_limit(self, proposal: dict[str, Any]) -> str:
+        return valid_size(proposal)
+
     orphan_timeout = Int(
         600,
         help="Seconds a session keeps running after binderbox serve is gone (then it ends "
