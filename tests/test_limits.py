@@ -167,6 +167,36 @@ async def test_a_postbuild_writing_past_the_environment_size_limit_fails_plainly
         assert_nothing_left(pipeline)
 
 
+#: empty files: hardly any bytes, but inodes
+FILE_FILLER = """#!/bin/bash
+mkdir "$NB_PYTHON_PREFIX/many"
+for i in $(seq 1 100); do
+    (cd "$NB_PYTHON_PREFIX/many" && touch $(seq -f "f$i-%g" 1 1000))
+    echo "made $i"
+done
+sleep 600
+"""
+
+
+async def test_a_postbuild_making_too_many_files_fails_plainly(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "files", {"postBuild": FILE_FILLER}, executable=("postBuild",))
+    config: dict[str, dict[str, Any]] = {
+        "SandboxHost": {"files_limit": 20000},
+        "LaunchPipeline": {"build_timeout": 300},
+    }
+    async with pipeline_on(tmp_path / "data", **config) as pipeline:
+        events = await build(pipeline, repo)
+        end = failed(events)
+        assert end.reason == "env_size", end.to_wire()
+        assert end.message.startswith(
+            "The build was stopped: the environment holds more files than this service "
+            "allows (20000)."
+        )
+        made = [int(line.split()[1]) for line in lines(events) if line.startswith("made ")]
+        assert made and max(made) < 100  # stopped while it made them, not at its end
+        assert_nothing_left(pipeline)
+
+
 #: a package at the repository root whose setup.py leaves a child holding its output:
 #: uv reads that output to its end, so without the supervisor reaping orphans the
 #: build waits for the child (a day) -- the build's time limit here is 300 s

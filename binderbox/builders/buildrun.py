@@ -27,7 +27,7 @@ from ..errors import BuildError
 from ..runtime.layout import Mount
 from ..runtime.leases import Lease
 from ..runtime.ownership import give_tree
-from ..runtime.treewatch import WatchedTree, over_limit
+from ..runtime.treewatch import DEFAULT_FILES, WatchedTree, over_limit
 from ..util.sizes import human
 from .interpreters import Interpreter
 
@@ -48,6 +48,9 @@ class BuildRun:
     #: the environment size limit in bytes (0: none) and what the home held at the start
     limit: int = 0
     home_base: int = 0
+    #: the files (inodes) limit of each tree, and what the home held at the start
+    files: int = DEFAULT_FILES
+    home_files: int = 0
     #: whether a step ran as the build's own uid (repository code may have run)
     ran_code: bool = False
     _given: set[Path] = field(default_factory=set)
@@ -79,22 +82,30 @@ class BuildRun:
         what it held before the build); none without a limit."""
         if not self.limit:
             return []
-        trees = [WatchedTree(self.prefix, self.limit)]
+        trees = [WatchedTree(self.prefix, self.limit, self.files)]
         if self.content is not None:
-            trees.append(WatchedTree(self.content, self.home_base + self.limit))
+            home = self.home_base + self.limit
+            trees.append(WatchedTree(self.content, home, self.home_files + self.files))
         if private_cache is not None:
-            trees.append(WatchedTree(private_cache, self.limit))
+            trees.append(WatchedTree(private_cache, self.limit, self.files))
         return trees
 
-    def env_over_limit(self) -> bool:
+    def env_over_limit(self) -> str:
         """Whether the environment is over the size limit now (blocking: a walk)."""
-        return bool(self.limit) and over_limit([WatchedTree(self.prefix, self.limit)])
+        if not self.limit:
+            return ""
+        return over_limit([WatchedTree(self.prefix, self.limit, self.files)])
 
 
-def too_big(limit: int) -> BuildError:
-    """The failure of a build that grew past the environment size limit."""
+def too_big(run: BuildRun, what: str) -> BuildError:
+    """The failure of a build that grew past the environment's limit of bytes or (``what``
+    is ``'files'``) of files."""
+    if what == "files":
+        past = f"holds more files than this service allows ({run.files})"
+    else:
+        past = f"grew past this service's limit of {human(run.limit)}"
     return BuildError(
-        f"The build was stopped: the environment grew past this service's limit of {human(limit)}.",
+        f"The build was stopped: the environment {past}.",
         hint="Make the environment smaller (fewer or lighter packages, less written by "
         "postBuild), or ask the operator for a larger limit.",
         reason="env_size",

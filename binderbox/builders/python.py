@@ -87,7 +87,7 @@ from ..runtime.ownership import give_tree, take_back, take_back_folder
 from ..runtime.process import StepOutput, run_step
 from ..runtime.provision import provision
 from ..runtime.sandbox import Sandbox
-from ..util.sizes import disk_bytes
+from ..util.sizes import disk_bytes, file_count
 from . import bytecode, caches, interpreters, uvlog
 from .base import Builder
 from .buildrun import BuildRun, out_of_memory, too_big
@@ -293,8 +293,9 @@ class PythonBuilder(Builder):
             self._write_requirements(spec, interp, prefix)
             self._write_metadata(spec, run)
             (prefix / ".lock").unlink(missing_ok=True)  # uv's, world-writable
-            if await asyncio.to_thread(run.env_over_limit):  # before it is published
-                raise too_big(run.limit)
+            over = await asyncio.to_thread(run.env_over_limit)
+            if over:  # before it is published
+                raise too_big(run, over)
             yield "Environment complete (its bytecode is compiled once it is published)."
         finally:
             run.close()
@@ -307,8 +308,9 @@ class PythonBuilder(Builder):
             mounts = [(provision(p, root), p) for p in interp_prefixes(interp)]
             uv = provision(Path(self.uv_path).resolve(), root)
             run = BuildRun(interp, content, prefix, mounts, uv, self.host.builder_uid, own)
-            run.limit = self.host.env_size_bytes
-            run.home_base = disk_bytes(content) if content is not None else 0
+            run.limit, run.files = self.host.env_size_bytes, self.host.files_limit
+            if content is not None:
+                run.home_base, run.home_files = disk_bytes(content), file_count(content)
             return run
         except BaseException:
             if own is not None:
@@ -449,7 +451,7 @@ class PythonBuilder(Builder):
         async for line in self.host.run_step(box, command, uid=uid, step=step, trees=trees):
             yield line
         if step.over_limit:
-            raise too_big(run.limit)
+            raise too_big(run, step.over_limit)
         if step.output.code != 0:
             tail = list(step.output.tail)
             if cache.no_build and caches.needs_source_build(tail):
@@ -481,7 +483,7 @@ class PythonBuilder(Builder):
             yield line
         code, tail = step.output.code, step.output.tail
         if step.over_limit:
-            raise too_big(run.limit)
+            raise too_big(run, step.over_limit)
         if code != 0 and step.oom_killed:
             raise out_of_memory("postBuild", self.host.build_mem_limit)
         if code != 0:

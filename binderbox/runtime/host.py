@@ -56,7 +56,7 @@ from .netns import SandboxNet
 from .network import SandboxNetwork
 from .process import StepOutput, StepProcess
 from .sandbox import Sandbox, bwrap_path
-from .treewatch import CHECK_INTERVAL, WatchedTree, over_limit
+from .treewatch import CHECK_INTERVAL, DEFAULT_FILES, WatchedTree, over_limit
 
 #: the supervisor's command
 #: (-I: isolated; the working directory is not on its path, PYTHON* variables ignored)
@@ -107,7 +107,7 @@ class Step:
     output: StepOutput = field(default_factory=StepOutput)
     oom_killed: bool = False
     #: a tree it wrote was over its limit when it ended (or when it was stopped for it)
-    over_limit: bool = False
+    over_limit: str = ""
 
 
 class SandboxHost(LoggingConfigurable):
@@ -139,6 +139,12 @@ class SandboxHost(LoggingConfigurable):
         each held to this size; one file alone by the kernel (RLIMIT_FSIZE) -- and again
         before the environment is published.  There is no filesystem quota: see
         binderbox/runtime/treewatch.py.""",
+    ).tag(config=True)
+    files_limit = Int(
+        DEFAULT_FILES,
+        help="""Files and folders (inodes) a build's trees or a session's home may hold
+        (its repository's own files besides); measured like env_size_limit.  Millions of
+        empty files take the disk's inodes but hardly any bytes.""",
     ).tag(config=True)
     network = Instance(SandboxNetwork, help="The sandboxes' network (c.SandboxNetwork).")
 

@@ -340,7 +340,7 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
             options += ["--service-lock", str(lock), "--orphan-timeout", str(self.orphan_timeout)]
         limit = parse_size(self.home_limit)
         if limit:
-            home = WatchedTree(self.home_path, limit)
+            home = WatchedTree(self.home_path, limit, self.host.files_limit)
             options += tree_options([home], float(self.home_check_interval))
         return options
 
