@@ -141,6 +141,26 @@ async def test_build_publishes_atomically_with_metadata_and_log(
     assert runs(workdir) == 1
 
 
+async def test_a_build_printing_without_end_keeps_and_shows_only_so_much(
+    root: Path,
+) -> None:
+    store = Store(root=str(root), max_log_bytes=100_000)
+
+    async def chatty(prefix: Path) -> AsyncIterator[str]:
+        for i in range(20_000):
+            yield f"line {i} " + "x" * 1000
+        yield "the end"
+        (prefix / "bin").mkdir()
+
+    lines = await collect(store.build(KEY, chatty, spec={}, source="gh/a/b"))
+    env = await store.build(KEY, chatty, spec={}, source="gh/a/b").wait()
+    assert (env.path / "bin").is_dir()  # the build went on to its end
+    assert len(lines) < 120 and lines[-1].endswith("the rest is not shown]")
+    assert "the end" not in lines
+    assert store.log_path(KEY).stat().st_size < 110_000
+    await store.aclose()
+
+
 async def test_failed_build_leaves_nothing_and_a_later_call_retries(
     store: Store, root: Path, workdir: Path
 ) -> None:

@@ -58,6 +58,7 @@ from traitlets import Float, Integer, Unicode, default, observe
 from traitlets.config import LoggingConfigurable
 
 from ..errors import BinderboxError
+from ..util.sizes import human
 from .files import (
     LogTail,
     delete_unused,
@@ -84,6 +85,10 @@ _KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _BUFFER_LINES = 10_000
 
 
+#: the longest build output line kept (a line without end is cut)
+MAX_LINE = 10_000
+
+
 class Store(LoggingConfigurable):
     """Content-addressed store of built environments.  See the module docstring."""
 
@@ -99,6 +104,12 @@ class Store(LoggingConfigurable):
         data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         return str(Path(data) / "binderbox" / "envs-store")
 
+    max_log_bytes = Integer(
+        20 << 20,
+        help="""Bytes of a build's output kept in its log and shown to its visitors; past
+        them the build goes on and one line says the rest is not shown (a build printing
+        without end must not fill the disk nor flood the event streams).""",
+    ).tag(config=True)
     budget = Integer(
         0,
         help="""Disk budget in bytes for all environments; 0 = unlimited.
@@ -390,9 +401,16 @@ class Store(LoggingConfigurable):
         self, run: BuildBroadcast, build: BuildFn, tmp: Path, log: IO[str]
     ) -> None:
         lines = build(tmp)
+        room = self.max_log_bytes
         try:
             async for line in lines:
-                line = line.rstrip("\n")
+                line = line.rstrip("\n")[:MAX_LINE]
+                if room <= 0:
+                    continue  # the build goes on; its output is no longer kept or shown
+                room -= len(line) + 1
+                if room <= 0:
+                    cap = human(self.max_log_bytes)
+                    line = f"[the build's output passed {cap}: the rest is not shown]"
                 log.write(line + "\n")
                 log.flush()
                 run.emit(line)
