@@ -350,7 +350,9 @@ async def hub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Managed
     """A real hub whose sessions have a small home limit (and are polled every second,
     so a stopped one is noticed soon); the other limits at their defaults."""
     data = tmp_path_factory.mktemp("data")
-    async with running_hub(data, home_limit=HOME_LIMIT, poll_interval=1) as managed:
+    async with running_hub(
+        data, home_limit=HOME_LIMIT, log_limit=LOG_LIMIT, poll_interval=1
+    ) as managed:
         yield managed
 
 
@@ -400,6 +402,31 @@ async def test_a_fork_bomb_in_a_session_fails_to_fork(hub: ManagedHub, content: 
     assert await run_code(bomber.url, bomber.token, "print('still here')") == "still here\n"
     after = await new_session(hub, content, "after-bomb")  # the service too
     assert await run_code(after.url, after.token, "print(1 + 1)") == "2\n"
+
+
+#: a session's log, at most (the hub fixture's sessions)
+LOG_LIMIT = "1M"
+#: 12.5 MiB written straight to the output the kernel was started with (the server's:
+#: the session's log), the one ipykernel keeps aside when it captures fd 1
+FLOOD_THE_LOG = """
+import os, sys
+log = sys.stdout._original_stdstream_copy
+for _ in range(200):
+    os.write(log, b"x" * 65536)
+print("flooded")
+"""
+
+
+async def test_a_session_flooding_its_log_keeps_only_so_much(
+    hub: ManagedHub, content: Path
+) -> None:
+    ready = await new_session(hub, content, "chatterbox")
+    assert await run_code(ready.url, ready.token, FLOOD_THE_LOG) == "flooded\n"
+    log = Path(hub.data_dir) / "logs" / "sessions" / f"{user_of(ready)}-default.log"
+    text = log.read_bytes()
+    assert len(text) < 1.1 * (1 << 20), len(text)
+    assert b"the sandbox's output passed 1048576 bytes: the rest is not kept" in text
+    assert await run_code(ready.url, ready.token, "print(2 + 2)") == "4\n"  # still works
 
 
 #: writes 40 MiB into the home (in five-MiB files) from a thread, so the cell returns

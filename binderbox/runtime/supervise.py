@@ -35,6 +35,10 @@ Watchdogs, while the command runs:
 
 ``--die-with-parent``
     (build steps) the step ends when the service that started it ends.
+``--output-limit BYTES``
+    (sessions) the sandbox writes into a pipe, and only so many bytes of it reach
+    this supervisor's own output (the session's log); the sandbox never holds the
+    log file itself, so it can neither fill the disk with it nor rewrite it.
 ``--reap-orphans``
     (build steps) a process whose parent died inside the sandbox is re-parented
     to the sandbox's init; such leftovers (a ``setup.py`` that started a
@@ -70,9 +74,11 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from .leases import lock_held
 from .limits import join
@@ -99,6 +105,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pass-fd", action="append", default=[], type=int)
     parser.add_argument("--reap-orphans", action="store_true")
     parser.add_argument("--die-with-parent", action="store_true")
+    parser.add_argument("--output-limit", type=int, default=0)
     parser.add_argument("--service-lock", type=Path)
     parser.add_argument("--orphan-timeout", type=float, default=0.0)
     parser.add_argument("--tree", action="append", default=[], type=WatchedTree.parse)
@@ -136,7 +143,31 @@ def start(args: argparse.Namespace) -> subprocess.Popen[bytes]:
             os.setgid(uid)
             os.setuid(uid)
 
-    return subprocess.Popen(args.command, pass_fds=tuple(args.pass_fd), preexec_fn=enter_limits)
+    piped = subprocess.PIPE if args.output_limit > 0 else None
+    child = subprocess.Popen(
+        args.command,
+        pass_fds=tuple(args.pass_fd),
+        preexec_fn=enter_limits,
+        stdout=piped,
+        stderr=subprocess.STDOUT if piped else None,
+    )
+    if child.stdout is not None:  # started after the fork: preexec_fn ran single-threaded
+        copier = threading.Thread(target=_copy_output, args=(child.stdout, args.output_limit))
+        copier.daemon = True
+        copier.start()
+    return child
+
+
+def _copy_output(source: IO[bytes], limit: int) -> None:
+    """The sandbox's output into this supervisor's (the session's log), up to ``limit``
+    bytes; the rest is read and dropped, so the sandbox never blocks on a full pipe."""
+    written = 0
+    while chunk := os.read(source.fileno(), 1 << 16):
+        if written < limit:
+            os.write(1, chunk[: limit - written])
+            written += len(chunk)
+            if written >= limit:
+                _say(f"the sandbox's output passed {limit} bytes: the rest is not kept")
 
 
 class Watchdogs:

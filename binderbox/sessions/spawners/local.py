@@ -130,8 +130,14 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         15, help="Seconds between two full measurements of a home (see home_limit)."
     ).tag(config=True)
 
-    @validate("home_limit")
-    def _valid_home_limit(self, proposal: dict[str, Any]) -> str:
+    log_limit = Unicode(
+        "10M",
+        help="""Bytes of a session's output (its server's and kernels' log lines) kept in
+        <data>/logs/sessions/ ('' = no limit); the rest is dropped.""",
+    ).tag(config=True)
+
+    @validate("home_limit", "log_limit")
+    def _valid_sizes(self, proposal: dict[str, Any]) -> str:
         return valid_size(proposal)
 
     orphan_timeout = Int(
@@ -335,6 +341,9 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
     def _watchdogs(self) -> list[str]:
         """The supervisor's options: the service lock, the home limit."""
         options = []
+        log_limit = parse_size(self.log_limit)
+        if log_limit:
+            options += ["--output-limit", str(log_limit)]
         if self.orphan_timeout:
             lock = Path(self.data_dir) / "service.lock"
             options += ["--service-lock", str(lock), "--orphan-timeout", str(self.orphan_timeout)]
