@@ -80,6 +80,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from ..util.procs import children, start_ticks
 from .leases import lock_held
 from .limits import join
 from .netns import NetSetupError, SandboxNet, enter
@@ -202,9 +203,9 @@ class Watchdogs:
         return ""
 
     def reap(self) -> str:
-        init = _children(self.child.pid)
+        init = children(self.child.pid)
         for pid in init:
-            kids = sorted(_children(pid), key=_start_ticks)
+            kids = sorted(children(pid), key=lambda kid: start_ticks(kid) or 0)
             for orphan in kids[1:]:  # the first is the command; the rest were re-parented
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(orphan, signal.SIGKILL)
@@ -228,25 +229,6 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the request
         os._exit(1)
-
-
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _start_ticks(pid: int) -> int:
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    return 0
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:

@@ -83,6 +83,7 @@ from ...runtime.options import LaunchOptions
 from ...runtime.sandbox import Sandbox
 from ...runtime.treewatch import WatchedTree
 from ...store.locks import FileLock
+from ...util.procs import start_ticks
 from ...util.sizes import parse_size, valid_size
 from ..homes import prepare_home, remove_home
 from .mixin import BinderSpawnerMixin
@@ -91,18 +92,6 @@ _T = TypeVar("_T")
 
 #: the port of every session's server inside its own network namespace
 SESSION_PORT = 8888
-
-
-def process_start_time(pid: int) -> int | None:
-    """The start time (clock ticks) of ``pid``; None if gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
 class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[misc]
@@ -333,7 +322,7 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         finally:
             prepared.close()
         self.pid = self.proc.pid
-        self.start_ticks = process_start_time(self.pid) or 0
+        self.start_ticks = start_ticks(self.pid) or 0
         self.log.info("Started session %s (supervisor pid %d)", self.session_name, self.pid)
         await self._wait_ready()
         return (self.ip, self.port)
@@ -408,7 +397,7 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         return None
 
     def _alive(self) -> bool:
-        ticks = process_start_time(self.pid)
+        ticks = start_ticks(self.pid)
         return ticks is not None and (not self.start_ticks or ticks == self.start_ticks)
 
     async def stop(self, now: bool = False) -> None:
