@@ -47,13 +47,18 @@ REQUIREMENTS = "numpy\npandas\nmatplotlib\n"
 BYTECODE: dict[str, float] = {}
 
 
-async def timed_build(app: BinderboxApp, repo: Path, name: str = "") -> tuple[float, Built]:
-    """Time one build up to ``built`` (usable); then until its bytecode is done."""
+async def timed_build(
+    app: BinderboxApp, repo: Path, name: str = "", *, verbose: bool = False
+) -> tuple[float, Built]:
+    """Time one build up to ``built`` (usable); then until its bytecode is done.
+    ``verbose``: print each event's message with its time."""
     pipeline = app.make_pipeline(allow_local=True)
     started = time.perf_counter()
     last: Event | None = None
     async for event in pipeline.launch(LaunchRequest(provider="", spec=str(repo), build_only=True)):
         last = event
+        if verbose:
+            print(f"  {time.perf_counter() - started:6.2f} {event.to_wire().get('message', '')}")
     elapsed = time.perf_counter() - started
     if not isinstance(last, Built):
         raise SystemExit(f"build failed: {last.to_wire() if last else 'no events'}")

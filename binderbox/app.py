@@ -13,16 +13,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from traitlets import Unicode, default
+from traitlets import Type, Unicode, default
 from traitlets.config import Application
 
 from . import __version__
+from .builders.base import Builder
 from .builders.python import PythonBuilder
+from .builders.registry import Builders
 from .content import ContentCache
 from .data import DataCache
 from .errors import BinderboxError
 from .pipeline import LaunchPipeline
 from .runtime.provision import make_reachable
+from .sessions.sizes import SessionSizes
 from .store import Store
 
 
@@ -42,6 +45,14 @@ class BinderboxApp(Application):
     ).tag(config=True)
     config_file = Unicode(
         "binderbox_config.py", help="The configuration file to load (if it exists)."
+    ).tag(config=True)
+
+    builder_class = Type(
+        Builders,
+        klass=Builder,
+        help="""What builds environments: binderbox.builders.registry.Builders (here, in
+        sandboxes), or binderbox.builders.kube.KubernetesBuilds (each build a Kubernetes
+        Job; the Helm chart's choice).  `binderbox build` always builds here.""",
     ).tag(config=True)
 
     aliases = {
@@ -95,15 +106,21 @@ class BinderboxApp(Application):
             # the operator's own command: their disk, their network, their ssh keys
             for trait in ("allow_private_hosts", "allow_ssh"):
                 self.config.RepoProvider.setdefault(trait, True)
-        builder = PythonBuilder(parent=self)
-        builder.host  # noqa: B018 - its settings are checked now, not at the first build
-        if "cache_dir" not in self.config.PythonBuilder:
-            builder.cache_dir = str(data / "uv-cache")  # made on first use
+        builder = self.builder_class(parent=self)
+        for member in getattr(builder, "members", [builder]):
+            if not isinstance(member, PythonBuilder):
+                continue
+            member.host  # noqa: B018 - its settings are checked now, not at the first build
+            if "cache_dir" not in self.config.PythonBuilder:
+                member.cache_dir = str(data / "uv-cache")  # made on first use
+            if "root" not in self.config.AptLayers:
+                member.layers.root = str(data / "layers")  # system layers (apt.txt)
         pipeline = LaunchPipeline(
             parent=self,
             store=self.make_store(),
             builder=builder,
             content=ContentCache(parent=self, root=str(data / "content")),
+            sizes=SessionSizes(parent=self),
         )
         if allow_local:
             pipeline.allow_local = True

@@ -12,14 +12,18 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, TextIO
 
-from traitlets import Bool, TraitError, Unicode
+from traitlets import Bool, CaselessStrEnum, TraitError, Unicode
 
 from .app import BinderboxApp
+from .builders.registry import Builders
+from .environments import HOME
 from .errors import BinderboxError
 from .events import Built, Event, Failed, Phase, Ready
 from .pipeline import LaunchRequest
+from .runtime.inpod import refuse_root
 
 
 class Command(BinderboxApp):
@@ -113,15 +117,37 @@ class BuildCommand(Command):
     json_lines = Bool(
         False, help="Print one JSON event a line (the /build event-stream schema)."
     ).tag(config=True)
-    aliases = {**BinderboxApp.aliases, "ref": "BuildCommand.ref"}
-    flags = {"json": ({"BuildCommand": {"json_lines": True}}, "Print JSON events, one a line.")}
+    in_pod = Bool(
+        False,
+        help="""Build as a Kubernetes build pod does: the pod is the sandbox, every step
+        runs directly as this (non-root) user, without bubblewrap
+        (SandboxHost.in_pod); the repository is copied into the home folder.""",
+    ).tag(config=True)
+    output = Unicode(
+        "",
+        help="""Build into this empty folder rather than the store (with --in-pod:
+        /srv/env, the build pod's output volume, which the service publishes).""",
+    ).tag(config=True)
+    aliases = {**BinderboxApp.aliases, "ref": "BuildCommand.ref", "output": "BuildCommand.output"}
+    flags = {
+        "json": ({"BuildCommand": {"json_lines": True}}, "Print JSON events, one a line."),
+        "in-pod": ({"BuildCommand": {"in_pod": True}}, "Build in a pod, without bubblewrap."),
+    }
 
     def run(self) -> int:
         if len(self.extra_args) != 1:
-            print("usage: binderbox build SPEC [--ref REF] [--json]", file=sys.stderr)
+            print(
+                "usage: binderbox build SPEC [--ref REF] [--json] [--in-pod] [--output DIR]",
+                file=sys.stderr,
+            )
             return 2
         # no session starts meanwhile: the bytecode may have every core
         self.config.PythonBuilder.setdefault("spare_cores", 0)
+        if self.in_pod:
+            refuse_root()  # before anything is fetched or written
+            self.config.SandboxHost.in_pod = True
+            self.config.LaunchPipeline.setdefault("build_home", HOME)
+        self.builder_class = Builders  # here, whatever the service's builds are
         pipeline = self.make_pipeline(allow_local=True)
         request = LaunchRequest(
             provider="", spec=self.extra_args[0], build_only=True, ref=self.ref or None
@@ -129,8 +155,11 @@ class BuildCommand(Command):
         printer = ProgressPrinter(
             sys.stdout if self.json_lines else sys.stderr, json_lines=self.json_lines
         )
+        output = Path(self.output) if self.output else None
 
         async def build() -> Event | None:
+            if output is not None:
+                return await _consume(pipeline.build_into(request, output), printer)
             last = await _consume(pipeline.launch(request), printer)
             if pipeline.finisher.pending:
                 print("Compiling bytecode so that sessions start fast...", file=sys.stderr)
@@ -183,6 +212,45 @@ class EnvsCommand(Command):
         return 2
 
 
+class HomesCommand(Command):
+    """binderbox homes list | rm USER..."""
+
+    name = "binderbox-homes"
+    description = "List and remove logged-in users' persistent homes."
+    examples = "binderbox homes list\nbinderbox homes rm alice"
+
+    def run(self) -> int:
+        from .sessions.persistent import HomeInUse, persistent_homes, remove_persistent_home
+
+        action, *args = self.extra_args or ["list"]
+        if action == "list" and not args:
+            homes = persistent_homes(self.data_path)
+            for name in homes:
+                print(name)
+            print(f"{len(homes)} persistent homes", file=sys.stderr)
+            return 0
+        if action == "rm" and args:
+            failed = 0
+            for user in args:
+                try:
+                    removed = remove_persistent_home(self.data_path, user)
+                except HomeInUse:
+                    print(
+                        f"error: {user}'s home is in use: stop their sessions first",
+                        file=sys.stderr,
+                    )
+                    failed += 1
+                    continue
+                if not removed:
+                    print(f"error: {user} has no persistent home", file=sys.stderr)
+                    failed += 1
+                else:
+                    print(f"removed the home of {user}", file=sys.stderr)
+            return 1 if failed else 0
+        print("usage: binderbox homes list | rm USER...", file=sys.stderr)
+        return 2
+
+
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KB", "MB"):
@@ -211,6 +279,14 @@ class ServeCommand(Command):
         "proxy-api-port": "ManagedHub.proxy_api_port",
         "base-url": "WebApp.base_url",
     }
+
+    hub = CaselessStrEnum(
+        ["managed", "external"],
+        "managed",
+        help="""'managed': start JupyterHub, the proxy and the idle culler (one machine).
+        'external': use a hub and proxy that run already (zero-to-jupyterhub's, the Helm
+        chart's): see c.ExternalHub and binderbox/hub/external.py.""",
+    ).tag(config=True)
 
     def run(self) -> int:
         from .serve import serve
@@ -244,11 +320,18 @@ class GenerateConfigCommand(Command):
 
 def configurable_classes() -> list[type]:
     """Every class whose settings a config file may set (for generate-config)."""
+    from .builders.aptlayer import AptLayers
+    from .builders.conda import CondaBuilder
+    from .builders.kube import KubernetesBuilds
     from .builders.python import PythonBuilder
+    from .builders.r import RBuilder
+    from .builders.registry import Builders
     from .content import ContentCache
     from .data import DataCache
     from .data.fetchers import default_fetcher_classes
     from .hub import ManagedHub
+    from .hub.external import ExternalHub
+    from .hub.logins import Logins
     from .hub.watcher import ChildWatcher
     from .pipeline import LaunchPipeline
     from .providers import PROVIDERS
@@ -263,7 +346,11 @@ def configurable_classes() -> list[type]:
     return [
         BinderboxApp,
         LaunchPipeline,
+        Builders,
         PythonBuilder,
+        CondaBuilder,
+        RBuilder,
+        AptLayers,
         Store,
         ContentCache,
         DataCache,
@@ -272,6 +359,9 @@ def configurable_classes() -> list[type]:
         SandboxHost,
         SandboxNetwork,
         ManagedHub,
+        ExternalHub,
+        KubernetesBuilds,
+        Logins,
         ChildWatcher,
         SessionLauncher,
         WebApp,
@@ -288,6 +378,7 @@ class Main(BinderboxApp):
         "envs": (EnvsCommand, EnvsCommand.description),
         # an import string: binderbox.data.cli imports this module
         "data": ("binderbox.data.cli.DataCommand", "Fetch, list and remove datasets."),
+        "homes": (HomesCommand, HomesCommand.description),
         "serve": (ServeCommand, ServeCommand.description.splitlines()[0]),
         "generate-config": (GenerateConfigCommand, GenerateConfigCommand.description),
     }

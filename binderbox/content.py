@@ -8,6 +8,11 @@ fails or is killed never leaves a partial tree that a later launch would use.
 Concurrent requests for the same version in one process share one fetch; two
 processes racing both fetch and the first rename wins (the loser's copy is
 discarded), which is correct without a lock.
+
+Content fetched with a visitor's own credentials (a private repository) is
+marked so (``private/<digest>``, written before the tree is published):
+:meth:`ContentCache.may_be_private` tells the pipeline to ask the repository's
+server whether the next visitor may read it before handing them the tree.
 """
 
 from __future__ import annotations
@@ -47,6 +52,13 @@ class ContentCache(LoggingConfigurable):
         )
         digest = hashlib.sha256(ident.encode()).hexdigest()[:24]
         return Path(self.root) / "trees" / digest
+
+    def _marker(self, resolved: Resolved) -> Path:
+        return Path(self.root) / "private" / self.path_for(resolved).name
+
+    def may_be_private(self, resolved: Resolved) -> bool:
+        """False only for content already fetched without anyone's credentials."""
+        return not self.path_for(resolved).is_dir() or self._marker(resolved).exists()
 
     async def ensure(self, provider: RepoProvider, resolved: Resolved) -> AsyncIterator[Event]:
         """Fetch ``resolved`` unless present; yields ``fetching`` events."""
@@ -91,6 +103,10 @@ class ContentCache(LoggingConfigurable):
             while (line := await lines.get()) is not None:
                 yield Fetching(message=line)
             await task
+            if provider.uses_credentials:  # before the tree can be seen
+                marker = self._marker(resolved)
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
             final.parent.mkdir(parents=True, exist_ok=True)
             try:
                 tmp.rename(final)
@@ -116,5 +132,7 @@ class ContentCache(LoggingConfigurable):
         for tree in trees.glob("*") if trees.is_dir() else ():
             if now - tree.stat().st_mtime > max_age:
                 shutil.rmtree(tree, ignore_errors=True)
+                if not tree.exists():  # the mark goes after its tree, never before
+                    (Path(self.root) / "private" / tree.name).unlink(missing_ok=True)
                 removed += 1
         return removed

@@ -155,3 +155,27 @@ class DataError(BinderboxError):
 
     status_code = 500
     reason = "data"
+
+
+class CondaUnsolvable(RequirementsUnsatisfiable):
+    """The conda specs cannot be solved together from their channels."""
+
+    reason = "conda_solve"
+
+
+class CondaPackageNotFound(CondaUnsolvable):
+    """A conda spec names a package that no channel of the environment has."""
+
+    reason = "conda_package"
+
+
+class CondaChannelError(BuildError):
+    """A conda channel is refused by the operator's policy, missing, or unreachable."""
+
+    reason = "conda_channel"
+
+
+class CondaFetchError(BuildError):
+    """A conda package could not be downloaded, or did not match its hash."""
+
+    reason = "conda_fetch"

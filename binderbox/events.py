@@ -100,7 +100,9 @@ class Launching(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Ready(Event):
-    """The server is up and reachable at ``url`` with ``token``."""
+    """The server is up and reachable at ``url`` with ``token``.  ``repo_dir``: where
+    the repository is, relative to the home ('' the home itself; a persistent home
+    has it in a folder, ``alpha``): launch links' paths are relative to it."""
 
     phase: ClassVar[Phase] = Phase.READY
     url: str
@@ -111,6 +113,7 @@ class Ready(Event):
     binder_launch_host: str
     binder_request: str
     binder_persistent_request: str
+    repo_dir: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
+import os
 import shutil
 import tempfile
 import time
@@ -47,7 +50,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from traitlets import Bool, Float, Instance, Unicode
+from traitlets import Bool, Dict, Float, Instance, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from . import metrics
@@ -56,13 +59,17 @@ from .content import ContentCache
 from .data import DataCache, DataEntry, DatasetFolder, read_requirements
 from .environments import EnvSpec
 from .environments.detect import detect
-from .errors import BinderboxError, BuildTimeout, DataError, LaunchError
+from .errors import BinderboxError, BuildError, BuildTimeout, DataError, LaunchError
 from .events import Building, Built, Event, Failed, Fetching, Ready, Waiting
 from .providers import make_provider
 from .providers.base import RepoProvider, Resolved
 from .providers.gitutil import redact
 from .providers.policy import enforce_policy
+from .runtime.layout import env_layers, layer_use_lock
 from .sessions import SessionLauncher, SessionRequest
+from .sessions.credentials import with_git_tokens
+from .sessions.identity import ANONYMOUS, Visitor
+from .sessions.sizes import SessionSizes
 from .store import Env, Finisher, SharedBuild, Store
 from .store.locks import FileLock
 
@@ -86,6 +93,11 @@ class LaunchRequest:
         the requester's address (logs, rate limits)
     ``ref``
         a ref given apart from the spec (the CLI's ``--ref``)
+    ``visitor``
+        who asks (:mod:`binderbox.sessions.identity`; anonymous by default)
+    ``size``
+        the operator's session size asked for, by name ('' = the default;
+        :mod:`binderbox.sessions.sizes`)
     """
 
     provider: str
@@ -94,6 +106,8 @@ class LaunchRequest:
     build_only: bool = False
     client_ip: str = ""
     ref: str | None = None
+    visitor: Visitor = ANONYMOUS
+    size: str = ""
 
 
 @dataclass
@@ -155,11 +169,26 @@ class LaunchPipeline(LoggingConfigurable):
         "", help="Scratch directory for build copies of repository content (default: system temp)."
     ).tag(config=True)
 
+    build_home = Unicode(
+        "",
+        help="""Where a build's copy of the repository goes ('' = a new folder under
+        work_dir).  A build pod (`binderbox build --in-pod`) copies it into its home
+        folder, where the build sees it without mounts.""",
+    ).tag(config=True)
+
     store = Instance(Store)
     builder = Instance(Builder)
     content = Instance(ContentCache)
     data = Instance(DataCache, allow_none=True)
     launcher = Instance(SessionLauncher, allow_none=True)
+    sizes = Instance(SessionSizes, help="The session sizes the operator offers.")
+    git_tokens = Dict(
+        Unicode(), help="{git host: auth_state key} of logins (binderbox serve sets it)."
+    )
+
+    @default("sizes")
+    def _default_sizes(self) -> SessionSizes:
+        return SessionSizes(parent=self)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -203,6 +232,13 @@ class LaunchPipeline(LoggingConfigurable):
 
     async def _flow(self, request: LaunchRequest) -> AsyncGenerator[Event, None]:
         state = LaunchState(provider=self.provider_for(request))
+        if self.launcher is not None:  # their own git tokens: private repositories
+            visitor = await with_git_tokens(self.launcher.hub, request.visitor, self.git_tokens)
+            request = dataclasses.replace(request, visitor=visitor)
+        state.provider.use_visitor(request.visitor)
+        if not request.build_only:  # refused before anything is built (SizeRefused)
+            visitor = request.visitor
+            self.sizes.choose(request.size, visitor.logged_in, visitor.groups)
         async for event in self.resolve_and_fetch(state):
             yield event
         async with contextlib.aclosing(self.environment(state)) as stage:  # a visitor who
@@ -231,6 +267,8 @@ class LaunchPipeline(LoggingConfigurable):
         await enforce_policy(state.provider)
         yield Fetching(message=f"Resolving {unquote(state.provider.spec)}")
         state.resolved = resolved = await state.provider.resolve()
+        if self.content.may_be_private(resolved):  # e.g. a commit named in full: the
+            await state.provider.check_access()  # resolve may not have asked the server
         yield Fetching(message=f"Resolved to {resolved.version}")
         async for event in self.content.ensure(state.provider, resolved):
             yield event
@@ -262,9 +300,11 @@ class LaunchPipeline(LoggingConfigurable):
         assert state.content is not None and state.resolved is not None
         state.tree = await self._detect(state.content)
         spec = state.tree.spec
-        interpreter = await asyncio.to_thread(self.builder.interpreter, spec)  # may probe
-        key = spec.key(interpreter=interpreter, builder_version=self.builder.version)
+        key = await self._key(spec)
         env = await asyncio.to_thread(self.store.get, key)  # SQLite and a lock
+        if env is not None and not await asyncio.to_thread(_layers_present, env.path):
+            await self._without_layers(key)
+            env = None
         if env is not None:
             metrics.CACHE_HITS.inc()
             state.env = env
@@ -280,14 +320,55 @@ class LaunchPipeline(LoggingConfigurable):
             async for event in building:
                 yield event
 
+    async def _without_layers(self, key: str) -> None:
+        """An environment whose system layer was evicted: removed, to be built again;
+        LaunchError while something still uses it (its bytecode being compiled)."""
+        if not await asyncio.to_thread(self.store.remove, key):
+            raise LaunchError(
+                "This environment's system packages were cleaned up while it is busy.",
+                hint="Launch again in a minute: it will be rebuilt.",
+                log_message=f"environment {key} lost a system layer and is in use",
+            )
+
+    async def _key(self, spec: EnvSpec) -> str:
+        interpreter = await asyncio.to_thread(self.builder.interpreter, spec)  # may probe
+        return spec.key(interpreter=interpreter, builder_version=self.builder.key_version(spec))
+
+    def build_into(self, request: LaunchRequest, output: Path) -> AsyncIterator[Event]:
+        """Build the request's environment into the empty folder ``output`` itself, not
+        into the store: a build pod's output, which the service that started the pod
+        publishes (:mod:`binderbox.builders.kube`).  Its bytecode is compiled before
+        the last event, ``built`` (the key, ``output``), or ``failed``."""
+        return self._guarded(request, functools.partial(self._flow_into, output=output))
+
+    async def _flow_into(
+        self, request: LaunchRequest, *, output: Path
+    ) -> AsyncGenerator[Event, None]:
+        state = LaunchState(provider=self.provider_for(request))
+        async for event in self.resolve_and_fetch(state):
+            yield event
+        assert state.content is not None and state.resolved is not None
+        state.tree = await self._detect(state.content)
+        spec = state.tree.spec
+        key = await self._key(spec)
+        if not output.is_dir() or any(output.iterdir()):
+            raise BuildError(f"The build's output folder {output} is not an empty folder.")
+        content = state.content if spec.needs_content else None
+        lines = self._run_builder(spec, content, output, key=key, source=state.resolved)
+        async for line in lines:
+            yield Building(message=line)
+        yield Building(message=f"Bytecode: {await self.builder.finish(output)}")
+        yield Built(message="Built environment.", image_name=key, path=str(output))
+
     async def _build(self, state: LaunchState, key: str) -> AsyncGenerator[Event, None]:
         assert state.spec is not None and state.resolved is not None
         spec = state.spec
         # only an environment whose key covers the content may see it while building
         content = state.content if spec.needs_content else None
+        resolved = state.resolved
         shared = self.store.build(
             key,
-            lambda prefix: self._run_builder(spec, content, prefix),
+            lambda prefix: self._run_builder(spec, content, prefix, key=key, source=resolved),
             spec=spec.to_json(),
             source=state.resolved.binder_persistent_request,
         )
@@ -334,7 +415,7 @@ class LaunchPipeline(LoggingConfigurable):
                 ).inc()
 
     async def _run_builder(
-        self, spec: EnvSpec, content: Path | None, prefix: Path
+        self, spec: EnvSpec, content: Path | None, prefix: Path, *, key: str, source: Resolved
     ) -> AsyncIterator[str]:
         """The store's build function: a private copy of the content, a deadline."""
         workdir = Path(tempfile.mkdtemp(prefix="binderbox-build-", dir=self.work_dir or None))
@@ -342,9 +423,10 @@ class LaunchPipeline(LoggingConfigurable):
         try:  # (a failed build's copy may hold gigabytes: deleted off the event loop)
             copy: Path | None = None
             if content is not None:
-                copy = workdir / "content"
-                await asyncio.to_thread(shutil.copytree, content, copy, symlinks=True)
-            lines = self.builder.build(spec, copy, prefix)
+                copy = Path(self.build_home) if self.build_home else workdir / "content"
+                copier = functools.partial(shutil.copytree, symlinks=True, dirs_exist_ok=True)
+                await asyncio.to_thread(copier, content, copy)
+            lines = self.builder.build_for(spec, copy, prefix, key=key, source=source)
             deadline = asyncio.get_running_loop().time() + self.build_timeout
             try:
                 while True:
@@ -398,7 +480,8 @@ class LaunchPipeline(LoggingConfigurable):
         return tree.datasets
 
     def _hold(self, state: LaunchState) -> list[FileLock]:
-        """Use-locks on the environment and datasets, held until the session holds its own.
+        """Use-locks on the environment, its system layers and datasets, held until the
+        session holds its own.
 
         Blocking.  Their paths go to the spawner (``hold_files``), which takes
         the same locks for the session's lifetime; holding them here too
@@ -414,12 +497,14 @@ class LaunchPipeline(LoggingConfigurable):
                 log_message=f"environment {state.env.key} evicted before the launch",
             )
         holds.append(env_hold)
-        if self.data is not None and state.data_folders:
-            try:
+        try:
+            holds += _hold_layers(state.env.path)
+            if self.data is not None and state.data_folders:
                 holds += self.data.hold(state.data_folders)
-            except BaseException:
-                env_hold.release()  # a dataset was removed meanwhile: hold nothing
-                raise
+        except BaseException:
+            for hold in holds:  # a layer or dataset was removed meanwhile: hold nothing
+                hold.release()
+            raise
         return holds
 
     async def _launch(
@@ -444,6 +529,8 @@ class LaunchPipeline(LoggingConfigurable):
             hold_files=[hold.path for hold in holds],
             high_quota=state.provider.is_high_quota(),
             client_ip=request.client_ip,
+            visitor=request.visitor,
+            size=request.size,
         )
         started = time.monotonic()
         status = "failure"
@@ -483,7 +570,41 @@ class LaunchPipeline(LoggingConfigurable):
 
     def versions(self) -> dict[str, Any]:
         """The builder's part of ``/versions`` (the web layer adds the service's)."""
+        members = getattr(self.builder, "members", [self.builder])
         return {
-            "builder": f"{type(self.builder).__name__} {self.builder.version}",
-            "builder_info": {"name": type(self.builder).__name__, "version": self.builder.version},
+            "builder": ", ".join(f"{type(m).__name__} {m.version}" for m in members),
+            "builder_info": {
+                "builders": [{"name": type(m).__name__, "version": m.version} for m in members]
+            },
         }
+
+
+def _layers_of(env_path: Path) -> list[Path]:
+    try:
+        return env_layers(env_path)
+    except (OSError, ValueError):  # no build record: no layers
+        return []
+
+
+def _layers_present(env_path: Path) -> bool:
+    """Whether every system layer ``env_path`` names is there (blocking)."""
+    return all(tree.is_dir() for tree in _layers_of(env_path))
+
+
+def _hold_layers(env_path: Path) -> list[FileLock]:
+    """Shared use-locks on the system layers of ``env_path`` (blocking); LaunchError if
+    one was evicted meanwhile."""
+    holds: list[FileLock] = []
+    for tree in _layers_of(env_path):
+        holds.append(FileLock.acquire(layer_use_lock(tree), shared=True))
+        with contextlib.suppress(OSError):  # used now: its eviction waits (min_idle)
+            os.utime(tree.parent / "layer.json")
+        if not tree.is_dir():
+            for hold in holds:
+                hold.release()
+            raise LaunchError(
+                "A system layer of the environment was removed before the session started.",
+                hint="Launch again: it will be rebuilt.",
+                log_message=f"system layer {tree} evicted before the launch",
+            )
+    return holds

@@ -33,19 +33,25 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from tornado.web import Application
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
 from .errors import BinderboxError
 from .events import Event
 from .hub import ManagedHub
-from .hub.process import free_port
+from .hub.children import free_port
+from .hub.external import ExternalHub
 from .pipeline import LaunchPipeline, LaunchRequest
+from .prebuilt import Prebuilt
 from .providers import offered_providers
 from .runtime.host import SandboxHost
 from .sessions import SessionLauncher
+from .sessions.persistent import homes_status
 from .sessions.untracked import UntrackedSessions
 from .web import SessionIndex, WebApp, make_app
+from .web.login import make_hub_auth
+from .web.menu import OptionsMenu
 
 
 class Service:
@@ -54,14 +60,16 @@ class Service:
     def __init__(
         self,
         pipeline: LaunchPipeline,
-        hub: ManagedHub,
+        hub: ManagedHub | ExternalHub,
         launcher: SessionLauncher,
         host: SandboxHost,
+        prebuilt: Prebuilt | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.hub = hub
         self.launcher = launcher
         self.host = host
+        self.prebuilt = prebuilt or Prebuilt()
 
     def launch(self, request: LaunchRequest) -> AsyncIterator[Event]:
         return self.pipeline.launch(request)
@@ -70,19 +78,28 @@ class Service:
         return self.pipeline.versions()
 
     async def health(self) -> list[dict[str, Any]]:
-        """Store, builds, hub API, proxy, culler, sandboxes, and the limits of builds and
-        sessions with how each is enforced here (cgroups, measured, or advisory)."""
+        """Store, builds, hub API, proxy, culler, the hub's database (its kind), sandboxes,
+        and the limits of builds and sessions with how each is enforced here (cgroups,
+        measured, or advisory)."""
         checks = await self.pipeline.health()
         status = self.hub.status()
         hub_checks = {
             "hub": await self.launcher.health(),
             "proxy": {"service": "Proxy", "ok": status.get("proxy", False)},
-            "culler": {"service": "Idle culler", "ok": status.get("culler", False)},
         }
+        if not isinstance(self.hub, ManagedHub):  # the cluster's hub, proxy and culler
+            return [*checks, *hub_checks.values()]
+        hub_checks["culler"] = {"service": "Idle culler", "ok": status.get("culler", False)}
+        hub_checks["database"] = await self.hub.database.health()
         for name, reason in self.hub.given_up().items():  # kept exiting: not started again
             hub_checks[name]["error"] = reason
         checks += hub_checks.values()
-        checks += self.host.status(sessions=self.hub.session_limits())
+        limits = self.hub.session_limits()
+        checks += self.host.status(sessions=limits)
+        checks.append(homes_status(self.hub.root, limits.home_bytes))
+        prebuilt = self.prebuilt.health()
+        if prebuilt is not None:
+            checks.append(prebuilt)
         return checks
 
 
@@ -157,7 +174,10 @@ def _hub_for(app: Any, pipeline: LaunchPipeline, host: SandboxHost, web: WebApp)
     roots = [pipeline.store.root, pipeline.content.root, pipeline.data.root]
     hub.spawner_config = {"allowed_roots": roots, **hub.spawner_config}
     # the operator's settings of the classes the hub's sessions use, passed on
-    sections = ("SandboxHost", "SandboxNetwork", "Destinations", "SandboxSpawner")
+    sections = (
+        *("SandboxHost", "SandboxNetwork", "Destinations", "SandboxSpawner"),
+        *("KubernetesSessions", "KubeSpawner", "BinderKubeSpawner"),  # the kubernetes backend
+    )
     hub.sandbox_config = {name: dict(app.config[name]) for name in sections if name in app.config}
     hub.params()  # fixes the ports, so the hub's API URL is known before it starts
     return hub
@@ -165,9 +185,14 @@ def _hub_for(app: Any, pipeline: LaunchPipeline, host: SandboxHost, web: WebApp)
 
 async def serve(app: Any, pipeline: LaunchPipeline) -> None:
     """Run the service until a signal of :data:`STOP_SIGNALS`.  ``app`` is the
-    configuring application."""
+    configuring application; its ``hub`` is ``managed`` (started here) or ``external``
+    (:mod:`binderbox.hub.external`: no sandbox network, no sessions here)."""
     data = app.data_path
     host = SandboxHost(parent=app)
+    if app.hub == "external":
+        with service_lock(data):
+            await _serve(app, pipeline, host)
+        return
     await asyncio.to_thread(host.network.ensure)
     why = host.network.unavailable()
     if why:
@@ -184,7 +209,11 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
 async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
     web_config = WebApp(parent=app)
     pipeline.data = app.make_data_cache()
-    hub = _hub_for(app, pipeline, host, web_config)
+    hub: ManagedHub | ExternalHub
+    if app.hub == "external":
+        hub = ExternalHub(parent=app)
+    else:
+        hub = _hub_for(app, pipeline, host, web_config)
     stopping: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def on_signal(sessions: bool) -> None:
@@ -194,28 +223,32 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
     for sig, sessions in STOP_SIGNALS.items():
         asyncio.get_running_loop().add_signal_handler(sig, on_signal, sessions)
     pipeline.launcher = SessionLauncher(
-        parent=app, hub_api_url=hub.hub_api_url, api_token=hub.api_token
+        parent=app,
+        hub_api_url=hub.hub_api_url,
+        api_token=hub.api_token,
+        named_server_limit=hub.named_server_limit,
     )
-    # the public service offers only what it launches: no local folders unless allowed
-    offered = offered_providers(pipeline.allow_local)
-    # remembered across restarts: the page of a session that ended offers its relaunch
-    index = SessionIndex(web_config.recent_sessions, path=app.data_path / "sessions.sqlite")
-    service = Service(pipeline, hub, pipeline.launcher, host)
-    web = make_app(service, config=web_config, providers=offered, sessions=index)
-    server = web.listen(hub.web_port, address="127.0.0.1")
+    if hub.logins.oauth:
+        pipeline.git_tokens = dict(hub.logins.git_tokens)
+    prebuilt = Prebuilt(parent=app)
+    service = Service(pipeline, hub, pipeline.launcher, host, prebuilt)
+    web = _web_app(app, service, web_config)
+    if isinstance(hub, ExternalHub):
+        server, url = web.listen(hub.port, address=hub.ip), hub.url
+    else:
+        server, url = web.listen(hub.web_port, address="127.0.0.1"), hub.public_url
     background: list[asyncio.Task[None]] = []
     try:
         await hub.start()
-        lost = UntrackedSessions(parent=app)
-        background = [
-            asyncio.create_task(Maintenance(parent=app).run(pipeline)),
-            asyncio.create_task(hub.watch()),
-            asyncio.create_task(lost.run(pipeline.launcher.hub, app.data_path)),
-        ]
-        app.log.info("binderbox is running at %s", hub.public_url)
-        print(f"binderbox is running at {hub.public_url}", flush=True)
+        background = _background(app, pipeline, hub, prebuilt)
+        if isinstance(hub, ManagedHub):
+            print(f"hub database: {hub.database.shown}", flush=True)  # never its password
+        app.log.info("binderbox is running at %s", url)
+        print(f"binderbox is running at {url}", flush=True)
         stop_sessions = await stopping
         server.stop()
+        if isinstance(hub, ExternalHub):  # the cluster's sessions: never ended here
+            stop_sessions = False
         await _end_sessions(pipeline.launcher, stop_sessions, hub.cull_timeout)
     finally:
         for task in background:
@@ -228,6 +261,46 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
             await pipeline.store.aclose()
             await pipeline.data.aclose()
         print("binderbox stopped", flush=True)
+
+
+def _web_app(app: Any, service: Service, web_config: WebApp) -> Application:
+    """The web app of ``service`` (its pages, /build, the API)."""
+    pipeline, hub = service.pipeline, service.hub
+    # the public service offers only what it launches: no local folders unless allowed
+    offered = offered_providers(pipeline.allow_local)
+    # remembered across restarts: the page of a session that ended offers its relaunch
+    index = SessionIndex(web_config.recent_sessions, path=app.data_path / "sessions.sqlite")
+    hub_auth = None
+    if hub.logins.enabled:
+        hub_auth = make_hub_auth(web_config.base_url, hub.hub_api_url, hub.api_token)
+    return make_app(
+        service,
+        config=web_config,
+        providers=offered,
+        sessions=index,
+        login_mode=hub.logins.mode,
+        hub_auth=hub_auth,
+        cookie_secret=hub.web_cookie_secret,
+        visitor_sessions=service.launcher,
+        menu=OptionsMenu(service.prebuilt.entries, pipeline.sizes, hub.logins.mode),
+    )
+
+
+def _background(
+    app: Any, pipeline: LaunchPipeline, hub: ManagedHub | ExternalHub, prebuilt: Prebuilt
+) -> list[asyncio.Task[None]]:
+    """The service's background work: clean-ups, the hub's watch, prebuilt environments,
+    and (sessions on this machine) the sessions the hub lost."""
+    assert pipeline.launcher is not None
+    tasks = [
+        asyncio.create_task(Maintenance(parent=app).run(pipeline)),
+        asyncio.create_task(hub.watch()),
+        asyncio.create_task(prebuilt.build_all(pipeline)),
+    ]
+    if isinstance(hub, ManagedHub):
+        lost = UntrackedSessions(parent=app)
+        tasks.append(asyncio.create_task(lost.run(pipeline.launcher.hub, app.data_path)))
+    return tasks
 
 
 async def _end_sessions(launcher: SessionLauncher, stop: bool, idle_timeout: int) -> None:

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from playwright.async_api import Browser, async_playwright
+import pytest
+from playwright.async_api import Browser, ViewportSize, async_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path("/tmp/binderbox-shots")
@@ -22,6 +23,17 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+#: the page size of a person's screen, for pages whose screenshots a person looks at
+SCREEN: ViewportSize = {"width": 1280, "height": 860}
+#: skips what it marks where this machine has no Chromium
+NEEDS_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+
+
+def served_browser_marks(timeout: int) -> list[pytest.MarkDecorator]:
+    """The ``pytestmark`` of a module of browser tests against ``binderbox serve``: slow,
+    ``timeout`` seconds a test, skipped without Chromium (its Chromium: ``browser`` in
+    tests/conftest.py)."""
+    return [pytest.mark.slow, pytest.mark.timeout(timeout), NEEDS_CHROMIUM]
 
 
 @asynccontextmanager

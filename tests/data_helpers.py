@@ -23,11 +23,12 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from envs import built_env
+from loopback import LoopbackServer
 from testcache import CACHE as TEST_CACHE
 
 RECORDED = Path(__file__).parent / "data" / "recorded"
@@ -105,11 +106,9 @@ class FileServer:
                 if route.failure == "truncate":
                     self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer((host, 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://{host}:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = LoopbackServer(Handler, host)
+        self.httpd = self._server.httpd
+        self.base = self._server.url
 
     def url(self, path: str) -> str:
         """The full URL of ``path``."""
@@ -127,8 +126,7 @@ class FileServer:
 
     def close(self) -> None:
         """Stop serving."""
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._server.close()
 
 
 def tar_bytes(files: dict[str, bytes], compression: str = "gz", **links: str) -> bytes:

@@ -36,8 +36,14 @@ def built_env(*requirements: str, session: bool = True, python: str = "3.11") ->
         builder.session_packages = []
         builder.jupyterhub_version = ""
     spec = EnvSpec(python=python, requirements=tuple(requirements))
+    return built_spec(builder, spec, "session" if session else "bare")
+
+
+def built_spec(builder: PythonBuilder, spec: EnvSpec, label: str) -> Path:
+    """The host path of ``spec`` built by ``builder`` (no repository content), kept under
+    ``<test cache>/envs/<key>-<label>``."""
     key = spec.key(interpreter=builder.interpreter(spec), builder_version=builder.version)
-    final = CACHE / "envs" / f"{key}-{'session' if session else 'bare'}"
+    final = CACHE / "envs" / f"{key}-{label}"
     if (final / ".binderbox" / "build.json").exists():
         if not builder.finished(final):
             _run(builder.finish(final))

@@ -18,18 +18,19 @@ git_server  # noqa: F401``).  ``git_server`` builds, once per module:
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+from loopback import LoopbackServer
 
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Test",
@@ -190,33 +191,31 @@ def superproject(work: Path, submodules: dict[str, str], commit: str) -> Path:
     return work
 
 
-class GitHttpServer:
+class GitHttpServer(LoopbackServer):
     """A real HTTP server on 127.0.0.1 answering git's smart HTTP protocol by
     running ``git http-backend`` (CGI) over the bare repositories under ``root``.
 
     ``redirects`` maps a path prefix to a base URL: a request under that prefix
     is answered ``302`` to the base URL plus the rest of the path.  ``requests``
     records every request line (method and path) the server received.  Request
-    bodies need a Content-Length (git sends small ones that way).
+    bodies need a Content-Length (git sends small ones that way).  ``tokens``:
+    when given, every request needs HTTP basic auth whose password is one of them
+    (a private repository host); others get ``401``.  ``authorizations`` records
+    the Authorization headers received.
     """
 
-    def __init__(self, root: Path, redirects: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        redirects: dict[str, str] | None = None,
+        tokens: set[str] | None = None,
+    ) -> None:
         self.root = root
         self.redirects = dict(redirects or {})
+        self.tokens = tokens
         self.requests: list[str] = []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
+        self.authorizations: list[str] = []
+        super().__init__(self._handler())
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -235,6 +234,12 @@ class GitHttpServer:
 
     def answer(self, req: BaseHTTPRequestHandler) -> None:
         self.requests.append(f"{req.command} {req.path}")
+        if self.tokens is not None and not self._authorized(req):
+            req.send_response(401)
+            req.send_header("WWW-Authenticate", 'Basic realm="private"')
+            req.send_header("Content-Length", "0")
+            req.end_headers()
+            return
         path, _, query = req.path.partition("?")
         for prefix, target in self.redirects.items():
             if path.startswith(prefix):
@@ -251,6 +256,18 @@ class GitHttpServer:
         req.send_header("Content-Length", str(len(payload)))
         req.end_headers()
         req.wfile.write(payload)
+
+    def _authorized(self, req: BaseHTTPRequestHandler) -> bool:
+        header = req.headers.get("Authorization", "")
+        self.authorizations.append(header)
+        kind, _, value = header.partition(" ")
+        if kind.lower() != "basic":
+            return False
+        try:
+            _user, _, password = base64.b64decode(value).decode().partition(":")
+        except ValueError:
+            return False
+        return password in (self.tokens or set())
 
     def _backend(
         self, req: BaseHTTPRequestHandler, path: str, query: str, body: bytes

@@ -45,12 +45,13 @@ def ws_unpack(data: bytes) -> tuple[str, dict[str, Any]]:
     return channel, {name: json.loads(part) for name, part in zip(names, parts, strict=True)}
 
 
-async def start_kernel(base_url: str, token: str) -> str:
-    """Start a kernel on the server at ``base_url``; its id."""
+async def start_kernel(base_url: str, token: str, name: str = "") -> str:
+    """Start a kernel (of the kernel spec ``name``, else the default) on the server at
+    ``base_url``; its id."""
     response = await AsyncHTTPClient().fetch(
         f"{base_url}api/kernels",
         method="POST",
-        body="{}",
+        body=json.dumps({"name": name} if name else {}),
         headers={"Authorization": f"token {token}"},
         request_timeout=60,
     )
@@ -87,18 +88,23 @@ async def _wait_iopub(conn: WebSocketClientConnection, session: str) -> None:
     is in place are dropped.  JupyterLab waits the same way before a notebook
     counts as connected.
     """
-    for _ in range(60):
+    seen: list[str] = []
+    sent: set[str] = set()  # a reply to any of them will do: on a loaded machine a
+    for _ in range(60):  # round trip can outlast one wait, and asking again must not lose it
         msg_id, frame = _request("kernel_info_request", session, {})
+        sent.add(msg_id)
         await conn.write_message(frame, binary=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1):
                 async for reply in _replies(conn):
+                    seen.append(reply["header"]["msg_type"])
                     if (
-                        reply["parent_header"].get("msg_id") == msg_id
+                        reply["parent_header"].get("msg_id") in sent
                         and reply["header"]["msg_type"] == "status"
                     ):
                         return
-    raise AssertionError("the kernel's iopub channel never answered")
+    got = ", ".join(sorted(set(seen))) or "nothing"
+    raise AssertionError(f"the kernel's iopub channel never answered (received: {got})")
 
 
 async def execute(base_url: str, token: str, kernel_id: str, code: str) -> str:
@@ -131,10 +137,10 @@ async def execute(base_url: str, token: str, kernel_id: str, code: str) -> str:
         conn.close()
 
 
-async def run_code(base_url: str, token: str, code: str) -> str:
-    """Start a kernel on the server at ``base_url``, run ``code``, delete the kernel;
-    the code's stdout."""
-    kernel = await start_kernel(base_url, token)
+async def run_code(base_url: str, token: str, code: str, kernel_name: str = "") -> str:
+    """Start a kernel (``kernel_name``: its spec) on the server at ``base_url``, run
+    ``code``, delete the kernel; the code's stdout."""
+    kernel = await start_kernel(base_url, token, kernel_name)
     try:
         return await execute(base_url, token, kernel, code)
     finally:

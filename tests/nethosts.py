@@ -7,16 +7,20 @@ it afterwards.  The host can reach the test host (so a test shows it is up); cod
 that must not reach private addresses (a session, a build, a dataset fetch) is
 pointed at it to show that it cannot.
 
-Addresses are the caller's choice, e.g. ``10.254.7.0`` (a private range) or
-``169.254.77.0`` (link-local, the metadata address's range: tests never send to
-169.254.169.254 itself).  Names carry the pid, so parallel runs do not collide.
-Needs root (``ip netns``); tests skip with a reason otherwise.
+The caller names a range, e.g. ``10.254.0.0/16`` (private) or ``169.254.77.0/24``
+(link-local, the metadata address's range: tests never send to 169.254.169.254
+itself); the first /30 of it that no interface or route of this machine uses is
+taken, under a lock, so parallel runs and namespaces a killed run left behind do
+not collide with it.  Names carry the pid.  Needs root (``ip netns``); tests skip
+with a reason otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -25,7 +29,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -84,23 +88,59 @@ def _wait_listening(namespace: str, address: str, port: int, proc: subprocess.Po
     raise RuntimeError(f"the test host {address}:{port} in {namespace} did not answer")
 
 
-@contextlib.contextmanager
-def namespace_host(net: str, root: Path, port: int = 8080) -> Iterator[NamespaceHost]:
-    """A test host at ``<net>+2`` serving ``root`` on ``port``; see the module docstring.
+def _ip_json(kind: str) -> bytes:
+    run = subprocess.run(["ip", "-j", "-4", kind], check=True, capture_output=True, timeout=10)
+    return run.stdout
 
-    ``net`` is the first address of a free /30 (e.g. ``"10.254.7.0"``).
-    """
+
+def _networks_in_use() -> list[IPv4Network]:
+    """Every IPv4 network this machine has an address or a route in."""
+    used: list[IPv4Network] = []
+    for link in json.loads(_ip_json("addr")):
+        for info in link.get("addr_info", []):
+            used.append(IPv4Network(f"{info['local']}/{info['prefixlen']}", strict=False))
+    for route in json.loads(_ip_json("route")):
+        if route.get("dst", "default") != "default":
+            used.append(IPv4Network(route["dst"], strict=False))
+    return used
+
+
+def _free_net(within: str) -> IPv4Network:
+    """The first /30 of ``within`` that overlaps nothing of this machine's."""
+    used = _networks_in_use()
+    for net in IPv4Network(within).subnets(new_prefix=30):
+        if not any(net.overlaps(other) for other in used):
+            return net
+    raise RuntimeError(f"no free /30 left in {within} for a test host")
+
+
+@contextlib.contextmanager
+def _choosing() -> Iterator[None]:
+    """Held while a /30 is chosen and taken (parallel runs would pick the same)."""
+    with Path("/run/binderbox-test-hosts.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def namespace_host(within: str, root: Path, port: int = 8080) -> Iterator[NamespaceHost]:
+    """A test host in a free /30 of ``within`` serving ``root`` on ``port``; see the
+    module docstring.  ``within`` is a range such as ``"10.254.0.0/16"``."""
     if not can_make_hosts():
         pytest.skip("test hosts need root and iproute2 (network namespaces)")
-    base = IPv4Address(net)
-    gateway, address = str(base + 1), str(base + 2)
     tag = f"{os.getpid() % 100000}{next(_counter)}"
     namespace, outside = f"bbxt{tag}", f"bbxt{tag}h"
     _ip("netns", "add", namespace)
     proc: subprocess.Popen[bytes] | None = None
     try:
         _ip("link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", namespace)
-        _ip("addr", "add", f"{gateway}/30", "dev", outside)
+        with _choosing():
+            net = _free_net(within)
+            gateway, address = str(net.network_address + 1), str(net.network_address + 2)
+            _ip("addr", "add", f"{gateway}/30", "dev", outside)
         _ip("link", "set", outside, "up")
         _ip("-n", namespace, "addr", "add", f"{address}/30", "dev", "eth0")
         _ip("-n", namespace, "link", "set", "eth0", "up")

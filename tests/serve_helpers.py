@@ -3,7 +3,9 @@
 :class:`ServeProcess` runs the real command (``python -m binderbox serve``) as
 a subprocess, in a working directory holding a ``binderbox_config.py`` that
 the tests write: free ports, ``file://`` repositories allowed, the shared uv
-cache, a short linger after ``ready``.  :func:`running_serve` wraps it in a
+cache, a short linger after ``ready``; the hub's database is SQLite, or
+PostgreSQL when ``BINDERBOX_TEST_HUB_DB=postgresql`` (tests/pgserver.py: the URL
+in the config, its password in a mode-0600 file beside it).  :func:`running_serve` wraps it in a
 context manager that stops it with SIGTERM (its sessions with it) and checks it
 exits cleanly.
 
@@ -33,9 +35,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from pgserver import hub_db_url, hub_on_postgresql, shared
+from session_helpers import delete_every_user
 from testcache import CACHE as TEST_CACHE
 
-from binderbox.hub.process import free_port
+from binderbox.hub.children import free_port
 from binderbox.sessions.hubclient import HubClient
 
 UV_CACHE = TEST_CACHE / "uv"
@@ -65,6 +69,12 @@ class ServeProcess:
     data_dir: Path
     extra_config: str = ""
     ports: dict[str, int] = field(default_factory=dict)
+    #: more environment variables of the process (secrets such as the OAuth client's)
+    env: dict[str, str] = field(default_factory=dict)
+    #: the hub on the run's PostgreSQL server (default: ``BINDERBOX_TEST_HUB_DB``)
+    postgresql: bool = field(default_factory=hub_on_postgresql)
+    #: the password written for it (None: the right one)
+    db_password: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
 
@@ -72,9 +82,25 @@ class ServeProcess:
         if not self.ports:
             self.ports = {"public": free_port(), "hub": free_port(), "api": free_port()}
 
+    def database_lines(self) -> list[str]:
+        """The config lines of the hub's database (none: SQLite); the password goes to
+        ``<workdir>/db_password`` (mode 0600)."""
+        if not self.postgresql:
+            return []
+        url = hub_db_url(self.data_dir, password=None, postgresql=True)
+        secret = self.workdir / "db_password"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write((self.db_password or shared().password) + "\n")
+        return [
+            f"c.ManagedHub.db_url = {url!r}",
+            f"c.ManagedHub.db_password_file = {str(secret)!r}",
+        ]
+
     def config_text(self) -> str:
         """The ``binderbox_config.py`` this process runs with."""
         lines = [
+            *self.database_lines(),
             "c = get_config()  # noqa: F821",
             "c.LaunchPipeline.allow_local = True",
             f"c.PythonBuilder.cache_dir = {str(UV_CACHE)!r}",
@@ -119,7 +145,7 @@ class ServeProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -166,9 +192,7 @@ class ServeProcess:
 
     async def astop_sessions(self) -> None:
         """:meth:`stop_sessions` as a coroutine."""
-        client = HubClient(self.hub_api_url, self.api_token)
-        for user in await client.request("GET", "users"):
-            await client.delete_user(user["name"])
+        await delete_every_user(HubClient(self.hub_api_url, self.api_token))
 
     def children(self) -> dict[str, int]:
         """The service's running proxy, hub and culler pids (see :func:`child_pids`)."""
@@ -247,11 +271,19 @@ def child_pids(parent: int) -> dict[str, int]:
 
 @contextlib.contextmanager
 def running_serve(
-    workdir: Path, data_dir: Path | None = None, extra_config: str = ""
+    workdir: Path,
+    data_dir: Path | None = None,
+    extra_config: str = "",
+    env: dict[str, str] | None = None,
+    ports: dict[str, int] | None = None,
 ) -> Iterator[ServeProcess]:
-    """A started :class:`ServeProcess`; on exit its sessions are ended, then it gets
-    SIGTERM and must exit with status 0, having printed no traceback."""
-    serve = ServeProcess(workdir, data_dir or workdir / "data", extra_config)
+    """A started :class:`ServeProcess` (``env`` added to its environment, on ``ports``
+    when given: ``public``, ``hub``, ``api``); on exit its
+    sessions are ended, then it gets SIGTERM and must exit with status 0, having
+    printed no traceback."""
+    serve = ServeProcess(
+        workdir, data_dir or workdir / "data", extra_config, ports=ports or {}, env=env or {}
+    )
     serve.start()
     status: int | None = None
     try:

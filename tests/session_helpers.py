@@ -5,13 +5,15 @@ real hub to launch it with.
 ``/srv/env`` with the real builder (see tests/envs.py) -- what a build of
 a repository without requirements gives -- cached across runs.
 :func:`make_hub` is a :class:`ManagedHub` on the given ports whose sessions may
-mount the test cache and /tmp, :func:`running_hub` one started on free ports (its
-users deleted at the end); :func:`launch` runs one launch to ``ready``,
+mount the test cache and /tmp (its database SQLite, or PostgreSQL when
+``BINDERBOX_TEST_HUB_DB=postgresql``: tests/pgserver.py), :func:`running_hub` one
+started on free ports (its users deleted at the end); :func:`launch` runs one launch to ``ready``,
 :func:`new_session` one of the session environment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -19,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from envs import built_env
+from pgserver import hub_db_url
 from testcache import CACHE as TEST_CACHE
 from tornado.httpclient import AsyncHTTPClient
 
 from binderbox.events import Event, Ready
 from binderbox.hub import ManagedHub
-from binderbox.hub.process import free_port
+from binderbox.hub.children import free_port
 from binderbox.providers.base import Resolved
 from binderbox.sessions import SessionLauncher, SessionRequest
-from binderbox.sessions.hubclient import HubClient
+from binderbox.sessions.hubclient import HubAPIError, HubClient
 
 CACHE = TEST_CACHE
 
@@ -49,6 +52,7 @@ def resolved(name: str) -> Resolved:
 
 
 def make_hub(data_dir: Path, ports: dict[str, int], **kwargs: Any) -> ManagedHub:
+    kwargs.setdefault("db_url", hub_db_url(data_dir))
     return ManagedHub(
         data_dir=str(data_dir),
         public_ip="127.0.0.1",
@@ -81,11 +85,14 @@ def user_of(ready: Ready) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_hub(data_dir: Path, **spawner: object) -> AsyncIterator[ManagedHub]:
-    """A started :func:`make_hub` on free ports, ``spawner`` added to its spawner settings;
-    at the end its users (and so their sessions) are deleted and it is stopped."""
+async def running_hub(
+    data_dir: Path, db_url: str | None = None, **spawner: object
+) -> AsyncIterator[ManagedHub]:
+    """A started :func:`make_hub` on free ports, ``spawner`` added to its spawner settings
+    (``db_url``: its database, default as :func:`make_hub`'s); at the end its users (and
+    so their sessions) are deleted and it is stopped."""
     ports = {"public": free_port(), "hub": free_port(), "api": free_port(), "web": 0}
-    managed = make_hub(data_dir, ports)
+    managed = make_hub(data_dir, ports, **({} if db_url is None else {"db_url": db_url}))
     managed.spawner_config = {**managed.spawner_config, **spawner}
     async with started_hub(managed):
         yield managed
@@ -98,10 +105,29 @@ async def started_hub(managed: ManagedHub) -> AsyncIterator[ManagedHub]:
     try:
         yield managed
     finally:
-        client = HubClient(managed.hub_api_url, managed.api_token)
-        for user in await client.request("GET", "users"):
-            await client.delete_user(user["name"])
+        await delete_every_user(HubClient(managed.hub_api_url, managed.api_token))
         await managed.stop()
+
+
+async def delete_every_user(client: HubClient) -> None:
+    """Every hub user deleted, their servers stopped (named ones removed) first.
+
+    The hub refuses (500: "Spawner ... is active") to delete a user while one of their
+    named servers is still stopping, so each deletion is tried again for a while."""
+    for user in await client.request("GET", "users"):
+        name = user["name"]
+        for server in user.get("servers") or {}:
+            await client.stop_server(name, server, remove=bool(server))
+        for _ in range(150):  # 30 s at most
+            try:
+                await client.delete_user(name)
+                break
+            except HubAPIError as err:
+                if err.status not in (400, 500):  # 400: a stop is pending
+                    raise
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"the hub did not delete {name}")
 
 
 async def new_session(hub: ManagedHub, content: Path, name: str) -> Ready:

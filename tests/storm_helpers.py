@@ -44,7 +44,7 @@ LEAVE_POINTS: dict[str, Callable[[Event], bool] | None] = {
     "fetching": _phase("fetching"),  # resolving the spec
     "built": _phase("built"),  # the environment is there, nothing asked of the hub yet
     "launching": _phase("launching"),  # the hub calls (user, token, server) are under way
-    "spawning": _message("Copying the repository"),  # the hub's spawn is pending
+    "spawning": _message("Preparing the home"),  # the hub's spawn is pending
     "server starting": _message("Starting the sandboxed"),  # just before ``ready``
 }
 #: more places to leave, for a launch that builds

@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from build_helpers import build_only, built
 from repos import commit, make_repo, notebook
 from testcache import CACHE as TEST_CACHE
 
 from binderbox.app import BinderboxApp
 from binderbox.builders import run_in_env
-from binderbox.events import Building, Built, Event, Failed, Phase
+from binderbox.events import Building, Built, Failed, Phase
 from binderbox.pipeline import LaunchPipeline, LaunchRequest
 
 pytestmark = pytest.mark.slow
@@ -43,17 +44,6 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[LaunchPipeline]:
     made = make_app(tmp_path / "data").make_pipeline(allow_local=True)
     yield made
     await made.finisher.aclose()
-
-
-async def run(pipeline: LaunchPipeline, spec: str, ref: str | None = None) -> list[Event]:
-    request = LaunchRequest(provider="", spec=spec, ref=ref, build_only=True)
-    return [event async for event in pipeline.launch(request)]
-
-
-def built(events: list[Event]) -> Built:
-    last = events[-1]
-    assert isinstance(last, Built), f"expected built, got {last.to_wire()}"
-    return last
 
 
 def check(env: Built, code: str, content: Path | None = None) -> str:
@@ -80,7 +70,7 @@ async def test_pinned_requirements_and_runtime(pipeline: LaunchPipeline, tmp_pat
         tmp_path / "pinned",
         {"requirements.txt": PINNED, "runtime.txt": "python-3.10\n", "index.ipynb": notebook("1")},
     )
-    events = await run(pipeline, str(repo))
+    events = await build_only(pipeline, str(repo))
     phases = [e.phase for e in events]
     assert phases[0] == Phase.FETCHING and Phase.BUILDING in phases
     env = built(events)
@@ -108,7 +98,7 @@ async def test_pinned_requirements_and_runtime(pipeline: LaunchPipeline, tmp_pat
     six_pyc.unlink()
     (Path(env.path) / ".binderbox" / "bytecode.json").unlink()
     commit(repo, {"index.ipynb": notebook("2 + 2")})
-    again = await run(pipeline, str(repo))
+    again = await build_only(pipeline, str(repo))
     assert not any(isinstance(e, Building) for e in again)
     reused = built(again)
     assert reused.cached and reused.image_name == env.image_name
@@ -133,7 +123,7 @@ async def test_setup_py_package_imported_from_notebook(
             "analysis.ipynb": notebook("import mypkg\nprint('answer', mypkg.ANSWER)"),
         },
     )
-    env = built(await run(pipeline, str(repo)))
+    env = built(await build_only(pipeline, str(repo)))
     content = pipeline.content.path_for(
         await pipeline.provider_for(LaunchRequest(provider="", spec=str(repo))).resolve()
     )
@@ -174,7 +164,7 @@ async def test_pipfile_lock_wins(pipeline: LaunchPipeline, tmp_path: Path) -> No
         tmp_path / "pipenv",
         {"Pipfile": PIPFILE, "Pipfile.lock": json.dumps(PIPFILE_LOCK)},
     )
-    env = built(await run(pipeline, str(repo)))
+    env = built(await build_only(pipeline, str(repo)))
     out = check(
         env, "import sys, six, idna; print(sys.version_info[:2], six.__version__, idna.__version__)"
     )
@@ -199,7 +189,7 @@ async def test_binder_folder_with_postbuild(pipeline: LaunchPipeline, tmp_path: 
         },
         executable=("binder/postBuild",),
     )
-    events = await run(pipeline, str(repo))
+    events = await build_only(pipeline, str(repo))
     env = built(events)
     assert any("postBuild ran" in e.message for e in events if isinstance(e, Building))
     out = check(
@@ -214,13 +204,13 @@ async def test_no_configuration_gives_default_environment(
     pipeline: LaunchPipeline, tmp_path: Path
 ) -> None:
     repo = make_repo(tmp_path / "bare", {"README.md": "# nothing to see\n"})
-    env = built(await run(pipeline, str(repo)))
+    env = built(await build_only(pipeline, str(repo)))
     assert check(env, "import sys, ipykernel; print(sys.version_info[:2])") == "(3, 10)"
 
 
 async def test_concurrent_builds_share_one_build(pipeline: LaunchPipeline, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "conc", {"requirements.txt": "six==1.16.0\nidna==3.6\n"})
-    results = await asyncio.gather(*(run(pipeline, str(repo)) for _ in range(3)))
+    results = await asyncio.gather(*(build_only(pipeline, str(repo)) for _ in range(3)))
     keys = {built(events).image_name for events in results}
     assert len(keys) == 1
     builders = [events for events in results if not any(e.phase == Phase.WAITING for e in events)]
@@ -333,10 +323,12 @@ BAD_INPUTS = [
     (
         "REPO",
         None,
-        {"environment.yml": "dependencies: [numpy]\n"},
+        {"default.nix": "{}\n", "requirements.txt": "six\n"},
         "unsupported",
-        "environment.yml",
+        "default.nix",
     ),
+    # conda-forge cannot be reached from here: the build fails naming the channel
+    ("REPO", None, {"environment.yml": "dependencies: [numpy]\n"}, "conda_channel", "conda-forge"),
 ]
 
 
@@ -352,7 +344,7 @@ async def test_bad_input_fails_plainly(
 ) -> None:
     if spec == "REPO":
         spec = str(make_repo(tmp_path / "bad", files, executable=("postBuild",)))
-    events = await run(pipeline, spec, ref)
+    events = await build_only(pipeline, spec, ref)
     failed = events[-1]
     assert isinstance(failed, Failed), failed.to_wire()
     assert failed.reason == reason, failed.to_wire()
@@ -367,7 +359,7 @@ async def test_build_timeout(pipeline: LaunchPipeline, tmp_path: Path) -> None:
         tmp_path / "slow", {"postBuild": "#!/bin/sh\nsleep 120\n"}, executable=("postBuild",)
     )
     pipeline.build_timeout = 20
-    events = await run(pipeline, str(repo))
+    events = await build_only(pipeline, str(repo))
     assert isinstance(events[-1], Failed) and events[-1].reason == "build_timeout"
     assert pipeline.store.list() == []
 

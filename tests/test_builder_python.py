@@ -233,12 +233,12 @@ def test_user_pins_win_over_session_packages() -> None:
 
 def test_unknown_python_version_names_the_available_ones() -> None:
     builder = light_builder()
-    for version in ("3.7", "3.99"):
+    for version in ("3.5", "3.99", "2.7"):
         with pytest.raises(PythonVersionUnavailable) as info:
             builder.interpreter(python_spec(python=version))
         assert info.value.message == f"Python {version} is not available on this server."
-        assert "3.10" in info.value.hint and "3.8" in info.value.hint
-        assert "3.7" not in info.value.hint  # older than min_python
+        assert "3.10" in info.value.hint and "3.6" in info.value.hint
+        assert "2.7" not in info.value.hint  # pyenv has it, older than min_python
 
 
 def test_runtime_python_3_12(tmp_path: Path) -> None:

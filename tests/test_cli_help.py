@@ -26,6 +26,7 @@ OWN_OPTION = {
     "": "--data-dir=",
     "build": "--ref=",
     "envs": "--config=",
+    "homes": "--config=",
     "data": "--ref=",
     "serve": "--port=<Int>",
     "generate-config": "--output=",

@@ -756,7 +756,7 @@ async def test_code_source_writes_only_its_folder(
     site = tmp_path / "site"
     (site / "remote").mkdir(parents=True)
     (site / "remote" / "values.txt").write_bytes(b"42\n")
-    with namespace_host("10.254.41.0", site) as mirror:
+    with namespace_host("10.254.0.0/16", site) as mirror:
         for fetcher in cache.fetchers:
             if isinstance(fetcher, CodeFetcher):
                 fetcher.host.network.destinations.allowed = [f"{mirror.address}/32"]

@@ -40,7 +40,7 @@ from binderbox.data import DataCache, DataEntry
 from binderbox.errors import LaunchError
 from binderbox.events import Built, Event, Failed, Fetching, Ready
 from binderbox.hub import ManagedHub
-from binderbox.hub.process import free_port
+from binderbox.hub.children import free_port
 from binderbox.pipeline import LaunchPipeline, LaunchRequest
 from binderbox.providers.base import Resolved
 from binderbox.sessions import SessionLauncher, SessionRequest

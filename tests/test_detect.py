@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from repos import commit, make_repo
+from repos import commit, make_repo, write_files
 
 from binderbox.environments import EnvSpec, detect
 from binderbox.environments.digest import build_inputs, content_digest
@@ -19,12 +20,7 @@ from binderbox.errors import EnvironmentConfigError, UnsupportedEnvironment
 
 def write(root: Path, files: Mapping[str, str], executable: tuple[str, ...] = ()) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        if name in executable:
-            path.chmod(0o755)
+    write_files(root, files, executable)
     return root
 
 
@@ -227,15 +223,6 @@ def test_binder_file_not_folder_is_ignored(tmp_path: Path) -> None:
         ({"Project.toml": "[deps]", "requirements.txt": "a"}, "^Project.toml: Julia"),
         ({"JuliaProject.toml": "[deps]"}, "^JuliaProject.toml: Julia"),
         ({"default.nix": "{}", "environment.yml": ""}, "^default.nix: Nix"),
-        ({"runtime.txt": "r-4.3-2024-01-15", "requirements.txt": "a"}, r"^runtime\.txt: R "),
-        ({"runtime.txt": "r-2024-01-15"}, r"^runtime\.txt: R "),
-        ({"DESCRIPTION": "Package: x", "environment.yml": ""}, "^DESCRIPTION: R "),
-        ({"install.R": "install.packages('x')"}, r"^install\.R: R "),
-        ({"environment.yml": "dependencies: []", "Pipfile": ""}, "^environment.yml: conda"),
-        ({"environment.yaml": "dependencies: []"}, "^environment.yaml: conda"),
-        ({"binder/environment.yml": "", "binder/apt.txt": "curl"}, "^binder/environment.yml: "),
-        ({"apt.txt": "curl\n", "requirements.txt": "a"}, r"^apt\.txt: system packages"),
-        ({".binder/apt.txt": "# tools\ncurl\n"}, r"^\.binder/apt\.txt: "),
     ],
 )
 def test_unsupported_kinds_name_their_file(
@@ -244,15 +231,150 @@ def test_unsupported_kinds_name_their_file(
     repo = write(tmp_path, files)
     with pytest.raises(UnsupportedEnvironment, match=message) as info:
         detect(repo)
-    assert "not supported yet" in info.value.message
+    assert "not supported" in info.value.message
     assert "\n" not in info.value.user_message
 
 
-def test_conda_message(tmp_path: Path) -> None:
-    repo = write(tmp_path, {"environment.yml": "name: x\n"})
-    with pytest.raises(UnsupportedEnvironment) as info:
-        detect(repo)
-    assert info.value.message == "environment.yml: conda environments are not supported yet"
+CONDA_YML = """\
+name: ignored
+channels: [conda-forge, bioconda]
+dependencies:
+  - python=3.9
+  - numpy >=1.20
+  - pip
+  - pip:
+      - requests==2.31.0   # a comment
+      - -e ./pkg
+"""
+
+
+def conda_base(spec: EnvSpec) -> dict[str, object]:
+    assert spec.base is not None
+    base: dict[str, object] = json.loads(spec.base)
+    return base
+
+
+def test_environment_yml_is_conda(tmp_path: Path) -> None:
+    repo = write(tmp_path, {"environment.yml": CONDA_YML, "pkg/setup.py": "", "Pipfile": ""})
+    spec = detect(repo)
+    assert spec.kind == "conda" and spec.python == "3.9"
+    assert conda_base(spec) == {
+        "channels": ["conda-forge", "bioconda"],
+        "dependencies": ["python=3.9", "numpy >=1.20", "pip"],
+    }
+    assert spec.requirements == ("requests==2.31.0", "-e ./pkg")
+    assert spec.content_digest is not None  # -e ./pkg needs the content
+    plain = detect(write(tmp_path / "b", {"binder/environment.yaml": "dependencies: [libdemo]"}))
+    assert plain.kind == "conda" and plain.python == "3.10" and plain.requirements == ()
+    assert plain.sources == ("binder/environment.yaml",) and plain.content_digest is None
+
+
+def test_lock_files_win_over_environment_yml(tmp_path: Path) -> None:
+    manifest = '[workspace]\nchannels = ["conda-forge"]\n[dependencies]\npython = "3.12.*"\n'
+    pixi = detect(write(tmp_path / "a", {"pixi.toml": manifest, "environment.yml": CONDA_YML}))
+    assert pixi.kind == "pixi" and pixi.python == "3.12"
+    assert conda_base(pixi) == {"manifest": manifest, "lock": None, "environment": "default"}
+    files = {"pixi.toml": manifest, "pixi.lock": "version: 6\n", "conda-lock.yml": ""}
+    locked = detect(write(tmp_path / "b", files))
+    assert conda_base(locked)["lock"] == "version: 6\n"
+    assert locked.sources == ("pixi.toml", "pixi.lock")
+    lock = "version: 1\npackage:\n- {name: python, version: 3.11.7, manager: conda}\n"
+    conda_lock = detect(write(tmp_path / "c", {"conda-lock.yml": lock, "environment.yml": ""}))
+    assert conda_lock.kind == "conda-lock" and conda_lock.python == "3.11"
+    assert conda_base(conda_lock) == {"lock": lock}
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"environment.yml": "a: [b"}, "^environment.yml: not valid YAML"),
+        ({"environment.yml": "- a\n"}, "^environment.yml: not a conda environment"),
+        ({"environment.yml": "dependencies: [{x: 1}]"}, "^environment.yml: a dependency"),
+        ({"environment.yml": "channels: conda-forge"}, "^environment.yml: channels must be"),
+        ({"pixi.toml": "[workspace]\n"}, "^pixi.toml: no channels"),
+        ({"pixi.toml": "x = "}, "^pixi.toml: not valid TOML"),
+        ({"conda-lock.yml": "version: 1\n"}, "^conda-lock.yml: not a conda-lock file"),
+    ],
+)
+def test_bad_conda_files_name_themselves(
+    tmp_path: Path, files: dict[str, str], message: str
+) -> None:
+    with pytest.raises(EnvironmentConfigError, match=message) as info:
+        detect(write(tmp_path, files))
+    assert "\n" not in info.value.user_message
+
+
+def r_base(spec: EnvSpec) -> dict[str, object]:
+    assert spec.kind == "r" and spec.base is not None
+    base: dict[str, object] = json.loads(spec.base)
+    return base
+
+
+@pytest.mark.parametrize(
+    ("files", "version", "date"),
+    [
+        ({"runtime.txt": "r-4.3-2024-01-15\n", "requirements.txt": "a"}, "4.3", "2024-01-15"),
+        ({"binder/runtime.txt": "r-2022-10-03", "binder/install.R": "x"}, None, "2022-10-03"),
+        ({"runtime.txt": "r-4.1.2-2022-01-01", "environment.yml": ""}, "4.1", "2022-01-01"),
+        ({"DESCRIPTION": "Package: x", "environment.yml": ""}, None, None),
+    ],
+)
+def test_r_is_detected_before_conda_and_python(
+    tmp_path: Path, files: dict[str, str], version: str | None, date: str | None
+) -> None:
+    spec = detect(write(tmp_path, files))
+    base = r_base(spec)
+    assert (base["r"], base["date"]) == (version, date)
+    assert spec.requirements == (("a",) if "requirements.txt" in files else ())
+
+
+def test_r_files_are_in_the_spec_and_a_description_needs_the_content(tmp_path: Path) -> None:
+    files = {"DESCRIPTION": "Package: x\nImports: ggplot2\n", "install.R": "install.packages('y')"}
+    spec = detect(write(tmp_path, files))
+    base = r_base(spec)
+    assert base["description"] == files["DESCRIPTION"] and base["install_r"] == files["install.R"]
+    assert spec.needs_content and spec.sources == ("install.R", "DESCRIPTION")
+    dated = {"binder/install.R": "install.packages('y')", "binder/runtime.txt": "r-2024-01-15"}
+    only = detect(write(tmp_path / "b", dated))
+    assert not only.needs_content  # install.R runs without the repository, as in repo2docker
+
+
+@pytest.mark.parametrize(
+    ("files", "kind"),
+    [
+        ({"install.R": "x", "requirements.txt": "a"}, "python"),
+        ({"install.R": "x", "runtime.txt": "python-3.11"}, "python"),
+        ({"install.R": "x"}, "python"),
+    ],
+)
+def test_install_r_alone_does_not_ask_for_r(
+    tmp_path: Path, files: dict[str, str], kind: str
+) -> None:
+    """repo2docker reads install.R only in an R environment."""
+    spec = detect(write(tmp_path, files))
+    assert spec.kind == kind and spec.base is None
+
+
+def test_renv_lock_wins_over_install_r(tmp_path: Path) -> None:
+    glue = {"Package": "glue", "Version": "1.6.2"}
+    lock = {"R": {"Version": "4.2.2"}, "Packages": {"glue": glue}}
+    files = {"renv.lock": json.dumps(lock, indent=2), "install.R": "install.packages('y')"}
+    base = r_base(detect(write(tmp_path, files)))
+    assert base["install_r"] is None and json.loads(str(base["renv"])) == lock
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"runtime.txt": "r-4.3"}, r"^runtime\.txt: 'r-4\.3' is not an R version and snapshot"),
+        ({"runtime.txt": "r-2024-02-30"}, r"^runtime\.txt: 2024-02-30 is not a date"),
+        ({"renv.lock": "{"}, r"^renv\.lock: not valid JSON"),
+        ({"renv.lock": '{"Packages": {"x": {}}}'}, r"^renv\.lock: package x has no Version"),
+    ],
+)
+def test_bad_r_files_name_themselves(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    with pytest.raises(EnvironmentConfigError, match=message):
+        detect(write(tmp_path, files))
 
 
 def test_description_in_binder_folder_is_not_r(tmp_path: Path) -> None:
@@ -262,7 +384,30 @@ def test_description_in_binder_folder_is_not_r(tmp_path: Path) -> None:
 
 def test_apt_txt_with_only_comments_is_ignored(tmp_path: Path) -> None:
     repo = write(tmp_path, {"apt.txt": "# nothing yet\n\n", "requirements.txt": "a"})
-    assert detect(repo).requirements == ("a",)
+    spec = detect(repo)
+    assert spec.requirements == ("a",) and spec.apt_packages == ()
+    assert spec.layers == ("python", "pip")
+
+
+def test_apt_txt_is_a_system_layer_under_any_kind(tmp_path: Path) -> None:
+    files = {".binder/apt.txt": "# tools\ncurl\ngraphviz # dot\ncurl\n", ".binder/postBuild": ""}
+    spec = detect(write(tmp_path, {**files, ".binder/requirements.txt": "a"}))
+    assert spec.apt_packages == ("curl", "graphviz")
+    assert spec.layers == ("system", "python", "pip", "postBuild")
+    assert ".binder/apt.txt" in spec.sources
+    plain = detect(write(tmp_path / "plain", {".binder/requirements.txt": "a"}))
+    with_apt = {".binder/requirements.txt": "a", ".binder/apt.txt": "x11"}
+    other = detect(write(tmp_path / "other", with_apt))
+    keys = {s.key(interpreter="cpython-3.10.13", builder_version="5") for s in (plain, other)}
+    assert len(keys) == 2  # the system layer is part of the key
+
+
+@pytest.mark.parametrize("line", ["-o APT::x=1", "curl=7.88", "../evil", "Curl", "a", "curl-"])
+def test_apt_txt_accepts_only_package_names(tmp_path: Path, line: str) -> None:
+    repo = write(tmp_path, {"apt.txt": f"curl\n{line}\n"})
+    message = r"^apt\.txt, line 2: .* is not a package name"
+    with pytest.raises(EnvironmentConfigError, match=message):
+        detect(repo)
 
 
 # -------------------------------------------------------- requirements.txt
@@ -668,7 +813,7 @@ def test_requires_python_with_runtime(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("requires", "message"),
-    [(">=4", "allows none of Python 3.8 to 3.13"), ("three", "is not a version specifier")],
+    [(">=4", "allows none of Python 3.6 to 3.13"), ("three", "is not a version specifier")],
 )
 def test_requires_python_unsatisfiable(tmp_path: Path, requires: str, message: str) -> None:
     extra = f'requires-python = "{requires}"'
@@ -881,3 +1026,22 @@ six = "*"
     lines = detect(tmp_path).requirements
     assert "--index-url https://private.example.org/simple" in lines
     assert "--extra-index-url https://pypi.org/simple" in lines
+
+
+def test_keys_of_python_environments_built_before_layers_are_unchanged() -> None:
+    """A store filled before the layered spec keeps serving its environments."""
+    spec = EnvSpec(
+        python="3.11",
+        requirements=("numpy==1.26.4",),
+        postbuild="postBuild",
+        postbuild_text="echo hi",
+        content_digest="abc",
+    )
+    # the key the spec of the previous release gave (computed with it)
+    assert spec.key(interpreter="cpython-3.11.9", builder_version="5") == (
+        "1b3d45530b8b38cfbc39e4a368474cfe"
+    )
+    layered = dataclasses.replace(spec, base='{"x": 1}')
+    assert layered.key(interpreter="cpython-3.11.9", builder_version="5") != (
+        "1b3d45530b8b38cfbc39e4a368474cfe"
+    )

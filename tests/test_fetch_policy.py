@@ -21,7 +21,6 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
-import os
 import ssl
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -65,12 +64,6 @@ PRIVATE_MESSAGE = "Dataset 'p' is not allowed: {host} is on a private network."
 _caches = itertools.count()
 
 
-def _net() -> str:
-    """A /30 in 10.253.0.0/16 of this process (parallel runs pick others)."""
-    pid = os.getpid()
-    return f"10.253.{pid % 256}.{4 * (pid // 256 % 64)}"
-
-
 @pytest.fixture(scope="module")
 def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NamespaceHost, str]]:
     """A test host on a private address serving ``data.txt`` and ``r.git`` (dumb
@@ -82,7 +75,7 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Namespac
     sha = commit_file(work, "README.md", "from the private host\n", "private")
     git("clone", "-q", "--bare", str(work), str(root / "r.git"))
     git("update-server-info", cwd=root / "r.git")
-    with namespace_host(_net(), root, port=free_port()) as host:
+    with namespace_host("10.253.0.0/16", root, port=free_port()) as host:
         yield host, sha
 
 

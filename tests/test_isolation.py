@@ -55,7 +55,7 @@ PYTHON = "/usr/bin/python3"
 def private_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamespaceHost]:
     root = tmp_path_factory.mktemp("private-site")
     (root / "secret.txt").write_text("internal\n")
-    with namespace_host("10.254.31.0", root) as host:
+    with namespace_host("10.254.0.0/16", root) as host:
         yield host
 
 
@@ -63,7 +63,7 @@ def private_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace
 def link_local_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamespaceHost]:
     root = tmp_path_factory.mktemp("metadata-like")
     (root / "latest").write_text("credentials\n")
-    with namespace_host("169.254.77.0", root) as host:
+    with namespace_host("169.254.77.0/24", root) as host:
         yield host
 
 
@@ -249,6 +249,29 @@ def test_the_rule_set_blocks_the_metadata_address_and_private_ranges() -> None:
     for address in blocked:
         assert any(ipaddress.ip_address(address) in net for net in ranges), address
     assert not any(ipaddress.ip_address("203.0.113.80") in net for net in ranges)  # PyPI here
+
+
+def test_a_session_is_let_reach_its_hub_when_a_stale_element_went_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A session's address was held before by another session, whose late clean-up
+    removed its element between ``allow_hub`` reading the set and changing it (a
+    disconnect storm on a busy hub did): the new session is still let through."""
+    from binderbox.runtime import network as netmod
+
+    network = SandboxNetwork()
+    network.ensure()
+    sessions, _ = network.ranges()
+    address = str(sessions.broadcast_address)  # the pool's last address: rarely leased
+    elements = netmod._hub_elements
+    assert f"{address} . 2" not in elements()
+    monkeypatch.setattr(netmod, "_hub_elements", lambda: [f"{address} . 2"])  # as read
+    try:
+        network.allow_hub(address, 1)
+        assert f"{address} . 1" in elements()
+    finally:
+        network.forget_hub(address, 1)
+    assert f"{address} . 1" not in elements()
 
 
 def test_the_hub_listens_where_sessions_can_reach_it_and_nowhere_public() -> None:

@@ -146,54 +146,43 @@ sleep 600
 """
 
 
-@pytest.mark.parametrize("script", [DISK_FILLER, DEEP_FILLER], ids=["flat", "deep"])
-async def test_a_postbuild_writing_past_the_environment_size_limit_fails_plainly(
-    tmp_path: Path, script: str
-) -> None:
-    repo = make_repo(tmp_path / "filler", {"postBuild": script}, executable=("postBuild",))
-    config: dict[str, dict[str, Any]] = {
-        "SandboxHost": {"env_size_limit": "100M"},
-        "LaunchPipeline": {"build_timeout": 300},
-    }
-    async with pipeline_on(tmp_path / "data", **config) as pipeline:
-        events = await build(pipeline, repo)
-        end = failed(events)
-        assert end.reason == "env_size", end.to_wire()
-        assert end.message.startswith(
-            "The build was stopped: the environment grew past this service's limit of 100 MiB."
-        )
-        written = [int(line.split()[1]) for line in lines(events) if line.startswith("wrote ")]
-        assert written and max(written) < 100  # stopped while it wrote, not at its end
-        assert_nothing_left(pipeline)
-
-
 #: empty files: hardly any bytes, but inodes
 FILE_FILLER = """#!/bin/bash
 mkdir "$NB_PYTHON_PREFIX/many"
 for i in $(seq 1 100); do
     (cd "$NB_PYTHON_PREFIX/many" && touch $(seq -f "f$i-%g" 1 1000))
-    echo "made $i"
+    echo "wrote $i"
 done
 sleep 600
 """
+BYTES_PAST = "the environment grew past this service's limit of 100 MiB."
+FILES_PAST = "the environment holds more files than this service allows (20000)."
 
 
-async def test_a_postbuild_making_too_many_files_fails_plainly(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "files", {"postBuild": FILE_FILLER}, executable=("postBuild",))
+@pytest.mark.parametrize(
+    ("script", "setting", "past"),
+    [
+        (DISK_FILLER, {"env_size_limit": "100M"}, BYTES_PAST),
+        (DEEP_FILLER, {"env_size_limit": "100M"}, BYTES_PAST),
+        (FILE_FILLER, {"files_limit": 20000}, FILES_PAST),
+    ],
+    ids=["bytes", "bytes-deeper-than-a-path", "files"],
+)
+async def test_a_postbuild_writing_past_an_environment_limit_fails_plainly(
+    tmp_path: Path, script: str, setting: dict[str, Any], past: str
+) -> None:
+    repo = make_repo(tmp_path / "filler", {"postBuild": script}, executable=("postBuild",))
     config: dict[str, dict[str, Any]] = {
-        "SandboxHost": {"files_limit": 20000},
+        "SandboxHost": setting,
         "LaunchPipeline": {"build_timeout": 300},
     }
     async with pipeline_on(tmp_path / "data", **config) as pipeline:
         events = await build(pipeline, repo)
         end = failed(events)
         assert end.reason == "env_size", end.to_wire()
-        assert end.message.startswith(
-            "The build was stopped: the environment holds more files than this service "
-            "allows (20000)."
-        )
-        made = [int(line.split()[1]) for line in lines(events) if line.startswith("made ")]
-        assert made and max(made) < 100  # stopped while it made them, not at its end
+        assert end.message.startswith(f"The build was stopped: {past}")
+        written = [int(line.split()[1]) for line in lines(events) if line.startswith("wrote ")]
+        assert written and max(written) < 100  # stopped while it wrote, not at its end
         assert_nothing_left(pipeline)
 
 

@@ -9,21 +9,16 @@ Screenshots go to /tmp/binderbox-shots/ for a person to look at.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
-from browser import CHROMIUM, chromium, shot
+from browser import SCREEN, served_browser_marks, shot
 from playwright.async_api import Browser, Page, expect
 from repos import make_repo, notebook
 from serve_helpers import ServeProcess, git_spec, running_serve
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium"),
-]
+pytestmark = served_browser_marks(600)
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
 
@@ -44,12 +39,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "README.md": "# lab demo\n",
         },
     )
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with chromium() as started:
-        yield started
 
 
 def session_logs(serve: ServeProcess) -> str:
@@ -94,7 +83,7 @@ async def run_first_cell(page: Page, serve: ServeProcess) -> None:
 async def test_launch_link_opens_jupyterlab_and_runs_the_notebook(
     serve: ServeProcess, repo: Path, browser: Browser
 ) -> None:
-    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    page = await browser.new_page(viewport=SCREEN)
     link = f"{serve.url}v2/git/{git_spec(repo)}?urlpath=lab/tree/index.ipynb"
     await page.goto(link)
     log = page.locator("#log")
@@ -126,7 +115,7 @@ async def test_launch_link_opens_jupyterlab_and_runs_the_notebook(
 async def test_legacy_labpath_link_opens_the_notebook(
     serve: ServeProcess, repo: Path, browser: Browser
 ) -> None:
-    page = await browser.new_page(viewport={"width": 1280, "height": 860})
+    page = await browser.new_page(viewport=SCREEN)
     await page.goto(f"{serve.url}v2/git/{git_spec(repo)}?labpath=index.ipynb")
     await page.wait_for_url(re.compile(r"/user/[a-z0-9-]+/lab/tree/index\.ipynb"), timeout=120_000)
     await expect(page.locator(".jp-Notebook")).to_be_visible(timeout=60_000)

@@ -38,7 +38,7 @@ from tornado.web import Application, RequestHandler
 from binderbox.errors import LaunchError, QuotaExceeded
 from binderbox.events import Launching
 from binderbox.hub import HubError, ManagedHub
-from binderbox.hub.process import free_port
+from binderbox.hub.children import free_port
 from binderbox.runtime.limits import CgroupLimits, Limits, limits_status
 from binderbox.sessions import SessionLauncher, SessionRequest
 from binderbox.sessions.hubclient import HubClient

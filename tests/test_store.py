@@ -602,3 +602,60 @@ async def test_build_adopts_a_tree_published_without_metadata(
     assert (env.path / "marker").read_text() == "complete"
     assert env.spec == {"a": 1}
     assert runs(workdir) == 0
+
+
+def test_keyed_folders_evict_least_recently_used_and_never_what_is_in_use(
+    tmp_path: Path,
+) -> None:
+    """The store's scheme for folder caches (apt layers, conda packages): one eviction
+    loop (the store's), use locks that another process holds keep an entry."""
+    import subprocess
+    import time
+
+    from binderbox.store.lru import KeyedFolders
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    extras = tmp_path / "extracted"
+    extras.mkdir()
+    folders = KeyedFolders(root, root, extra=lambda key: [extras / key])
+    for age, key in enumerate(["old", "mid", "new", "held"]):
+        (root / key).mkdir()
+        (root / key / "data").write_bytes(os.urandom(64 * 1024))
+        (extras / key).write_bytes(os.urandom(4096))
+        stamp = time.time() - 1000 + age * 100
+        os.utime(root / key, (stamp, stamp))
+    os.utime(root / "held", (1.0, 1.0))  # the least recently used of all
+    size = next(e.size for e in folders.entries() if e.key == "old")
+    assert size >= 64 * 1024 + 4096  # the entry and what belongs to it
+
+    # another process (a session's supervisor, a build) holds "held"'s use lock
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_SH); print('held', flush=True); time.sleep(60)",
+            str(folders.use_path("held")),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert folders.evict(0, 0.0) == []  # 0: no budget
+        assert folders.evict(10**12, 0.0) == []  # under it
+        removed = folders.evict(2 * size, 0.0)
+        assert [e.key for e in removed] == ["old", "mid"]  # "held" skipped, in use
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in root.iterdir()) == ["held", "locks", "new", "tmp"]
+    assert sorted(p.name for p in extras.iterdir()) == ["held", "new"]
+    assert list((root / "tmp").iterdir()) == []
+
+    with folders.use("new"):  # used now: kept although over budget
+        assert [e.key for e in folders.evict(1, 0.0)] == ["held"]
+    assert [e.key for e in folders.evict(1, 3600.0)] == []  # used under min_idle ago
+    assert [e.key for e in folders.evict(1, 0.0)] == ["new"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from traitlets.config import Config
 from web_helpers import (
     PROVIDERS,
     BrokenPipeline,
@@ -22,9 +23,13 @@ from web_helpers import (
 )
 
 from binderbox.events import Built, Phase
+from binderbox.prebuilt import Entry
 from binderbox.providers import offered_providers, repoprovider_configs
+from binderbox.sessions.identity import Visitor
+from binderbox.sessions.sizes import SessionSizes
 from binderbox.web import SessionIndex, WebApp, make_app
 from binderbox.web.base import LaunchPipelineProtocol
+from binderbox.web.menu import OptionsMenu
 
 GIT_URL = "https%3A%2F%2Fexample.org%2Fr.git"
 
@@ -466,6 +471,38 @@ async def test_home_page_has_the_form_and_its_assets() -> None:
     assert {a.split("?")[0] for a in assets} >= {"/static/style.css", "/static/home.js"}
     assert all(r.code == 200 for r in fetched)
     assert "http" not in "".join(assets)  # no CDN
+
+
+async def test_without_logins_the_menu_offers_environments_at_the_default_size() -> None:
+    """Nobody logs in here: everyone is anonymous and gets the default size, so the menu
+    lists the environments (a failed one with its reason, no button) and no size."""
+    ready, broken = (
+        Entry("stack", "Science stack", "gh/o/stack/v1"),
+        Entry("old", "Old", "gh/o/x/1"),
+    )
+    ready.state, broken.state, broken.message = "ready", "failed", "Could not build it."
+    sizes = SessionSizes(
+        config=Config(
+            {
+                "SessionSizes": {
+                    "sizes": [
+                        {"name": "small", "mem_limit": "1G"},
+                        {"name": "big", "mem_limit": "4G"},
+                    ]
+                }
+            }
+        )
+    )
+    config = WebApp(ready_linger_seconds=0.2)
+    menu = OptionsMenu([ready, broken], sizes, login_mode="none")
+    app = make_app(ScriptedPipeline(), config=config, providers=PROVIDERS, menu=menu)
+    async with serve(app) as base:
+        page = (await get(base, "/")).body.decode()
+    assert 'id="options-menu"' in page and 'id="menu-size"' not in page
+    assert 'formaction="/v2/gh/o/stack/v1"' in page and "Science stack" in page
+    assert "Could not build it." in page and 'formaction="/v2/gh/o/x/1"' not in page
+    assert menu.offered(Visitor(name="ann")).sizes == tuple(sizes.parsed())  # type: ignore[union-attr]
+    assert OptionsMenu([ready], sizes, login_mode="optional").offered(Visitor()) is None
 
 
 async def test_launch_page_points_at_the_build_stream() -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, SHOTS, chromium
+from browser import NEEDS_CHROMIUM, SHOTS, chromium
 from playwright.async_api import Browser, expect
 from tornado.web import Application, RequestHandler
 from web_helpers import PROVIDERS, ScriptedPipeline, failing, launch_events, serve
@@ -17,7 +17,7 @@ from binderbox.events import Event
 from binderbox.pipeline import LaunchRequest
 from binderbox.web import WebApp, make_app
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+pytestmark = NEEDS_CHROMIUM
 
 
 @dataclass

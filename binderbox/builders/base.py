@@ -16,23 +16,33 @@ Contract:
   :class:`~binderbox.errors.BuildError` subclass on failure.  When the
   consumer stops iterating (cancellation, timeout) every process it started
   is killed before it returns.
+* :meth:`Builder.build_for` -- what the pipeline calls: :meth:`Builder.build`, unless
+  the builder builds elsewhere from the repository itself (a Kubernetes Job:
+  :mod:`binderbox.builders.kube`), which needs the version of the repository and
+  the key the environment is built for.
 * :meth:`Builder.finish` -- work on the *published* environment that makes it
   faster without changing what it does (bytecode), run in the background
   while sessions may already use it (see ``store/finishing.py`` for the
   rules); :meth:`Builder.finished` says whether any is left.  It may be
   stopped at any point and run again, and must then do only what is missing.
-* ``version`` -- changes whenever the builder's output would change.
+* ``version`` -- changes whenever the builder's output would change
+  (:meth:`Builder.key_version` is what a spec's key uses).
+* ``kinds`` -- the ``EnvSpec.kind`` values it builds; the pipeline's
+  :class:`~binderbox.builders.registry.Builders` picks a builder by them.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from traitlets.config import LoggingConfigurable
 
 from ..environments import EnvSpec
+
+if TYPE_CHECKING:
+    from ..providers.base import Resolved
 
 
 class Builder(LoggingConfigurable):
@@ -43,6 +53,10 @@ class Builder(LoggingConfigurable):
     #: bump when the output of a build changes for the same spec
     version: ClassVar[str] = "0"
 
+    def key_version(self, spec: EnvSpec) -> str:
+        """The builder version that goes into ``spec``'s key (default: ``version``)."""
+        return self.version
+
     def interpreter(self, spec: EnvSpec) -> str:
         """The interpreter identity for ``spec`` (e.g. ``cpython-3.10.13``)."""
         raise NotImplementedError
@@ -50,6 +64,13 @@ class Builder(LoggingConfigurable):
     def build(self, spec: EnvSpec, content: Path | None, prefix: Path) -> AsyncGenerator[str, None]:
         """Build ``spec`` into ``prefix``; yields log lines.  See the module docstring."""
         raise NotImplementedError
+
+    def build_for(
+        self, spec: EnvSpec, content: Path | None, prefix: Path, *, key: str, source: Resolved
+    ) -> AsyncGenerator[str, None]:
+        """Build ``spec`` (of the repository version ``source``, for the environment
+        ``key``) into ``prefix``; yields log lines.  Default: :meth:`build`."""
+        return self.build(spec, content, prefix)
 
     def finished(self, path: Path) -> bool:
         """Whether the environment at ``path`` needs no :meth:`finish` (default: yes)."""

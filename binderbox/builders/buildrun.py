@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ..environments import EnvSpec
 from ..errors import BuildError
 from ..runtime.layout import Mount
 from ..runtime.leases import Lease
@@ -30,6 +32,19 @@ from ..runtime.ownership import give_tree
 from ..runtime.treewatch import DEFAULT_FILES, WatchedTree, over_limit
 from ..util.sizes import human
 from .interpreters import Interpreter
+
+
+@dataclass
+class BasePlan:
+    """What a builder decided before its first sandbox starts: for the spec it builds,
+    the interpreter; a subclass keeps its own plan in ``extra`` (a conda builder: the
+    packages it solved and downloaded)."""
+
+    spec: EnvSpec
+    interp: Interpreter | None = None
+    extra: Any = None
+    #: locks the build holds until it ends (its system layer's use lock)
+    holds: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -51,8 +66,14 @@ class BuildRun:
     #: the files (inodes) limit of each tree, and what the home held at the start
     files: int = DEFAULT_FILES
     home_files: int = 0
+    #: the Jupyter server's interpreter beside an old Python's kernel (server_env.py)
+    server: Interpreter | None = None
     #: whether a step ran as the build's own uid (repository code may have run)
     ran_code: bool = False
+    #: what the builder planned (its :class:`BasePlan`)
+    plan: BasePlan | None = None
+    #: system layers every step sees over /usr (builders/aptlayer.py)
+    layers: list[Path] = field(default_factory=list)
     _given: set[Path] = field(default_factory=set)
 
     def hand_over(self, private_cache: Path | None, shared: bool) -> int | None:
@@ -73,9 +94,11 @@ class BuildRun:
         return uid
 
     def close(self) -> None:
-        """Give the build's own uid back."""
+        """Give the build's own uid back, and release what its plan holds."""
         if self.own is not None:
             self.own.release()
+        for hold in self.plan.holds if self.plan is not None else []:
+            hold.release()
 
     def trees(self, private_cache: Path | None = None) -> list[WatchedTree]:
         """What a step writes on the host, each held to the size limit (the home beyond

@@ -36,6 +36,7 @@ bytecode.  :meth:`BytecodeCache.gc` drops entries no environment links to.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -49,18 +50,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..environments import ENV_PREFIX
+from ..runtime.process import StepOutput, run_step
+from .interpreters import Interpreter
 
 #: written into an environment's ``.binderbox/`` once it has its bytecode
 DONE = "bytecode.json"
 
 #: compiles the jobs listed in a JSON file: [[source, dfile, cfile], ...]
+#: (Python 3.6 has no checked-hash pycs, PEP 552: its pycs are checked by the source's
+#: modification time, which hard links and copies made by uv keep; a stale one is only
+#: recompiled in memory.  Its pool takes no start method: fork is the default there.)
 COMPILER = """
-import concurrent.futures, json, multiprocessing, os, py_compile, sys
+import concurrent.futures, json, os, py_compile, sys
+from multiprocessing import get_context
+
+MODE = getattr(py_compile, "PycInvalidationMode", None)
+HOW = {"invalidation_mode": MODE.CHECKED_HASH} if MODE else {}
 
 def one(job):
     try:
-        py_compile.compile(job[0], cfile=job[2], dfile=job[1], doraise=True,
-                           invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        py_compile.compile(job[0], cfile=job[2], dfile=job[1], doraise=True, **HOW)
         return 1
     except Exception:
         return 0
@@ -68,9 +77,12 @@ def one(job):
 os.nice(19)  # behind sessions starting meanwhile (inherited by the workers)
 with open(sys.argv[1]) as f:
     jobs = json.load(f)
-context = multiprocessing.get_context("fork")
 workers = int(sys.argv[2]) if len(sys.argv) > 2 else (os.cpu_count() or 1)
-with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+try:
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=get_context("fork"))
+except TypeError:  # Python 3.6
+    pool = concurrent.futures.ProcessPoolExecutor(workers)
+with pool:
     done = sum(pool.map(one, jobs, chunksize=64))
 print("compiled %d of %d files" % (done, len(jobs)))
 """
@@ -122,10 +134,13 @@ class BytecodeCache:
         self.root = root / cache_tag
         self.cache_tag = cache_tag
 
-    def plan(self, prefix: Path) -> Plan:
-        """Link every cached pyc into ``prefix``; list the sources still to compile."""
+    def plan(self, prefix: Path, inside: str = ENV_PREFIX) -> Plan:
+        """Link every cached pyc into ``prefix`` (``inside`` the sandbox); list the sources
+        still to compile."""
         plan = Plan()
         lib = prefix / "lib"
+        if prefix.is_symlink() or lib.is_symlink():  # build code's link: never followed
+            return plan
         for source in _sources(lib):
             rel = source.relative_to(prefix).as_posix()
             digest = hashlib.sha256(rel.encode() + b"\0" + source.read_bytes()).hexdigest()
@@ -137,7 +152,7 @@ class BytecodeCache:
                 _link(entry, target)
                 plan.reused += 1
             except FileNotFoundError:  # never compiled, or just dropped by gc
-                plan.jobs.append((source, f"{ENV_PREFIX}/{rel}", target, entry))
+                plan.jobs.append((source, f"{inside}/{rel}", target, entry))
         first = _first_order()
         plan.jobs.sort(key=lambda job: _job_order(job[1], first))
         plan.first = sum(1 for job in plan.jobs if _site_path(job[1]) in first)
@@ -183,6 +198,23 @@ class BytecodeCache:
             shutil.rmtree(plan.workdir, ignore_errors=True)
         return done
 
+    async def compile_tree(
+        self, python: Path, prefix: Path, inside: str = ENV_PREFIX, spare: int = 1
+    ) -> dict[str, int]:
+        """Plan, compile with ``python`` and link the bytecode of ``prefix`` (seen at
+        ``inside``): what a server imports first, then the rest (:meth:`batches`).
+        Returns how many modules were ``reused``, ``compiled`` and ``failed``."""
+        plan = await asyncio.to_thread(self.plan, prefix, inside)
+        compiled = 0
+        for batch, workers in self.batches(plan, spare):
+            argv = await asyncio.to_thread(self.compile_argv, python, batch, workers)
+            try:
+                async for _line in run_step(argv, StepOutput()):
+                    pass
+            finally:
+                compiled += await asyncio.to_thread(self.finish, batch)
+        return {"reused": plan.reused, "compiled": compiled, "failed": len(plan.jobs) - compiled}
+
     def gc(self) -> int:
         """Delete cached pycs no environment links to; returns how many."""
         removed = 0
@@ -191,6 +223,11 @@ class BytecodeCache:
                 entry.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def cache_tag(interp: Interpreter) -> str:
+    """The interpreter's bytecode cache tag, e.g. ``cpython-310``."""
+    return f"{interp.implementation}-{interp.minor.replace('.', '')}"
 
 
 def collect(root: Path, *, max_age: float = 86400.0) -> int:

@@ -13,6 +13,16 @@ Every step runs in a :class:`~binderbox.runtime.sandbox.Sandbox` (uid 1000
   (:attr:`PythonBuilder.cache_dir`), the system directories read-only, and
   the network (packages are downloaded).
 
+The sandbox and how one uv command runs in it (uids, failures) are
+:class:`~binderbox.builders.uvsteps.UvSteps`'s, the base of this builder.
+
+System layer: when the spec has apt.txt packages, their layer
+(:class:`~binderbox.builders.aptlayer.AptLayers`, :attr:`PythonBuilder.layers`) is
+made or reused first; every step sees it over ``/usr`` (so ``pip`` and
+``postBuild`` use its programs and libraries), ``build.json`` names it
+(``system_layers``) and sessions show it the same way.  The key covers it:
+:meth:`PythonBuilder.interpreter` adds the host's installed package set.
+
 Steps: ``uv venv``, then ONE ``uv pip install -r requirements.txt`` whose
 file holds, in this order, the repository's normalised requirement lines,
 what a session needs (:attr:`PythonBuilder.session_packages` and
@@ -54,6 +64,12 @@ cache (hard-linking files when no postBuild follows); only when something
 must be built from source does it run again with a private cache.  The rule
 and why are in :mod:`binderbox.builders.caches`.
 
+Old Pythons (3.6, 3.7: older than ``kernel_only_below``) get only a kernel
+in their environment and the Jupyter server in ``/srv/env/server`` beside it,
+made before any repository code runs (:mod:`binderbox.builders.server_env`).
+Every uv install reads ``.binderbox/uv.toml`` and nothing else of uv's
+configuration: metadata for old releases uv refuses (:mod:`.uvconfig`).
+
 ``PythonBuilder.version`` bump rule: bump whenever the same spec would give
 a different environment (the steps, the session packages, their pinning
 rule, the layout of ``.binderbox/``).  Upgrading uv does not bump it.
@@ -62,46 +78,40 @@ rule, the layout of ``.binderbox/``).  Upgrading uv does not bump it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from importlib import metadata
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
-from traitlets import Bool, Instance, Integer, List, Unicode, default
+from traitlets import Instance, Integer, List, Unicode, default
 
 from ..environments import ENV_PREFIX, HOME, EnvSpec
-from ..errors import BuildError, PostBuildFailed, PythonVersionUnavailable
+from ..errors import BuildError, PostBuildFailed
 from ..runtime.host import SandboxHost, Step
-from ..runtime.layout import META, base_sandbox, reset_meta, session_environment
-from ..runtime.ownership import give_tree, take_back, take_back_folder
-from ..runtime.process import StepOutput, run_step
+from ..runtime.layout import META, reset_meta, session_environment
+from ..runtime.ownership import take_back, take_back_folder
+from ..runtime.process import StepOutput, last_line
 from ..runtime.provision import provision
-from ..runtime.sandbox import Sandbox
 from ..util.sizes import disk_bytes, file_count
-from . import bytecode, caches, interpreters, uvlog
-from .base import Builder
-from .buildrun import BuildRun, out_of_memory, too_big
+from . import bytecode, caches, server_env, uvconfig
+from .aptlayer import AptLayers
+from .buildrun import BasePlan, BuildRun, out_of_memory, too_big
 from .bytecode import DONE as BYTECODE_DONE
 from .bytecode import BytecodeCache
+from .installs import PythonChoices, requirement_name
 from .interpreters import Interpreter
 from .overlay import capture_overlay, snapshot
 from .seed import seed as _seed
+from .server_env import SERVER_DIR, SERVER_PREFIX
+from .uvsteps import TAIL, UV_INSIDE, UV_PIP, SourceBuildNeeded, UvSteps
 
-#: where uv's binary and cache appear inside build sandboxes
-UV_INSIDE = "/run/binderbox/uv"
-CACHE_INSIDE = "/run/binderbox/uv-cache"
-#: lines of a failing step's output kept for its error
-TAIL = 20
 # fmt: off
 _PASS_ENV = (
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
@@ -111,35 +121,12 @@ _PASS_ENV = (
 # fmt: on
 
 
-def _installed_jupyterhub() -> str:
-    try:
-        return metadata.version("jupyterhub")
-    except metadata.PackageNotFoundError:
-        return ""
-
-
-class PythonBuilder(Builder):
+class PythonBuilder(PythonChoices, UvSteps):
     """Builds ``kind == "python"`` specs with uv.  See the module docstring."""
 
     kinds: ClassVar[tuple[str, ...]] = ("python",)
-    version: ClassVar[str] = "5"
+    version: ClassVar[str] = "6"
 
-    search_dirs = List(
-        Unicode(),
-        help="""Extra places to look for CPython interpreters, searched first: a bin
-        directory holding python3.X, a prefix holding bin/python3.X, or a directory of
-        such prefixes.  uv-managed, pyenv and /usr(/local)/bin interpreters are always
-        searched.""",
-    ).tag(config=True)
-    pyenv_root = Unicode(
-        help="pyenv's root (its versions/ are searched).  Default: $PYENV_ROOT or ~/.pyenv."
-    ).tag(config=True)
-    min_python = Unicode(
-        "3.8", help="The oldest X.Y version offered; older interpreters on the machine are ignored."
-    ).tag(config=True)
-    uv_path = Unicode(help="The uv executable.  Default: the one installed with binderbox.").tag(
-        config=True
-    )
     cache_dir = Unicode(
         help="""uv's package cache (shared by all builds, writable inside build sandboxes).
         Default: $XDG_CACHE_HOME/binderbox/uv or ~/.cache/binderbox/uv."""
@@ -160,24 +147,6 @@ class PythonBuilder(Builder):
         help="""Cores the background bytecode compile leaves to sessions starting meanwhile,
         once what a server imports is compiled (on every core).  `binderbox build` uses 0.""",
     ).tag(config=True)
-    session_packages = List(
-        Unicode(),
-        ["jupyterlab", "notebook", "ipykernel", "jupyter-server"],
-        help="""Packages every environment gets besides jupyterhub, resolved together with
-        the repository's requirements (a user's pin on one of them wins).""",
-    ).tag(config=True)
-    jupyterhub_version = Unicode(
-        help="""The jupyterhub release installed in environments (its jupyterhub-singleuser
-        talks to the hub).  Default: the hub's own version.  Empty: add no jupyterhub.""",
-    ).tag(config=True)
-    jupyterhub_requires_python = Unicode(
-        help="""Requires-Python of that jupyterhub release; older interpreters get the newest
-        jupyterhub that supports them instead.  Default: read from the installed jupyterhub
-        when its version matches, else no limit.""",
-    ).tag(config=True)
-    seed = Bool(
-        True, help="Install pip (and setuptools/wheel on Python < 3.12) into environments."
-    ).tag(config=True)
     pass_env = List(
         Unicode(),
         list(_PASS_ENV),
@@ -191,6 +160,14 @@ class PythonBuilder(Builder):
         cache_dir (see binderbox/runtime/provision.py)."""
     ).tag(config=True)
     host = Instance(SandboxHost, help="Where build steps run (uids, network, limits).")
+    layers = Instance(AptLayers, help="System layers of apt.txt (c.AptLayers).")
+
+    @default("layers")
+    def _default_layers(self) -> AptLayers:
+        layers = AptLayers(parent=self)
+        if "root" not in self.config.AptLayers:
+            layers.root = str(Path(self.cache_dir).parent / "layers")
+        return layers
 
     @default("host")
     def _default_host(self) -> SandboxHost:
@@ -199,19 +176,6 @@ class PythonBuilder(Builder):
     @default("provision_dir")
     def _default_provision_dir(self) -> str:
         return str(Path(self.cache_dir).parent / "provisioned")
-
-    @default("pyenv_root")
-    def _default_pyenv_root(self) -> str:
-        return os.environ.get("PYENV_ROOT") or str(Path("~/.pyenv").expanduser())
-
-    @default("uv_path")
-    def _default_uv_path(self) -> str:
-        try:
-            from uv import find_uv_bin
-
-            return str(find_uv_bin())
-        except (ImportError, FileNotFoundError):
-            return shutil.which("uv") or "uv"
 
     @default("cache_dir")
     def _default_cache_dir(self) -> str:
@@ -222,48 +186,22 @@ class PythonBuilder(Builder):
     def _default_bytecode_dir(self) -> str:
         return str(Path(self.cache_dir).parent / "bytecode")
 
-    @default("jupyterhub_version")
-    def _default_jupyterhub_version(self) -> str:
-        return _installed_jupyterhub()
-
-    @default("jupyterhub_requires_python")
-    def _default_jupyterhub_requires_python(self) -> str:
-        if self.jupyterhub_version and self.jupyterhub_version == _installed_jupyterhub():
-            found = metadata.metadata("jupyterhub").get_all("Requires-Python") or [""]
-            return str(found[0])
-        return ""
-
     # -- interpreters -------------------------------------------------------
 
-    def interpreters(self, minor: str | None = None) -> list[Interpreter]:
-        """Every usable CPython on the machine (of version ``minor`` when given),
-        best first within each version."""
-        roots = interpreters.search_roots(
-            extra=self.search_dirs,
-            uv_dir=interpreters.uv_python_dir(self.uv_path),
-            pyenv_root=Path(self.pyenv_root) if self.pyenv_root else None,
-        )
-        return interpreters.find_all(roots, minor)
-
-    def find_interpreter(self, spec: EnvSpec) -> Interpreter:
-        """The interpreter for ``spec.python``, or :class:`PythonVersionUnavailable`."""
-        wanted = interpreters.version_tuple(spec.python)
-        floor = interpreters.version_tuple(self.min_python) or (0, 0)
-        interp = None
-        if wanted and wanted >= floor:  # probe only what can fit
-            minor = f"{wanted[0]}.{wanted[1]}"
-            interp = interpreters.best(self.interpreters(minor), minor)
-        if interp is None:
-            offered = interpreters.available_minors(self.interpreters(), self.min_python)
-            raise PythonVersionUnavailable(
-                f"Python {spec.python} is not available on this server.",
-                hint=f"Available: {', '.join(offered) or 'none'}.",
-            )
-        return interp
-
     def interpreter(self, spec: EnvSpec) -> str:
-        """The identity of the interpreter ``spec`` builds with (see interpreters.py)."""
-        return self.find_interpreter(spec).identity
+        """The identity of the interpreter ``spec`` builds with (see interpreters.py),
+        of the server's beside it for old Pythons, and of the host's package set when
+        it has a system layer."""
+        self.check_layers(spec)
+        interp = self.find_interpreter(spec)
+        server = self.server_interpreter(interp)
+        identity = interp.identity + (f"+server-{server.identity}" if server else "")
+        if self.dependency_metadata:  # the operator's entries can change what is built
+            table = json.dumps(uvconfig.merged(self.dependency_metadata), sort_keys=True)
+            identity += f"+metadata-{hashlib.sha256(table.encode()).hexdigest()[:12]}"
+        if self.system_packages(spec):
+            identity += f"+{self.layers.identity()}"
+        return identity
 
     # -- building -----------------------------------------------------------
 
@@ -271,15 +209,30 @@ class PythonBuilder(Builder):
         self, spec: EnvSpec, content: Path | None, prefix: Path
     ) -> AsyncGenerator[str, None]:
         """Build ``spec`` into the empty ``prefix``; yields log lines (module docstring)."""
-        interp = await asyncio.to_thread(self.find_interpreter, spec)
+        self.check_layers(spec)
         self._check(spec, content, prefix)
-        run = await asyncio.to_thread(self._start_run, interp, content, prefix)
+        plan = BasePlan(spec)
+        async for line in self._prepare(plan):
+            yield line
+        interp = plan.interp
+        assert interp is not None
+        server = await asyncio.to_thread(self.server_interpreter, interp)
+        system = self.system_packages(spec)
+        if system:  # not evicted until the build ends (run.close)
+            plan.holds.append(await asyncio.to_thread(self.layers.hold, system))
+        async for line in self.system_layer(spec):
+            yield line
+        layer = await asyncio.to_thread(self.layers.tree, system) if system else None
+        run = await asyncio.to_thread(self._start_run, interp, server, content, prefix)
+        run.plan = plan
+        run.layers = [layer] if layer is not None else []
         try:
-            yield f"Using CPython {interp.version} ({interp.path})"
-            async for line in self._venv(run, caches.copying(self.cache)):
+            async for line in self.base_layer(spec, run):
                 yield line
-            _seed(prefix, interp)
+            spec = self.pip_spec(spec, run)
             async for line in self._install(spec, run):
+                yield line
+            async for line in self.code_layer(spec, run):
                 yield line
             if spec.postbuild and content is not None:
                 async for line in self._postbuild(spec.postbuild, run):
@@ -300,14 +253,82 @@ class PythonBuilder(Builder):
         finally:
             run.close()
 
-    def _start_run(self, interp: Interpreter, content: Path | None, prefix: Path) -> BuildRun:
-        """Readable interpreter and uv, the build's own uid (blocking)."""
+    async def _prepare(self, plan: BasePlan) -> AsyncIterator[str]:
+        """Choose the interpreter (``plan.interp``) before any sandbox starts (a conda
+        builder solves here: its interpreter is a package of the environment)."""
+        interp = await asyncio.to_thread(self.find_interpreter, plan.spec)
+        plan.interp = interp
+        yield f"Using CPython {interp.version} ({interp.path})"
+
+    async def base_layer(self, spec: EnvSpec, run: BuildRun) -> AsyncIterator[str]:
+        """The environment's base layer, before the pip layer: here a virtual
+        environment of the interpreter.  Builders of other kinds override it."""
+        if run.server is not None:
+            yield (
+                f"The Jupyter server runs on CPython {run.server.version} ({run.server.path}) "
+                f"beside the kernel: Python {run.interp.minor} is too old for it"
+            )
+        async for line in self.rebuild_base(spec, run, caches.copying(self.cache)):
+            yield line
+
+    async def rebuild_base(
+        self, spec: EnvSpec, run: BuildRun, cache: caches.CacheUse
+    ) -> AsyncIterator[str]:
+        """Make the virtual environment (and binderbox's files) in the emptied prefix
+        with ``cache``: in the base layer, and again when the install is retried with
+        a private cache (``_install``)."""
+        async for line in self._venv(run, cache):
+            yield line
+        _seed(run.prefix, run.interp)
+
+    def interpreter_mounts(
+        self, interp: Interpreter, server: Interpreter | None
+    ) -> list[tuple[Path, Path]]:
+        """The read-only mounts of the interpreters (readable copies shown at the paths
+        the environment knows)."""
+        root = Path(self.provision_dir)
+        folders = interp_prefixes(interp) + (interp_prefixes(server) if server else [])
+        return [(provision(p, root), p) for p in dict.fromkeys(folders)]
+
+    def code_runs_later(self, spec: EnvSpec) -> bool:
+        """Whether repository code runs after the pip layer (postBuild, a kind's code
+        layer): then nothing is hard-linked from a shared cache (its files would be
+        handed to that code's uid)."""
+        return bool(spec.postbuild)
+
+    async def code_layer(self, spec: EnvSpec, run: BuildRun) -> AsyncIterator[str]:
+        """Repository code of a kind's own, after the pip layer and before postBuild
+        (R's install.R): nothing here.  It runs in the build sandbox only; the host
+        writes nothing into the environment afterwards but its own META files."""
+        return
+        yield  # an async generator
+
+    def check_layers(self, spec: EnvSpec) -> None:
+        """Refuse a spec whose layers this builder cannot build (every kind it builds
+        takes a system layer: nothing to refuse here; subclasses may)."""
+
+    def system_packages(self, spec: EnvSpec) -> tuple[str, ...]:
+        """The Debian packages of ``spec``'s system layer (here its apt.txt; a kind may
+        add its own, as R does)."""
+        return spec.apt_packages
+
+    async def system_layer(self, spec: EnvSpec) -> AsyncIterator[str]:
+        """Make (or reuse) the system layer of :meth:`system_packages` (:attr:`layers`)."""
+        if self.system_packages(spec):
+            async for line in self.layers.ensure(self.system_packages(spec), self.host):
+                yield line
+
+    def _start_run(
+        self, interp: Interpreter, server: Interpreter | None, content: Path | None, prefix: Path
+    ) -> BuildRun:
+        """Readable interpreters and uv, the build's own uid (blocking)."""
         own = self.host.lease_uid()
         try:
+            mounts = self.interpreter_mounts(interp, server)
             root = Path(self.provision_dir)
-            mounts = [(provision(p, root), p) for p in interp_prefixes(interp)]
             uv = provision(Path(self.uv_path).resolve(), root)
             run = BuildRun(interp, content, prefix, mounts, uv, self.host.builder_uid, own)
+            run.server = server
             run.limit, run.files = self.host.env_size_bytes, self.host.files_limit
             if content is not None:
                 run.home_base, run.home_files = disk_bytes(content), file_count(content)
@@ -327,138 +348,106 @@ class PythonBuilder(Builder):
         """The one ``uv pip install`` of everything (see the module docstring)."""
         interp, prefix = run.interp, run.prefix
         lines = self._write_requirements(spec, interp, prefix)
+        uvconfig.write(prefix / META, self.dependency_metadata)
         wanted = [line for line in lines if not line.startswith("#")]
         if not wanted:
             return
         ours = "jupyterhub" not in {requirement_name(line) for line in spec.requirements}
-        if ours and self.jupyterhub_version and self._jupyterhub_line(interp) == "jupyterhub":
+        if ours and run.server is None and self._jupyterhub_line(interp) == "jupyterhub":
             needs = f"{self.jupyterhub_version} needs Python {self.jupyterhub_requires_python}"
             yield f"jupyterhub {needs}; installing the newest that runs on Python {interp.version}"
         yield f"Installing: {' '.join(wanted)}"
-        install = [UV_INSIDE, "pip", "install", "--no-config", "--python"]
-        install += [f"{ENV_PREFIX}/bin/python", "-r", f"{ENV_PREFIX}/{META}/requirements.txt"]
         what = "Installing the requirements"
         if caches.installs_own_code(spec.install_repo, spec.requirements):
             yield "The repository's own code is built: installing with a private cache"
+        elif run.ran_code:  # a base layer's (R's install.R): what it left is not trusted
+            yield "Repository code ran before: installing with a private cache"
         else:
-            first = caches.wheels_only(self.cache, prefix, postbuild=bool(spec.postbuild))
+            first = caches.wheels_only(self.cache, prefix, postbuild=self.code_runs_later(spec))
             try:
-                async for line in self._step(run, install, what=what, cache=first):
+                async for line in self._server(run, first):
                     yield line
+                for install in self.pip_installs(spec):
+                    async for line in self._step(run, install, what=what, cache=first):
+                        yield line
                 return
-            except _SourceBuildNeeded:
+            except SourceBuildNeeded:
                 yield "Some requirements are built from source: installing with a private cache"
             await asyncio.to_thread(caches.reset_env, prefix)
         private = Path(tempfile.mkdtemp(prefix="uv-private-", dir=self.cache.parent))
         try:
             use = caches.copying(private)
-            async for line in self._venv(run, use):
+            async for line in self.rebuild_base(spec, run, use):
                 yield line
-            _seed(prefix, interp)
-            async for line in self._step(run, install, what=what, cache=use):
+            # the server's packages before any repository code runs: copied, never linked
+            copy = caches.CacheUse(self.cache, "copy", no_build=True)
+            async for line in self._server(run, copy, last=True):
                 yield line
+            for install in self.pip_installs(spec):
+                async for line in self._step(run, install, what=what, cache=use):
+                    yield line
         finally:
             await asyncio.to_thread(shutil.rmtree, private, True)
 
-    @property
-    def cache(self) -> Path:
-        """uv's shared package cache (created on first use, owned by the builder uid)."""
-        path = Path(self.cache_dir).resolve()
-        path.mkdir(parents=True, exist_ok=True)
-        uid = self.host.builder_uid
-        if uid is not None and path.stat().st_uid != uid:
-            give_tree(path, uid)  # once: a cache made before binderbox switched uids
-        return path
+    def pip_installs(self, spec: EnvSpec) -> list[list[str]]:
+        """The uv commands of the pip layer, run in order (each attempt runs them all):
+        here the one install of ``.binderbox/requirements.txt``."""
+        install = [*UV_PIP, "--python", f"{ENV_PREFIX}/bin/python"]
+        return [[*install, "-r", f"{ENV_PREFIX}/{META}/requirements.txt"]]
 
-    def _venv(self, run: BuildRun, cache: caches.CacheUse) -> AsyncIterator[str]:
+    def pip_spec(self, spec: EnvSpec, run: BuildRun) -> EnvSpec:
+        """The spec the pip layer installs, once the base layer is built (other kinds
+        put what their lock says there).  Here: ``spec``."""
+        return spec
+
+    def _venv(
+        self, run: BuildRun, cache: caches.CacheUse, server: Interpreter | None = None
+    ) -> AsyncIterator[str]:
+        """``uv venv`` of the environment (``server``: of the server's beside it)."""
+        interp, where = (run.interp, ENV_PREFIX) if server is None else (server, SERVER_PREFIX)
         venv = [UV_INSIDE, "venv", "--no-config", "--allow-existing", "--python"]
-        venv += [str(run.interp.path), ENV_PREFIX]
-        return self._step(run, venv, what="Creating the environment", cache=cache)
+        venv += [str(interp.path), where]
+        what = "Creating the environment" if server is None else "Creating the server's environment"
+        return self._step(run, venv, what=what, cache=dataclasses.replace(cache, no_build=False))
+
+    async def _server(
+        self, run: BuildRun, cache: caches.CacheUse, *, last: bool = False
+    ) -> AsyncIterator[str]:
+        """The Jupyter server's environment beside an old Python's kernel, its kernel spec
+        and commands (builders/server_env.py); nothing for other Pythons.  Runs before
+        any repository code: the host writes into the environment here."""
+        server, prefix = run.server, run.prefix
+        if server is None:
+            return
+        async for line in self._venv(run, cache, server):
+            yield line
+        _seed(prefix / SERVER_DIR, server)
+        lines = self.server_lines(server)
+        yield f"Installing the Jupyter server: {' '.join(lines)}"
+        install = [*UV_PIP, "--python", f"{SERVER_PREFIX}/bin/python"]
+        install += ["-r", f"{ENV_PREFIX}/{META}/server-requirements.txt"]
+        try:
+            async for line in self._step(run, install, what="Installing the server", cache=cache):
+                yield line
+        except SourceBuildNeeded:
+            if last:
+                raise BuildError("The Jupyter server's packages have no wheels here.") from None
+            raise
+        server_env.write_kernelspec(prefix, run.interp)
+        linked = server_env.link_scripts(prefix)
+        yield f"Kernel: Python {run.interp.minor}; commands of the server: {' '.join(linked)}"
 
     def _write_requirements(self, spec: EnvSpec, interp: Interpreter, prefix: Path) -> list[str]:
-        """Write ``.binderbox/requirements.txt`` (what is installed); returns its lines."""
+        """Write ``.binderbox/requirements.txt`` (what is installed; and the server's
+        beside an old Python's kernel); returns its lines."""
         lines = self.requirement_lines(spec, interp)
         (prefix / META).mkdir(exist_ok=True)
         (prefix / META / "requirements.txt").write_text("\n".join(lines) + "\n")
+        server = self.server_interpreter(interp)
+        if server is not None:
+            text = "\n".join(self.server_lines(server)) + "\n"
+            (prefix / META / "server-requirements.txt").write_text(text)
         return lines
-
-    def requirement_lines(self, spec: EnvSpec, interp: Interpreter) -> list[str]:
-        """The one requirements file installed (see the module docstring)."""
-        named = {name for name in map(requirement_name, spec.requirements) if name}
-        lines = ["# the repository's requirements", *spec.requirements, "# what a session needs"]
-        lines += [p for p in self.session_packages if canonicalize_name(p) not in named]
-        if self.jupyterhub_version and "jupyterhub" not in named:
-            lines.append(self._jupyterhub_line(interp))
-        if self.seed:  # what ``uv venv --seed`` adds, resolved and fetched with the rest
-            seeds = ["pip", "setuptools", "wheel"] if interp.version_tuple() < (3, 12) else ["pip"]
-            lines += [name for name in seeds if name not in named]
-        if spec.install_repo:
-            lines += ["# the repository itself", "."]
-        return lines
-
-    def _jupyterhub_line(self, interp: Interpreter) -> str:
-        try:
-            fits = SpecifierSet(self.jupyterhub_requires_python).contains(
-                interp.version, prereleases=True
-            )
-        except InvalidSpecifier:
-            fits = True
-        return f"jupyterhub=={self.jupyterhub_version}" if fits else "jupyterhub"
-
-    def _sandbox(self, run: BuildRun, cache: caches.CacheUse | None = None) -> Sandbox:
-        """The build sandbox (see the module docstring); cwd is the home.
-
-        ``cache``: also show uv and that cache (never to postBuild); with a
-        ``shared_root``, one mount holds cache and environment (hard links).
-        """
-        content, prefix = run.content, run.prefix
-        box = base_sandbox(run.mounts, content and content.resolve())
-        if cache is not None:
-            box.ro_bind(run.uv, UV_INSIDE)
-        if cache is not None and cache.shared_root is not None:
-            box.bind(cache.shared_root).symlink(prefix.resolve(), ENV_PREFIX)
-        else:
-            if cache is not None:
-                box.bind(cache.path, CACHE_INSIDE)
-            box.bind(prefix.resolve(), ENV_PREFIX)
-        box.setenv({name: os.environ[name] for name in self.pass_env if name in os.environ})
-        return box
-
-    async def _step(
-        self, run: BuildRun, command: Sequence[str], *, what: str, cache: caches.CacheUse
-    ) -> AsyncIterator[str]:
-        """Run one uv command in the build sandbox; a failure becomes a BuildError.
-
-        With the shared cache it runs as the builder uid (no repository code runs),
-        with a private one as the build's own uid."""
-        shared = cache.path == self.cache
-        uid = await asyncio.to_thread(run.hand_over, cache.path, shared)
-        box = self._sandbox(run, cache)
-        inside = str(cache.path) if cache.shared_root is not None else CACHE_INSIDE
-        box.setenv(
-            {
-                "UV_CACHE_DIR": inside,
-                "UV_PYTHON_DOWNLOADS": "never",
-                "UV_LINK_MODE": cache.link_mode,
-                "UV_NO_PROGRESS": "1",
-                "NO_COLOR": "1",
-            }
-        )
-        if cache.no_build:
-            command = [*command, "--no-build"]
-        step = Step()
-        trees = run.trees(None if shared else cache.path)
-        async for line in self.host.run_step(box, command, uid=uid, step=step, trees=trees):
-            yield line
-        if step.over_limit:
-            raise too_big(run, step.over_limit)
-        if step.output.code != 0:
-            tail = list(step.output.tail)
-            if cache.no_build and caches.needs_source_build(tail):
-                raise _SourceBuildNeeded
-            if step.oom_killed:
-                raise out_of_memory(what, self.host.build_mem_limit)
-            raise uvlog.classify(tail, what=what)
 
     async def _postbuild(self, script: str, run: BuildRun) -> AsyncIterator[str]:
         """Run postBuild sandboxed, as the build's own uid; keep its home changes."""
@@ -487,7 +476,7 @@ class PythonBuilder(Builder):
         if code != 0 and step.oom_killed:
             raise out_of_memory("postBuild", self.host.build_mem_limit)
         if code != 0:
-            last = next((line.strip()[:200] for line in reversed(tail) if line.strip()), "")
+            last = last_line(tail)[:200]
             output = "\n".join(tail)
             raise PostBuildFailed(
                 f"postBuild failed with exit status {code}" + (f": {last}" if last else "."),
@@ -513,36 +502,38 @@ class PythonBuilder(Builder):
         After publishing (store/finishing.py): a launch need not wait for it.
         Only the host writes here: no build code runs after publishing.
         """
-        identity = json.loads((path / META / "build.json").read_text())["interpreter"]
+        record = json.loads((path / META / "build.json").read_text())
         found = await asyncio.to_thread(self.interpreters)
-        interp = next((i for i in found if i.identity == identity), None)
-        if interp is None:
-            return f"no bytecode: the interpreter {identity} is gone"
-        tag = f"{interp.implementation}-{interp.minor.replace('.', '')}"
-        cache = BytecodeCache(Path(self.bytecode_dir), tag)
-        plan = await asyncio.to_thread(cache.plan, path)
-        compiled = 0
-        batches = cache.batches(plan, self.spare_cores)  # the server's first, then the rest
-        for batch, workers in batches:
-            argv = await asyncio.to_thread(cache.compile_argv, interp.path, batch, workers)
-            try:
-                async for _line in run_step(argv, StepOutput()):
-                    pass
-            finally:
-                compiled += await asyncio.to_thread(cache.finish, batch)
-        counts = {"reused": plan.reused, "compiled": compiled, "failed": len(plan.jobs) - compiled}
+        trees = [(record["interpreter"], path, ENV_PREFIX)]
+        if record.get("server_interpreter"):  # the server's first: a session imports it first
+            trees.insert(0, (record["server_interpreter"], path / SERVER_DIR, SERVER_PREFIX))
+        counts = {"reused": 0, "compiled": 0, "failed": 0}
+        for identity, tree, inside in trees:
+            interp = self.compiler(identity, found)
+            if interp is None:
+                return f"no bytecode: the interpreter {identity} is gone"
+            cache = BytecodeCache(Path(self.bytecode_dir), bytecode.cache_tag(interp))
+            done = await cache.compile_tree(interp.path, tree, inside, self.spare_cores)
+            counts = {name: counts[name] + done[name] for name in counts}
         (path / META / BYTECODE_DONE).write_text(json.dumps(counts) + "\n")
         return "bytecode: {reused} modules reused, {compiled} compiled, {failed} not".format(
             **counts
         )
 
+    def compiler(self, identity: str, found: list[Interpreter]) -> Interpreter | None:
+        """Of the machine's interpreters ``found``, the one that compiles the bytecode of
+        an environment built with the interpreter ``identity`` (here: that one)."""
+        return next((i for i in found if i.identity == identity), None)
+
     def gc(self) -> None:
-        """Drop compiled modules no environment uses; empty uv's cache when over budget.
+        """Drop compiled modules no environment uses; evict system layers over their
+        budget; empty uv's cache when over budget.
 
         Environments keep working: their files are hard links or copies, so
         removing the cache's names for them frees only what no environment uses.
         """
         bytecode.collect(Path(self.bytecode_dir))
+        self.layers.gc()
         cache = Path(self.cache_dir)
         if (
             self.cache_budget
@@ -565,29 +556,19 @@ class PythonBuilder(Builder):
             "interpreter": interp.identity,
             "interpreter_path": str(interp.path),
             "interpreter_prefixes": [str(p) for p in interp_prefixes(interp)],
+            "server_interpreter": run.server.identity if run.server else None,
             "interpreter_mounts": [[str(host), str(inside)] for host, inside in run.mounts],
+            "system_layers": [str(layer) for layer in run.layers],
             "python": interp.version,
             "home_overlay": (prefix / META / "home-overlay").is_dir(),
+            **self._metadata(spec, run),
         }
         (prefix / META).mkdir(exist_ok=True)
         (prefix / META / "build.json").write_text(json.dumps(info, indent=1) + "\n")
 
-
-class _SourceBuildNeeded(Exception):
-    """A --no-build install met something that must be built from source."""
-
-
-def requirement_name(line: str) -> str | None:
-    """The canonical project name a requirement line names, if it names one."""
-    egg = re.search(r"[#&]egg=([A-Za-z0-9][A-Za-z0-9._-]*)", line)
-    if egg:
-        return canonicalize_name(egg.group(1))
-    if line.lstrip().startswith(("-", "#", ".", "/")):
-        return None
-    try:
-        return canonicalize_name(Requirement(line.split(" --")[0].strip()).name)
-    except InvalidRequirement:
-        return None
+    def _metadata(self, spec: EnvSpec, run: BuildRun) -> dict[str, Any]:
+        """What a subclass adds to ``build.json`` (here: nothing)."""
+        return {}
 
 
 def interp_prefixes(interp: Interpreter) -> list[Path]:

@@ -82,6 +82,7 @@ from ..runtime.destinations import Destinations
 from ..store.broadcast import Broadcast
 from ..store.files import delete_unused, new_temp, remove_temps, remove_tree, stale_temps
 from ..store.locks import FileLock, try_lock
+from ..store.lru import Entry, evict_lru
 from ..util.sizes import tree_size
 from .fetchers import DataFetcher, FetchContext, default_fetcher_classes
 from .fetchers.base import human_bytes
@@ -492,18 +493,17 @@ class DataCache(LoggingConfigurable):
             self._forget_locks(key, lock)
         if self.budget <= 0:
             return []
-        items = self.list()
-        total = sum(item.size for item in items)
-        removed = []
-        for item in items:
-            if total <= self.budget:
-                break
-            if item.key in keep or not self._delete(item.key, min_idle=self.min_idle):
-                continue
+        items = {item.key: item for item in self.list()}
+        entries = [Entry(item.key, item.size, item.last_used) for item in items.values()]
+
+        def delete(entry: Entry) -> bool:
+            return entry.key not in keep and self._delete(entry.key, min_idle=self.min_idle)
+
+        removed = evict_lru(entries, self.budget, delete)
+        for entry in removed:
+            item = items[entry.key]
             self.log.info("Evicted dataset %s (%s)", item.project_name, human_bytes(item.size))
-            total -= item.size
-            removed.append(item.key)
-        return removed
+        return [entry.key for entry in removed]
 
     def _delete(self, key: str, *, min_idle: float | None) -> bool:
         """Delete ``key``'s folder and lock files if it is not fetched, held or recently used."""

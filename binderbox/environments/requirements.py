@@ -408,3 +408,15 @@ def read_requirements(repo: Path, path: Path) -> Requirements:
     reader = _Reader(repo)
     reader.read(path)
     return reader.result
+
+
+def read_lines(repo: Path, path: Path, lines: list[str]) -> Requirements:
+    """Normalise requirement lines written inside ``path`` (the ``pip:`` section of an
+    ``environment.yml``) as if they were a requirements file there."""
+    reader = _Reader(repo)
+    name = relpath(repo, path)
+    for number, line in enumerate(lines, 1):
+        text = line.split(" #", 1)[0].strip()
+        if text and not text.startswith("#"):
+            reader.line(path, f"{name}, pip entry {number}", text)
+    return reader.result

@@ -4,11 +4,26 @@ An :class:`EnvSpec` is everything that decides what a built environment
 contains, and nothing else.  Two commits whose environment files say the same
 thing give equal specs, hence the same key, hence one build.
 
+An environment is a stack of layers, bottom first (see :attr:`EnvSpec.layers`):
+
+1. ``system``: Debian packages from ``apt.txt`` (:attr:`EnvSpec.apt_packages`),
+   shown over ``/usr`` in builds and sessions;
+2. ``base``: the environment of its kind -- a Python virtual environment
+   (``python``), a conda prefix (``conda``, ``pixi``, ``conda-lock``), a locked
+   Python environment (``uv-lock``, ``pylock``), R with a library (``r``); what
+   a non-``python`` kind installs is :attr:`EnvSpec.base`, canonical JSON;
+3. ``pip``: requirement lines installed with uv on top (requirements.txt,
+   Pipfile, conda's ``pip:`` section) with the Jupyter server packages;
+4. ``postBuild``: the repository's script, last.
+
 The key rule (see :meth:`EnvSpec.key`):
 
-* the normalised spec (kind, Python version, requirement lines after ``-r``
-  inlining and normalisation, the postBuild script's text),
-* the interpreter actually used (its full version), and
+* the normalised spec: every layer (kind, base, system packages, Python
+  version, requirement lines after ``-r`` inlining and normalisation, the
+  postBuild script's text),
+* the interpreter actually used (its full version) and whatever else of the
+  host a layer is built from (the builder's identity string: the host's
+  package set for a system layer), and
 * the builder's version (a new builder never reuses an old build),
 * plus ``content_digest`` when the environment depends on repository content
   (local requirement references such as ``-e .``, a root package, a
@@ -32,6 +47,8 @@ from typing import Any
 ENV_PREFIX = "/srv/env"
 #: the home folder of the session user, holding the repository content
 HOME = "/home/jovyan"
+#: the kinds of base layer (``EnvSpec.kind``), in the order detection tries them
+KINDS = ("r", "pixi", "conda-lock", "conda", "uv-lock", "pylock", "python")
 
 
 @dataclass(frozen=True)
@@ -39,7 +56,12 @@ class EnvSpec:
     """A normalised environment specification.
 
     ``kind``
-        ``"python"`` (the only kind built so far)
+        the base layer's kind: one of :data:`KINDS`
+    ``base``
+        canonical JSON of what a non-``python`` base layer installs (the
+        detector of the kind writes it, its builder reads it), or ``None``
+    ``apt_packages``
+        the system layer: Debian package names, sorted, no duplicates
     ``python``
         the requested ``X.Y`` version
     ``requirements``
@@ -68,6 +90,8 @@ class EnvSpec:
     """
 
     kind: str = "python"
+    base: str | None = None
+    apt_packages: tuple[str, ...] = ()
     python: str = "3.10"
     requirements: tuple[str, ...] = ()
     install_repo: bool = False
@@ -79,6 +103,17 @@ class EnvSpec:
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property
+    def layers(self) -> tuple[str, ...]:
+        """The names of the layers this spec builds, bottom first (module docstring)."""
+        names = ["system"] if self.apt_packages else []
+        names.append(self.kind)
+        if self.requirements or self.install_repo:
+            names.append("pip")
+        if self.postbuild:
+            names.append("postBuild")
+        return tuple(names)
+
+    @property
     def needs_content(self) -> bool:
         """True when building needs the repository content present."""
         return self.content_digest is not None
@@ -88,6 +123,9 @@ class EnvSpec:
         data = asdict(self)
         for excluded in ("start", "sources", "config_dir"):
             data.pop(excluded)
+        for layer in ("base", "apt_packages"):  # absent layers leave older keys as they were
+            if not data[layer]:
+                data.pop(layer)
         return data
 
     def key(self, *, interpreter: str, builder_version: str) -> str:
@@ -104,5 +142,6 @@ class EnvSpec:
         """A JSON-ready dict (stored as the environment's metadata)."""
         data = asdict(self)
         data["requirements"] = list(self.requirements)
+        data["apt_packages"] = list(self.apt_packages)
         data["sources"] = list(self.sources)
         return data

@@ -30,27 +30,36 @@ Contract:
   do a clean :meth:`stop`.  The children also get SIGTERM if binderbox
   dies without stopping them (``PR_SET_PDEATHSIG``).
 
-Secrets (the proxy's token, binderbox's hub API token) are generated once
-per data directory, kept in mode-0600 files under ``<data>/hub`` and passed
-to the children through environment variables.
+Secrets (the proxy's token, binderbox's hub API token, the key that encrypts
+the logins' tokens, the web app's cookie secret) are generated once per data
+directory, kept in mode-0600 files under ``<data>/hub`` and passed to the
+children through environment variables.  The hub's database is SQLite under
+``<data>/hub`` or the PostgreSQL server ``db_url`` names, checked before the
+hub starts; its password travels the same way (:mod:`.database`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import secrets
 import signal
-import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from traitlets import Dict, Float, Instance, Int, Unicode, default, validate
+from traitlets import (
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Instance,
+    Int,
+    Unicode,
+    default,
+    observe,
+    validate,
+)
 from traitlets.config import LoggingConfigurable
 
 from ..errors import BinderboxError
@@ -58,8 +67,11 @@ from ..logs import tail
 from ..runtime.limits import SessionLimits, limits_status
 from ..runtime.network import SandboxNetwork
 from ..sessions.hubclient import HubAPIError, HubClient
+from ..sessions.sizes import SessionSizes
+from .children import Child, die_with_parent, free_port, port_in_use
 from .config import (
     CULLER_TOKEN_ENV,
+    NAMED_CULLER_TOKEN_ENV,
     PROXY_TOKEN_ENV,
     SERVICE_TOKEN_ENV,
     HubParams,
@@ -67,7 +79,11 @@ from .config import (
     normalise_base_url,
     render_config,
 )
+from .culler import NAMED_TOKEN_ENV, TEMPORARY_TOKEN_ENV
+from .database import DB_URL_ENV, DatabaseSettings, HubDatabase
+from .logins import CRYPT_KEY_ENV, Logins
 from .proxy import ProxyRoutes, guarded_node_options
+from .secrets import HubSecrets
 from .watcher import ORDER, ChildWatcher
 
 #: how often readiness is polled while a child starts
@@ -80,66 +96,7 @@ class HubError(BinderboxError):
     reason = "hub"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_in_use(ip: str, port: int) -> bool:
-    """True when a listening socket holds ``ip:port`` ('' = every address)."""
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((ip, port))
-        except OSError:
-            return True
-    return False
-
-
-def _die_with_parent() -> None:
-    """preexec: SIGTERM this child when binderbox dies (Linux only)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Child:
-    """One managed child: its name (``proxy``, ``hub`` or ``culler``; its log is
-    ``<data>/logs/<name>.log``) and its latest process (None: not started, or
-    stopped)."""
-
-    name: str
-    proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def running(self) -> bool:
-        """Started and not exited."""
-        return self.proc is not None and self.proc.returncode is None
-
-    @property
-    def exit_status(self) -> int | None:
-        """The exit status once it exited (None: running, or not started)."""
-        return None if self.proc is None else self.proc.returncode
-
-
-def _secret_file(path: Path) -> str:
-    """Read a secret from ``path``, creating it (mode 0600) the first time."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_hex(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value + "\n")
-    tmp.rename(path)
-    return value
-
-
-class ManagedHub(ProxyRoutes, LoggingConfigurable):
+class ManagedHub(HubSecrets, ProxyRoutes, DatabaseSettings, LoggingConfigurable):
     """JupyterHub + configurable-http-proxy for one data dir.  See the module docstring."""
 
     children: dict[str, Child]
@@ -163,6 +120,7 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
         only that port), else 127.0.0.1.""",
     ).tag(config=True)
     network = Instance(SandboxNetwork, help="The sandboxes' network (hub_ip's default).")
+    logins = Instance(Logins, help="Who logs in to the hub, and how (c.Logins.*).")
     sandbox_config = Dict(
         help="""Settings of the classes the hub's sessions use (SandboxSpawner, SandboxHost,
         SandboxNetwork, Destinations): {class name: {trait: JSON value}}; binderbox serve
@@ -186,7 +144,22 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
         config=True
     )
     cull_every = Int(
-        0, help="Seconds between culler runs (0 = the culler's default, timeout/2)."
+        0, help="Seconds between culler runs (0 = half the shortest idle timeout)."
+    ).tag(config=True)
+    named_server_limit = Int(
+        5,
+        help="""Sessions (named servers, one per repository and ref) a logged-in user may
+        run at once; the next is refused with a plain message (0 = no limit).  The hub's
+        named_server_limit_per_user.""",
+    ).tag(config=True)
+    named_cull_timeout = Int(
+        3600,
+        help="""Idle seconds after which a logged-in user's session is stopped (0 = never).
+        The user and their persistent home are never removed by culling.  A busy
+        kernel counts as activity.""",
+    ).tag(config=True)
+    named_cull_max_age = Int(
+        0, help="Maximum age of a logged-in user's session in seconds (0 = unlimited)."
     ).tag(config=True)
     session_mem_limit = Unicode(
         "2G",
@@ -196,8 +169,18 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
     session_cpu_limit = Float(
         1.0, help="CPU limit of each session in cores (0 = none); enforced like memory."
     ).tag(config=True)
+    backend = CaselessStrEnum(
+        ["local", "kubernetes"],
+        "local",
+        help="""Where sessions run: local (bubblewrap sandboxes on this machine,
+        SandboxSpawner) or kubernetes (pods through KubeSpawner, BinderKubeSpawner; the
+        hub needs a kubeconfig or an in-cluster service account, and c.KubernetesSessions
+        / c.KubeSpawner settings in sandbox_config).  The web app and the launch pipeline
+        are the same with both.""",
+    ).tag(config=True)
     spawner_config = Dict(
-        help="Extra SandboxSpawner traits for the hub's config (JSON-serialisable values)."
+        help="Extra traits of the backend's spawner (SandboxSpawner, BinderKubeSpawner) for "
+        "the hub's config (JSON-serialisable values)."
     ).tag(config=True)
     hub_log_level = Unicode("INFO", help="The hub's log level.").tag(config=True)
     extra_config = Unicode("", help="Python appended to the generated jupyterhub_config.py.").tag(
@@ -210,6 +193,10 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
     @default("network")
     def _default_network(self) -> SandboxNetwork:
         return SandboxNetwork(parent=self)
+
+    @default("logins")
+    def _default_logins(self) -> Logins:
+        return Logins(parent=self)
 
     @default("hub_ip")
     def _default_hub_ip(self) -> str:
@@ -236,7 +223,11 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
         #: set by :meth:`stop`: the watcher starts nothing again from then on
         self.stopping = False
         self.watcher = ChildWatcher(parent=self)
-        self._secrets: dict[Path, str] = {}
+        self._database: HubDatabase | None = None
+
+    @observe("db_url", "db_password_file", "data_dir")
+    def _database_changed(self, change: Any) -> None:
+        self._database = None
 
     # -- paths and secrets ------------------------------------------------------
 
@@ -253,26 +244,11 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
         return self.root / "hub"
 
     @property
-    def api_token(self) -> str:
-        """binderbox's hub API token (the ``binderbox`` service)."""
-        return self._secret("service_token")
-
-    @property
-    def culler_token(self) -> str:
-        """The idle culler's hub API token."""
-        return self._secret("culler_token")
-
-    @property
-    def proxy_token(self) -> str:
-        """The token of the proxy's REST API."""
-        return self._secret("proxy_token")
-
-    def _secret(self, name: str) -> str:
-        """The secret in ``hub_dir/name`` (made the first time; read once)."""
-        path = self.hub_dir / name
-        if path not in self._secrets:
-            self._secrets[path] = _secret_file(path)
-        return self._secrets[path]
+    def database(self) -> HubDatabase:
+        """The hub's database (:mod:`.database`; read once: its password file too)."""
+        if self._database is None:
+            self._database = self.hub_database(self.hub_dir)
+        return self._database
 
     @property
     def hub_api_url(self) -> str:
@@ -296,8 +272,13 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
             config["mem_limit"] = self.session_mem_limit
         if self.session_cpu_limit:
             config["cpu_limit"] = self.session_cpu_limit
-        # a session whose service is gone ends itself after the idle timeout too
-        config["orphan_timeout"] = self.cull_timeout
+        if self.backend == "local":  # a session whose service is gone ends itself too
+            config["orphan_timeout"] = self.cull_timeout
+        if self.logins.oauth and self.logins.token_env:
+            config["auth_state_env"] = dict(self.logins.token_env)
+        sizes = SessionSizes(parent=self)
+        if sizes.sizes:  # the spawner enforces them (binderbox.sessions.sizes)
+            config.update(sizes=sizes.sizes, default_size=sizes.default)
         config.update(self.spawner_config)
         return config
 
@@ -335,10 +316,16 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
             cull_timeout=self.cull_timeout,
             cull_max_age=self.cull_max_age,
             cull_every=self.cull_every,
+            named_server_limit=self.named_server_limit,
+            named_cull_timeout=self.named_cull_timeout,
+            named_cull_max_age=self.named_cull_max_age,
             spawner_config=self._spawner_config(),
             sandbox_config=dict(self.sandbox_config),
             log_level=self.hub_log_level,
             extra_config=self.extra_config,
+            login_config=tuple(self.logins.hub_config()) if self.logins.enabled else (),
+            db_from_env=self.database.is_server,
+            backend=self.backend,
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -348,8 +335,12 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
         self.stopping = False
         if self.hub_ip == self.network.gateway:
             await asyncio.to_thread(self.network.ensure)  # the hub listens on the bridge
+        self.logins.check()
+        await self.logins.discover()
         config = self.write_config()
         self._check_ports_free("public", "hub", "proxy API")
+        # a server that cannot be used is a plain error here, not a traceback in the hub's log
+        await asyncio.to_thread(self.database.check, min(10, self.start_timeout))
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         try:
             await self._start_proxy()
@@ -360,6 +351,7 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
             await self.stop()
             raise
         self.log.info("hub ready at %s, proxy at %s", self.hub_api_url, self.public_url)
+        self.log.info("hub database: %s", self.database.shown)
         status = limits_status()
         self.log.info(
             "session limits %s (%s): %s", status["mode"], status["backend"], status["reason"]
@@ -411,11 +403,23 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
 
     async def _start_hub(self, config: Path) -> None:
         cmd = [sys.executable, "-m", "jupyterhub", "-f", str(config)]
-        await self._wait_ready(await self._spawn("hub", cmd, cwd=self.hub_dir), self._hub_answers)
+        env = {
+            PROXY_TOKEN_ENV: self.proxy_token,
+            SERVICE_TOKEN_ENV: self.api_token,
+            CULLER_TOKEN_ENV: self.culler_token,
+            NAMED_CULLER_TOKEN_ENV: self.named_culler_token,
+        }
+        if self.logins.oauth:
+            env[CRYPT_KEY_ENV] = self.crypt_key
+        if self.database.is_server:
+            env[DB_URL_ENV] = self.database.secret_url()
+        hub = await self._spawn("hub", cmd, cwd=self.hub_dir, env=env)
+        await self._wait_ready(hub, self._hub_answers)
 
     async def _start_culler(self) -> None:
         cmd = culler_command(self.params(), self.hub_api_url.rstrip("/"))
-        await self._spawn("culler", cmd, env={"JUPYTERHUB_API_TOKEN": self.culler_token})
+        env = {TEMPORARY_TOKEN_ENV: self.culler_token, NAMED_TOKEN_ENV: self.named_culler_token}
+        await self._spawn("culler", cmd, env=env)
 
     def _log(self, child: Child) -> Path:
         return self.root / "logs" / f"{child.name}.log"
@@ -424,17 +428,12 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
         self,
         name: str,
         cmd: list[str],
+        env: dict[str, str],
         cwd: Path | None = None,
-        env: dict[str, str] | None = None,
     ) -> Child:
-        """Start child ``name`` with ``cmd`` (output to its log); returns its record."""
+        """Start child ``name`` with ``cmd`` and ``env`` added to this process's
+        environment (output to its log); returns its record."""
         child = self.children[name]
-        if env is None:
-            env = {
-                PROXY_TOKEN_ENV: self.proxy_token,
-                SERVICE_TOKEN_ENV: self.api_token,
-                CULLER_TOKEN_ENV: self.culler_token,
-            }
         env = {**os.environ, **env}
         with self._log(child).open("ab") as out:
             child.proc = await asyncio.create_subprocess_exec(
@@ -445,7 +444,7 @@ class ManagedHub(ProxyRoutes, LoggingConfigurable):
                 env=env,
                 cwd=cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         return child
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote
 
 from traitlets import Bool, List, TraitError, Unicode, validate
@@ -38,6 +38,9 @@ from ..errors import SpecNotAllowed
 from ..logs import LogFn
 from ..runtime.destinations import Destinations
 from .gitutil import redact
+
+if TYPE_CHECKING:
+    from ..sessions.identity import Visitor
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,22 @@ class RepoProvider(LoggingConfigurable):
                 f"{shown} is not allowed on this service.",
                 log_message=f"{self.prefix}/{shown} does not match allowed_specs",
             )
+
+    def use_visitor(self, visitor: Visitor) -> None:
+        """Fetch as ``visitor`` where the provider can (their own token for a private
+        repository); the default ignores who asks."""
+
+    @property
+    def uses_credentials(self) -> bool:
+        """Whether fetches carry the visitor's own credentials."""
+        return False
+
+    async def check_access(self) -> None:
+        """Raise RepositoryNotFound unless the visitor may read the repository now.
+
+        Called before a cached version is used when the resolve itself asked no
+        server (a full commit sha) and the content may be private; the default
+        (content anyone may read) does nothing."""
 
     async def resolve(self) -> Resolved:
         """Resolve the spec to an immutable version (no content transfer)."""

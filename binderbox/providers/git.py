@@ -39,11 +39,12 @@ submodule, and the addresses the policy checked for each host
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
 from traitlets import Float, Unicode, default
@@ -61,11 +62,18 @@ from .gitutil import (
     redact,
     redirect_refused,
     run_git,
+    token_header,
 )
 from .pins import GitConfig, Pins
 from .policy import UrlRules, url_origin, url_refusal
 
+if TYPE_CHECKING:
+    from ..sessions.identity import Visitor
+
 FULL_SHA_RE = re.compile(r"^[0-9a-fA-F]{40}$")
+_PRIVATE_HINT = (
+    "A private repository launches for visitors who log in with an account that may read it."
+)
 SHORT_SHA_RE = re.compile(r"^[0-9a-fA-F]{4,39}$")
 _BAD_REF_RE = re.compile(r"(^-)|[\x00-\x20~^:?*\[\\\x7f]|\.\.|@\{")
 #: transports every fetch may use; ``file`` depends on the repository
@@ -110,8 +118,19 @@ class GitProvider(RepoProvider):
     _local: bool = False
     #: the ref as the user gave it (``HEAD`` if none)
     unresolved_ref: str
+    token_username = Unicode(
+        "x-access-token",
+        help="The user name git sends with a logged-in visitor's own token (HTTP basic "
+        "auth) to fetch a private repository: GitHub takes x-access-token, GitLab oauth2, "
+        "most other git hosts any name.",
+    ).tag(config=True)
+
     #: where git connects for the hosts the policy checked (:mod:`.pins`)
     pins: Pins
+    #: the visitor's own token for the repository's host (:meth:`use_visitor`)
+    _token: str | None = None
+    #: the server answered this provider's resolve (so the visitor may read it)
+    _asked: bool = False
 
     def __init__(self, spec: str, **kwargs: Any) -> None:
         self.pins = Pins()
@@ -151,6 +170,44 @@ class GitProvider(RepoProvider):
         """The spec with the ref replaced by ``sha`` (resolves to the same commit)."""
         return make_spec(self.clone_url, sha)
 
+    # -- a visitor's own credentials ---------------------------------------------
+
+    def token_origin(self) -> str | None:
+        """``scheme://host[:port]`` a token may be sent to: https, or http on loopback
+        (never a plain-text token over the network); None otherwise."""
+        origin = url_origin(self.clone_url)
+        if origin is None or self.reads_local_disk:
+            return None
+        scheme, host, port = origin
+        if scheme != "https" and not (scheme == "http" and _is_loopback(host)):
+            return None
+        shown = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{shown}" + (f":{port}" if port else "")
+
+    def use_visitor(self, visitor: Visitor) -> None:
+        """Fetch with ``visitor``'s own token for this repository's host, if they have
+        one (``Visitor.tokens`` by ``host[:port]``): private repositories."""
+        origin = self.token_origin()
+        if origin is not None:
+            self._token = visitor.tokens.get(origin.split("://", 1)[1])
+
+    @property
+    def uses_credentials(self) -> bool:
+        return self._token is not None
+
+    async def check_access(self) -> None:
+        """Ask the server (with the visitor's credentials, if any) whether the visitor
+        may read the repository, unless this resolve already did; RepositoryNotFound
+        if not."""
+        if self.reads_local_disk or self._asked:
+            return
+        self._check_resolvable()
+        result, _ = await ls_remote(
+            self.clone_url, ["HEAD"], config=self.fetch_config(), time_limit=self.resolve_timeout
+        )
+        if not result.ok:
+            raise self.unreachable(result)
+
     # -- resolve ----------------------------------------------------------------
 
     async def resolve(self) -> Resolved:
@@ -169,8 +226,13 @@ class GitProvider(RepoProvider):
         )
 
     def not_reachable(self, detail: str) -> RepositoryNotFound:
+        if self.uses_credentials:
+            message = "Check the URL, and that your account may read the repository."
+        else:
+            message = "Check the URL and that the repository is public."
         return RepositoryNotFound(
-            f"Could not reach {self.repo_url}. Check the URL and that the repository is public.",
+            f"Could not reach {self.repo_url}. {message}",
+            hint="" if self.uses_credentials else _PRIVATE_HINT,
             log_message=f"{self.prefix}: {redact(self.clone_url)}: {detail}",
         )
 
@@ -205,6 +267,7 @@ class GitProvider(RepoProvider):
         )
         if not result.ok:
             raise self.unreachable(result)
+        self._asked = True
         sha = pick_ref(refs, ref)
         if sha:
             return sha
@@ -261,6 +324,9 @@ class GitProvider(RepoProvider):
         if not self.allow_private_hosts and (submodules or self.url_from_visitor):
             config["http.followRedirects"] = "false"
         config.update(self.pins.config())
+        origin = self.token_origin()
+        if self._token and origin:  # goes to git's environment, never its command line
+            config.update(token_header(origin, self.token_username, self._token))
         return config
 
     def _check_resolvable(self) -> None:
@@ -435,6 +501,13 @@ class GitProvider(RepoProvider):
             hint="Check that every submodule URL is reachable and public.",
             log_message=result.describe(),
         )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def config_entries(text: str, key: str) -> list[tuple[str, str]]:

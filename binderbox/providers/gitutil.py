@@ -13,11 +13,16 @@
 * :func:`redact` removes credentials from URLs before anything is logged.
 * :func:`redirect_refused` tells a redirect git refused to follow
   (``http.followRedirects=false``) from other failures.
+* :func:`token_header` makes the setting that sends a visitor's token to one
+  origin; :func:`run_git` passes it (and any ``*.extraheader`` setting) through
+  ``GIT_CONFIG_COUNT``/``GIT_CONFIG_KEY_n``/``GIT_CONFIG_VALUE_n`` in git's
+  environment, never on its command line, where any process may read it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import re
@@ -185,10 +190,29 @@ def redirect_refused(stderr: str) -> bool:
     return bool(_REDIRECT_RE.search(stderr))
 
 
-def git_env() -> dict[str, str]:
-    """The environment of every git command: no prompts, English messages, and
-    no inherited protocol allow-list overriding the ``-c`` settings."""
+def token_header(origin: str, username: str, token: str) -> dict[str, str]:
+    """The git setting that sends ``token`` (HTTP basic auth as ``username``) to the
+    URLs under ``origin`` only (``https://host[:port]``): a submodule elsewhere never
+    gets it.  GitHub takes ``x-access-token``, GitLab ``oauth2`` as the username."""
+    basic = base64.b64encode(f"{username}:{token}".encode()).decode()
+    return {f"http.{origin}/.extraHeader": f"Authorization: Basic {basic}"}
+
+
+def _is_secret(key: str) -> bool:
+    return key.lower().endswith(".extraheader")
+
+
+def git_env(secrets: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every git command: no prompts, English messages, no
+    inherited protocol allow-list overriding the ``-c`` settings, and the
+    ``secrets`` settings (see the module docstring)."""
     env = dict(os.environ)
+    count = env.get("GIT_CONFIG_COUNT", "")
+    inherited = int(count) if secrets and count.isdigit() else 0
+    for i, (key, value) in enumerate((secrets or {}).items(), start=inherited):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value  # after the
+    if secrets:  # service's own settings of this kind, which stay
+        env["GIT_CONFIG_COUNT"] = str(inherited + len(secrets))
     env.update(
         GIT_TERMINAL_PROMPT="0",
         GCM_INTERACTIVE="never",
@@ -267,15 +291,19 @@ async def run_git(
     started at all).  stderr lines go to ``log`` as they come.  On
     cancellation the process group is killed and CancelledError re-raised."""
     cmd = ["git"]
+    secrets: dict[str, str] = {}
     for key, values in (config or {}).items():
         for value in (values,) if isinstance(values, str) else values:
-            cmd += ["-c", f"{key}={value}"]
+            if _is_secret(key):
+                secrets[key] = value
+            else:
+                cmd += ["-c", f"{key}={value}"]
     cmd += list(args)
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd,
             cwd=cwd,
-            env=git_env(),
+            env=git_env(secrets),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -7,7 +7,9 @@ command into a process started through the supervisor
 * **host uid**: when binderbox runs as root, sandboxes never do.  Each build and
   each session leases a uid of its own from ``uid_base + 1 ...`` (host-wide,
   :mod:`binderbox.runtime.leases`), so a sandbox that escaped its namespaces
-  still cannot touch another's files.  One uid, ``uid_base`` itself, is the
+  still cannot touch another's files.  A persistent home owns one uid of the top
+  ``home_uids`` of the range for good, which no lease hands out: every session of
+  its user runs as it (:mod:`binderbox.sessions.homes`).  One uid, ``uid_base`` itself, is the
   *builder*: it owns uv's shared package cache and runs only the uv steps that
   execute no repository code (:mod:`binderbox.builders.caches`), so nothing a
   repository runs can write that cache.  Not root: everything runs as the
@@ -40,10 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traitlets import Float, Instance, Int, Unicode, default, validate
+from traitlets import Bool, Float, Instance, Int, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..util.sizes import human, parse_size, valid_size
+from .inpod import direct_command, refuse_root
 from .leases import Lease, NoLeaseLeft, claim
 from .limits import (
     Limits,
@@ -120,6 +123,12 @@ class SandboxHost(LoggingConfigurable):
         account, container runtime or subordinate-uid range (/etc/subuid) uses.""",
     ).tag(config=True)
     uid_count = Int(65536, help="How many host uids the sandboxes may use.").tag(config=True)
+    home_uids = Int(
+        4096,
+        help="""How many uids of the top of the sandbox range are kept for persistent
+        homes: each logged-in user's home has one of them for good (every session of the
+        user runs as it), and no build or temporary session ever leases one.""",
+    ).tag(config=True)
     build_mem_limit = Unicode(
         "4G", help="Memory limit of each build step and dataset code source ('' = none)."
     ).tag(config=True)
@@ -147,6 +156,14 @@ class SandboxHost(LoggingConfigurable):
         empty files take the disk's inodes but hardly any bytes.""",
     ).tag(config=True)
     network = Instance(SandboxNetwork, help="The sandboxes' network (c.SandboxNetwork).")
+    in_pod = Bool(
+        False,
+        help="""Run build steps directly as this process's uid, without bubblewrap: in a
+        Kubernetes build pod, where the pod is the sandbox (unprivileged, its own
+        filesystem and network policy) and user namespaces are often refused.  Refuses
+        to run as root.  `binderbox build --in-pod` sets it; see
+        binderbox/runtime/inpod.py.""",
+    ).tag(config=True)
 
     @default("network")
     def _default_network(self) -> SandboxNetwork:
@@ -173,9 +190,15 @@ class SandboxHost(LoggingConfigurable):
         if not self.switches_uid:
             return None
         try:
-            return claim(None, "uid", range(self.uid_base + 1, self.uid_base + self.uid_count))
+            return claim(None, "uid", range(self.uid_base + 1, self.home_uid_range.start))
         except NoLeaseLeft as err:
             raise RuntimeError(f"no sandbox uid left: {err}") from err
+
+    @property
+    def home_uid_range(self) -> range:
+        """The uids of persistent homes (the top ``home_uids`` of the range)."""
+        top = self.uid_base + self.uid_count
+        return range(max(self.uid_base + 1, top - self.home_uids), top)
 
     @property
     def build_limits(self) -> Limits:
@@ -254,6 +277,8 @@ class SandboxHost(LoggingConfigurable):
 
         ``options``: more supervisor options (watchdogs); ``keep_fds``: descriptors
         the supervisor holds for its life (use-locks, leases)."""
+        if self.in_pod:
+            return self._prepare_in_pod(box, command, cgroups, options, keep_fds)
         if net is not None:
             box.file(self.network.resolv_conf(), "/etc/resolv.conf")
         bwrap, options_file = bwrap_path(), box.options_file()  # what can fail, first
@@ -269,6 +294,22 @@ class SandboxHost(LoggingConfigurable):
         argv += command
         return Prepared(argv, [fd, *keep_fds], fd)
 
+    def _prepare_in_pod(
+        self,
+        box: Sandbox,
+        command: Sequence[str],
+        cgroups: Sequence[Path],
+        options: Sequence[str],
+        keep_fds: Sequence[int],
+    ) -> Prepared:
+        """The supervisor's command for ``command`` run directly (:attr:`in_pod`)."""
+        refuse_root()
+        argv = [*SUPERVISOR]
+        for group in cgroups:
+            argv += ["--cgroup", str(group)]
+        argv += [*options, "--", *direct_command(box, command)]
+        return Prepared(argv, list(keep_fds), -1)
+
     @contextlib.asynccontextmanager
     async def run(
         self,
@@ -283,8 +324,11 @@ class SandboxHost(LoggingConfigurable):
         its orphans reaped; ``trees`` (what it writes on the host) held to their limits,
         and no file past the largest of them.  Leaving the context kills what is left of
         it and fills ``step.oom_killed``."""
-        await self.ensure_network()
-        net, lease = self.network.claim("build") if self.network.enabled else (None, None)
+        net, lease = None, None
+        if not self.in_pod:  # in a pod: the pod's network and its policy
+            await self.ensure_network()
+            if self.network.enabled:
+                net, lease = self.network.claim("build")
         name = f"build-{os.getpid()}-{next(_steps)}"
         limits = default_limits()
         try:

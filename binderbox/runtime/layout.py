@@ -2,9 +2,9 @@
 
 An environment is a directory built *at* ``/srv/env`` inside a sandbox;
 binderbox's own files are in its ``.binderbox/`` folder (:data:`META`):
-``requirements.txt`` (what was installed), ``build.json`` (interpreter and
-builder), and postBuild's home changes (``home-overlay/`` and
-``home-deleted.json``), which
+``requirements.txt`` (what was installed), ``build.json`` (interpreter,
+builder, the system layers it needs: :func:`show_layers`), and postBuild's home
+changes (``home-overlay/`` and ``home-deleted.json``), which
 :func:`~binderbox.builders.overlay.apply_home_overlay` replays onto each
 session's fresh copy of the repository.
 """
@@ -20,10 +20,11 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..environments import ENV_PREFIX, HOME
 from .leases import RUN_ROOT
-from .sandbox import UID, USER, Sandbox, passwd_file
+from .sandbox import SYSTEM_DIRS, UID, USER, Sandbox, passwd_file, require_overlays
 
 #: the folder inside an environment holding binderbox's own files
 META = ".binderbox"
@@ -84,11 +85,15 @@ def _is_private(path: Path) -> bool:
 Mount = tuple[Path, Path]
 
 
-def base_sandbox(mounts: Iterable[Mount], content: Path | None) -> Sandbox:
-    """The layout every sandbox shares: passwd, the interpreter ``mounts``, the home
-    (``content`` writable there, or an empty private folder), the session variables."""
+def base_sandbox(
+    mounts: Iterable[Mount], content: Path | None, layers: Sequence[Path] = ()
+) -> Sandbox:
+    """The layout every sandbox shares: passwd, the system ``layers``, the interpreter
+    ``mounts``, the home (``content`` writable there, or an empty private folder), the
+    session variables."""
     box = Sandbox(cwd=HOME)
     etc = _etc_dir()
+    show_layers(box, layers)
     box.file(etc / "passwd", "/etc/passwd").file(etc / "group", "/etc/group")
     for host, inside in mounts:
         box.ro_bind(host, inside)
@@ -97,6 +102,62 @@ def base_sandbox(mounts: Iterable[Mount], content: Path | None) -> Sandbox:
     else:
         box.tmpfs(HOME)
     return box.setenv(session_environment())
+
+
+def show_layers(box: Sandbox, layers: Sequence[Path]) -> Sandbox:
+    """Show system layers over the host's ``/usr`` and ``/etc``, the last on top.
+
+    A layer is a read-only tree holding ``usr/`` and ``etc/`` (an apt.txt layer:
+    :mod:`binderbox.builders.aptlayer`), written by the service and writable by no
+    sandbox uid.  ``usr/`` is merged with the host's ``/usr`` (an overlay the sandbox
+    mounts itself: :func:`~binderbox.runtime.sandbox.require_overlays`); each entry of
+    ``etc/`` is shown at ``/etc/<name>``, merged with the host's folder where sandboxes
+    see that one anyway (``/etc/alternatives``), else on its own; links stay links.
+    """
+    if not layers:
+        return box
+    require_overlays()
+    usr = [layer / "usr" for layer in layers if (layer / "usr").is_dir()]
+    if usr:
+        box.ro_overlay(["/usr", *usr], "/usr")
+    etcs = [layer / "etc" for layer in layers if (layer / "etc").is_dir()]
+    for name in sorted({entry.name for etc in etcs for entry in etc.iterdir()}):
+        found = [etc / name for etc in etcs if os.path.lexists(etc / name)]
+        inside, top = f"/etc/{name}", found[-1]
+        if top.is_symlink():
+            box.symlink(top.readlink(), inside)
+        elif not top.is_dir():
+            box.file(top, inside)
+        else:
+            dirs = [path for path in found if path.is_dir() and not path.is_symlink()]
+            host = [Path(inside)] if inside in SYSTEM_DIRS and Path(inside).is_dir() else []
+            sources = [*host, *dirs]
+            if len(sources) > 1:
+                box.ro_overlay(sources, inside)
+            else:
+                box.ro_bind(top, inside)
+    return box
+
+
+def _build_record(env_path: Path) -> dict[str, Any]:
+    info = env_path / META / "build.json"
+    if not info.is_file():
+        raise FileNotFoundError(f"{env_path} is not a built environment (no {META}/build.json)")
+    record: dict[str, Any] = json.loads(info.read_text())
+    return record
+
+
+def env_layers(env_path: Path) -> list[Path]:
+    """The system layers a built environment is shown with (``build.json``'s
+    ``system_layers``, host paths written by the service after the build)."""
+    return [Path(path) for path in _build_record(env_path).get("system_layers", [])]
+
+
+def layer_use_lock(tree: Path) -> Path:
+    """The use-lock file of a system layer's ``tree`` (``<root>/<key>/tree`` ->
+    ``<root>/locks/<key>.use``): held shared while a session shows the layer, so the
+    layer is never evicted meanwhile (:mod:`binderbox.store.lru`)."""
+    return tree.parent.parent / "locks" / f"{tree.parent.name}.use"
 
 
 def env_interpreter_mounts(env_path: Path) -> list[Mount]:
@@ -109,10 +170,7 @@ def env_interpreter_mounts(env_path: Path) -> list[Mount]:
     environment knows it by.  FileNotFoundError when ``env_path`` is not a
     built environment.
     """
-    info = env_path / META / "build.json"
-    if not info.is_file():
-        raise FileNotFoundError(f"{env_path} is not a built environment (no {META}/build.json)")
-    record = json.loads(info.read_text())
+    record = _build_record(env_path)
     if "interpreter_mounts" in record:
         return [(Path(host), Path(inside)) for host, inside in record["interpreter_mounts"]]
     return [(Path(p), Path(p)) for p in record["interpreter_prefixes"]]
@@ -122,7 +180,8 @@ def env_sandbox(env_path: Path, content: Path | None = None) -> Sandbox:
     """The session layout: env read-only at /srv/env, content writable at the home
     (``None``: a private empty home).  Raises FileNotFoundError like
     :func:`env_interpreter_mounts`."""
-    box = base_sandbox(env_interpreter_mounts(env_path), content and content.resolve())
+    mounts, layers = env_interpreter_mounts(env_path), env_layers(env_path)
+    box = base_sandbox(mounts, content and content.resolve(), layers)
     return box.ro_bind(env_path.resolve(), ENV_PREFIX)
 
 

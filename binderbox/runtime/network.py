@@ -445,7 +445,13 @@ class SandboxNetwork(LoggingConfigurable):
         """Let the session at ``address`` reach the hub API ``port`` on the gateway
         (and nothing it was let reach by an earlier holder of the address)."""
         stale = [e for e in _hub_elements() if e.split(" . ")[0] == address]
-        script = "".join(f"delete element inet {TABLE} session_hub {{ {e} }}\n" for e in stale)
+        # each stale element added first (adding one that is there is no error): one that
+        # a late clean-up removed since it was read must not fail the whole transaction
+        script = "".join(
+            f"add element inet {TABLE} session_hub {{ {e} }}\n"
+            f"delete element inet {TABLE} session_hub {{ {e} }}\n"
+            for e in stale
+        )
         script += f"add element inet {TABLE} session_hub {{ {address} . {port} }}\n"
         _run(["nft", "-f", "-"], script)
 

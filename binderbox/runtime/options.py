@@ -32,14 +32,33 @@ The fields:
     the launch token (``?token=`` links, ``JUPYTER_TOKEN``)
 ``binder``
     what the session is told about its repository: ``BINDER_*`` variables
+``size``
+    the name of the operator's size the session gets ('' = the default); the
+    spawner maps it to limits from its own configuration, checking the user may
+    have it (:mod:`binderbox.sessions.sizes`)
+``home``
+    the home policy (:mod:`binderbox.sessions.homes`): ``ephemeral`` (a fresh home
+    made from the content, removed at the end) or ``persistent`` (the user's own
+    home, kept; the content placed in a folder of it)
+``content_folder``, ``content_version``
+    persistent homes: the folder of the home the content goes to (a plain name,
+    ``requirements``) and the version launched (the commit), which names the folder
+    a newer version is offered in beside it
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: the home policies a launch may ask for (:mod:`binderbox.sessions.homes`)
+HOME_KINDS = ("ephemeral", "persistent")
+#: a content folder or version: a plain name, no leading dot
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 
 
 class BadOptions(ValueError):
@@ -93,6 +112,10 @@ class LaunchOptions:
     hold_files: Sequence[Path] = ()
     token: str = ""
     binder: BinderInfo = field(default_factory=BinderInfo)
+    size: str = ""
+    home: str = "ephemeral"
+    content_folder: str | None = None
+    content_version: str = ""
 
     def to_user_options(self) -> dict[str, Any]:
         """The JSON the launcher sends as ``user_options``."""
@@ -104,15 +127,26 @@ class LaunchOptions:
             "data_mounts": {name: str(path) for name, path in self.data_mounts.items()},
             "hold_files": [str(path) for path in self.hold_files],
             "token": self.token,
+            "size": self.size,
+            "home": self.home,
+            "content_folder": self.content_folder,
+            "content_version": self.content_version,
             **self.binder.fields(),
         }
 
     @classmethod
-    def from_user_options(cls, raw: Mapping[str, Any], roots: Sequence[Path]) -> LaunchOptions:
+    def from_user_options(
+        cls, raw: Mapping[str, Any], roots: Sequence[Path], on_this_host: bool = True
+    ) -> LaunchOptions:
         """Read and check ``user_options``; host paths must lie under ``roots``.
 
-        Raises :class:`BadOptions`."""
-        paths = _PathRules(tuple(root.resolve() for root in roots))
+        ``on_this_host=False``: the paths are on shared volumes the checking process does
+        not mount (the Kubernetes backend's hub): each must be a normalised absolute
+        path under a root, and is not looked at.  Raises :class:`BadOptions`."""
+        if on_this_host:
+            paths = _PathRules(tuple(root.resolve() for root in roots))
+        else:
+            paths = _PathRules(tuple(roots), on_this_host=False)
         content = raw.get("content_path")
         return cls(
             env_key=_text(raw, "env_key"),
@@ -123,20 +157,30 @@ class LaunchOptions:
             hold_files=tuple(paths.use_lock(value) for value in _list(raw, "hold_files")),
             token=_text(raw, "token"),
             binder=BinderInfo(**{name: _text(raw, name) for name in BinderInfo.VARIABLES}),
+            size=_text(raw, "size"),
+            home=_home(raw.get("home")),
+            content_folder=_plain(raw.get("content_folder"), "content_folder") or None,
+            content_version=_plain(raw.get("content_version"), "content_version"),
         )
 
 
 @dataclass(frozen=True)
 class _PathRules:
     roots: tuple[Path, ...]
+    on_this_host: bool = True
 
     def directory(self, value: object, what: str) -> Path:
         if not isinstance(value, str) or not value:
             raise BadOptions(f"user_options.{what} must be a host path")
-        path = Path(value).resolve()
+        if self.on_this_host:
+            path = Path(value).resolve()
+        elif value.startswith("/") and os.path.normpath(value) == value.rstrip("/"):
+            path = Path(value)
+        else:
+            raise BadOptions(f"user_options.{what} must be a normalised absolute path")
         if not any(path.is_relative_to(root) for root in self.roots):
             raise BadOptions(f"user_options.{what} is outside the allowed directories", 403)
-        if not path.is_dir():
+        if self.on_this_host and not path.is_dir():
             raise BadOptions(f"user_options.{what} {path} is not a directory")
         return path
 
@@ -183,3 +227,20 @@ def _mounts(value: object, paths: _PathRules) -> dict[str, Path]:
             raise BadOptions(f"bad data mount name {name!r}")
         mounts[name] = paths.directory(host, f"data_mounts.{name}")
     return mounts
+
+
+def _home(value: object) -> str:
+    if not value:
+        return "ephemeral"
+    if value not in HOME_KINDS:
+        raise BadOptions(f"user_options.home must be one of {', '.join(HOME_KINDS)}")
+    return str(value)
+
+
+def _plain(value: object, name: str) -> str:
+    """A folder or version name: plain characters, no path, no leading dot ('' if unset)."""
+    if not value:
+        return ""
+    if not isinstance(value, str) or not _PLAIN.fullmatch(value) or ".." in value:
+        raise BadOptions(f"user_options.{name} must be a plain name")
+    return value

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -69,6 +69,12 @@ class StepOutput:
 
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=200))
     code: int | None = None
+
+
+def last_line(lines: Iterable[str]) -> str:
+    """The last line of a step's output that is not blank, stripped ("" when none):
+    what a failed step said last, for its error message."""
+    return next((line.strip() for line in reversed(list(lines)) if line.strip()), "")
 
 
 async def run_step(argv: Sequence[str], output: StepOutput) -> AsyncIterator[str]:

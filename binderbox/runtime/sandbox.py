@@ -15,12 +15,33 @@ Usage::
     box.ro_bind(interpreter_prefix)
     box.bind(tmp_env_dir, ENV_PREFIX)
     argv = box.argv(["python", "-c", "print(1)"])
+
+Which bubblewrap: system layers (apt.txt, see
+:mod:`binderbox.builders.aptlayer`) are shown with overlayfs mounts that
+bubblewrap makes inside the sandbox's own user and mount namespace
+(``--overlay-src``/``--ro-overlay``, bubblewrap 0.9 and newer).  Debian 12's
+bubblewrap is 0.8, without them, so ``scripts/setup`` builds the current
+Debian stable source package of bubblewrap (fetched with ``apt-get source``
+from the Debian mirror, checked against its signed index) into
+:data:`PROJECT_BWRAP`, which :func:`bwrap_path` prefers.  Why this way rather
+than a kernel overlay mounted by root before the sandbox drops privileges:
+the overlay is made by the unprivileged sandbox itself (Linux allows
+overlayfs in user namespaces since 5.11), so it works for leased host uids
+and for a service that is not root alike, it needs no mount namespace
+bookkeeping on the host and dies with the sandbox, and the mount stays in the
+one place that knows bwrap's command line.  A read-only bind of the layer at
+another path with ``PATH``/``LD_LIBRARY_PATH`` pointed at it works only for
+the simplest packages (plugins, data files and alternatives look under
+``/usr``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
+import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,8 +75,20 @@ class SandboxUnavailable(BinderboxError):
     reason = "sandbox"
 
 
+#: where scripts/setup installs a bubblewrap with overlay support (see the module docstring)
+PROJECT_BWRAP = "/usr/local/libexec/binderbox/bwrap"
+#: the first bubblewrap release with --overlay-src / --ro-overlay
+OVERLAY_VERSION = (0, 9)
+
+
 def bwrap_path() -> str:
-    """The bwrap executable, or a clear error saying how to get it."""
+    """The bwrap executable, or a clear error saying how to get it: ``$BINDERBOX_BWRAP``,
+    else :data:`PROJECT_BWRAP` when scripts/setup installed it, else ``bwrap`` on PATH."""
+    chosen = os.environ.get("BINDERBOX_BWRAP")
+    if chosen:
+        return chosen
+    if os.access(PROJECT_BWRAP, os.X_OK):
+        return PROJECT_BWRAP
     path = shutil.which("bwrap")
     if path is None:
         raise SandboxUnavailable(
@@ -63,6 +96,30 @@ def bwrap_path() -> str:
             hint="Install it with `apt-get install bubblewrap` (scripts/setup does).",
         )
     return path
+
+
+@functools.cache
+def _bwrap_version(path: str) -> tuple[int, ...]:
+    try:
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except OSError:
+        return ()
+    found = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(part) for part in found.groups() if part is not None) if found else ()
+
+
+def require_overlays() -> None:
+    """Raise :class:`SandboxUnavailable` unless :func:`bwrap_path` can mount overlays."""
+    path = bwrap_path()
+    version = _bwrap_version(path)
+    if version < OVERLAY_VERSION:
+        shown = ".".join(map(str, version)) or "unknown"
+        raise SandboxUnavailable(
+            f"System packages (apt.txt) need bubblewrap 0.9 or newer; {path} is {shown}.",
+            hint="scripts/setup builds one into " + PROJECT_BWRAP + ".",
+        )
 
 
 @dataclass
@@ -90,6 +147,27 @@ class Sandbox:
         self._mounts += ["--symlink", str(target), str(inside)]
         return self
 
+    def ro_overlay(self, sources: Sequence[str | Path], inside: str | Path) -> Sandbox:
+        """Show the host folders ``sources`` merged read-only at ``inside``, the last on
+        top (an overlayfs mount the sandbox makes; see :func:`require_overlays`)."""
+        if len(sources) < 2:
+            raise ValueError("an overlay needs at least two sources")
+        for source in sources:
+            self._mounts += ["--overlay-src", str(source)]
+        self._mounts += ["--ro-overlay", str(inside)]
+        return self
+
+    def overlay(
+        self, sources: Sequence[str | Path], upper: str | Path, work: str | Path, inside: str
+    ) -> Sandbox:
+        """Show the host folders ``sources`` merged at ``inside``, writable: what is
+        written goes to the host folder ``upper`` (``work``: an empty folder on its
+        filesystem), the sources stay as they are."""
+        for source in sources:
+            self._mounts += ["--overlay-src", str(source)]
+        self._mounts += ["--overlay", str(upper), str(work), inside]
+        return self
+
     def tmpfs(self, inside: str) -> Sandbox:
         """An empty private writable directory at ``inside``."""
         self._mounts += ["--tmpfs", inside]
@@ -104,6 +182,10 @@ class Sandbox:
         """Set environment variables (the sandbox starts with none)."""
         self.env.update(values)
         return self
+
+    def mount_options(self) -> list[str]:
+        """The mounts asked for so far, as bubblewrap options (``--bind HOST INSIDE``...)."""
+        return list(self._mounts)
 
     def argv(self, command: Sequence[str]) -> list[str]:
         """The full ``bwrap ... -- command`` argument list."""

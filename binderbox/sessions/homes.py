@@ -1,8 +1,16 @@
-"""Session homes on the host: made from the repository, owned by the session's uid.
+"""Session homes on the host: where they live, whose uid they have, what a launch puts in.
 
-Today every home is *ephemeral*: made fresh at each start from the repository's
-content and postBuild's home changes, removed when the session ends.  (Homes
-kept across sessions are the other policy, for logged-in users.)
+A :class:`HomePolicy` is one kind of home; the launch names it
+(:attr:`LaunchOptions.home <binderbox.runtime.options.LaunchOptions>`, chosen
+by the launcher's identity policy, :mod:`binderbox.sessions.identity`) and the
+spawner asks :func:`home_policy` for it.  Two kinds:
+
+* :class:`EphemeralHome` (temporary users, every anonymous Binder): made fresh
+  at each start from the repository's content and postBuild's home changes,
+  removed when the session ends;
+* :class:`~binderbox.sessions.persistent.PersistentHome` (logged-in users): one
+  home per user, kept across sessions and restarts, the content placed in a
+  folder of it without touching what the user changed.
 
 Everything here runs as root on a tree no sandbox runs in yet, and never
 follows a link the repository (or postBuild) put there: the content is copied
@@ -17,11 +25,108 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..builders.overlay import apply_home_overlay
+from ..environments.spec import HOME
+from ..runtime.host import SandboxHost
+from ..runtime.leases import Lease
+from ..runtime.options import LaunchOptions
 from ..runtime.ownership import give_tree
 from ..store.files import remove_tree
+
+
+@dataclass(frozen=True)
+class HomeSetup:
+    """What a prepared home tells the spawner.
+
+    ``command_prefix``
+        goes before the server's command (the repository's ``start`` script)
+    ``default_url``
+        the page the server opens (None: the spawner's ``default_url``)
+    ``environment``
+        variables of the session (``REPO_DIR``: where the content is)
+    """
+
+    command_prefix: list[str] = field(default_factory=list)
+    default_url: str | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+class HomePolicy:
+    """One kind of session home.  Subclasses set :attr:`kind` and override:
+
+    ``path(data_dir, user, session)``
+        the host folder shown at ``/home/jovyan`` (``session``: the spawner's
+        ``<user>-default`` or ``<user>-<server>-<hash>``)
+    ``uid(host, home)``
+        the host uid the session runs as (None: the service's) and the lease that
+        holds it, if any (the spawner hands it to the session's supervisor)
+    ``prepare(home, options, uid)``
+        make the home ready for a start (blocking, runs as root: never follows a
+        link a session could have planted); returns a :class:`HomeSetup`
+    ``release(home)``
+        after the session ended, whichever way it ended
+    ``use_lock(home)``
+        a file the session holds a shared ``flock`` on while it runs (None: none), so
+        an admin's removal of a home in use can be refused
+    ``repo_dir(folder)``
+        where the repository is in the home, relative to it ('': the home itself),
+        given the launch's content folder
+    """
+
+    kind: ClassVar[str] = ""
+
+    def path(self, data_dir: Path, user: str, session: str) -> Path:
+        raise NotImplementedError
+
+    def uid(self, host: SandboxHost, home: Path) -> tuple[int | None, Lease | None]:
+        raise NotImplementedError
+
+    def prepare(self, home: Path, options: LaunchOptions, uid: int | None) -> HomeSetup:
+        raise NotImplementedError
+
+    def release(self, home: Path) -> None:
+        raise NotImplementedError
+
+    def use_lock(self, home: Path) -> Path | None:
+        return None
+
+    def repo_dir(self, folder: str) -> str:
+        return ""
+
+
+class EphemeralHome(HomePolicy):
+    """A fresh private home per session: ``<data>/homes/<session>``, a copy of the
+    content, owned by a uid leased for the session alone, removed at the end."""
+
+    kind = "ephemeral"
+
+    def path(self, data_dir: Path, user: str, session: str) -> Path:
+        return data_dir / "homes" / session
+
+    def uid(self, host: SandboxHost, home: Path) -> tuple[int | None, Lease | None]:
+        lease = host.lease_uid()
+        return (lease.value if lease else None), lease
+
+    def prepare(self, home: Path, options: LaunchOptions, uid: int | None) -> HomeSetup:
+        start = prepare_home(
+            home, options.env_path, options.content_path, options.start_script, uid
+        )
+        return HomeSetup([f"{HOME}/{start}"] if start else [])
+
+    def release(self, home: Path) -> None:
+        remove_home(home)
+
+
+def home_policy(kind: str) -> HomePolicy:
+    """The policy of ``kind`` (``ephemeral`` or ``persistent``; checked by LaunchOptions)."""
+    from .persistent import PersistentHome
+
+    policies: dict[str, HomePolicy] = {"ephemeral": EphemeralHome(), "persistent": PersistentHome()}
+    return policies[kind]
 
 
 def prepare_home(

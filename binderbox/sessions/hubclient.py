@@ -155,8 +155,11 @@ class HubClient:
         return json.loads(response.body) if response.body else None
 
     @staticmethod
-    def user_path(name: str) -> str:
-        """``users/<name>/server`` (the default server: sessions use no named ones)."""
+    def user_path(name: str, server: str = "") -> str:
+        """``users/<name>/server`` (the default server: temporary users), or
+        ``users/<name>/servers/<server>`` (a named server: logged-in users)."""
+        if server:
+            return f"users/{quote(name, safe='')}/servers/{quote(server, safe='')}"
         return f"users/{quote(name, safe='')}/server"
 
     async def info(self) -> dict[str, Any]:
@@ -169,9 +172,12 @@ class HubClient:
         result: dict[str, Any] = await self.request("POST", f"users/{quote(name, safe='')}")
         return result
 
-    async def get_user(self, name: str) -> dict[str, Any]:
-        """The user model (with its servers)."""
-        result: dict[str, Any] = await self.request("GET", f"users/{quote(name, safe='')}")
+    async def get_user(self, name: str, include_stopped: bool = False) -> dict[str, Any]:
+        """The user model (with its active servers; ``include_stopped``: its stopped
+        named servers too, marked ``"stopped": true``)."""
+        query = {"include_stopped_servers": "1"} if include_stopped else None
+        path = f"users/{quote(name, safe='')}"
+        result: dict[str, Any] = await self.request("GET", path, query=query)
         return result
 
     async def delete_user(self, name: str) -> None:
@@ -182,14 +188,29 @@ class HubClient:
             if err.status != 404:
                 raise
 
-    async def stop_server(self, name: str) -> None:
+    async def stop_server(self, name: str, server: str = "", remove: bool = False) -> None:
         """Stop ``name``'s server (interrupting a pending spawn); no user or no server
-        running is fine.  A stop that takes a while goes on in the hub (202)."""
+        running is fine.  A stop that takes a while goes on in the hub (202).
+        ``remove``: a named server is deleted from the hub too (it no longer counts
+        against ``named_server_limit_per_user``)."""
+        body = {"remove": True} if remove and server else None
         try:
-            await self.request("DELETE", self.user_path(name))
+            await self.request("DELETE", self.user_path(name, server), body)
         except HubAPIError as err:
             if err.status not in (400, 404):  # 400: not running
                 raise
+
+    async def add_to_group(self, group: str, name: str) -> None:
+        """Make ``name`` a member of hub group ``group``, creating the group if needed."""
+        path = f"groups/{quote(group, safe='')}"
+        try:
+            await self.request("POST", f"{path}/users", {"users": [name]})
+        except HubAPIError as err:
+            if err.status != 404:
+                raise
+            with contextlib.suppress(HubAPIError):  # 409: made meanwhile
+                await self.request("POST", path)
+            await self.request("POST", f"{path}/users", {"users": [name]})
 
     async def create_token(self, name: str, scopes: list[str], note: str) -> str:
         """Issue an API token owned by ``name`` with ``scopes``; returns it."""
@@ -197,9 +218,9 @@ class HubClient:
         result = await self.request("POST", f"users/{quote(name, safe='')}/tokens", body)
         return str(result["token"])
 
-    async def start_server(self, name: str, user_options: dict[str, Any]) -> bool:
+    async def start_server(self, name: str, user_options: dict[str, Any], server: str = "") -> bool:
         """Ask for a server; True if it is already ready (201), False if pending (202)."""
-        response = await self._fetch("POST", self.user_path(name), user_options)
+        response = await self._fetch("POST", self.user_path(name, server), user_options)
         return response.code == 201
 
     async def active_users(self) -> list[dict[str, Any]]:
@@ -214,13 +235,13 @@ class HubClient:
                 return users
             offset += limit
 
-    async def progress(self, name: str) -> AsyncIterator[dict[str, Any]]:
+    async def progress(self, name: str, server: str = "") -> AsyncIterator[dict[str, Any]]:
         """Follow the spawn-progress event stream (SSE) until it ends.
 
         The stream has a connection of its own (one of the pool would be held
         for the whole spawn), closed as soon as the caller stops iterating.
         """
-        stream, response = await self._get_streamed(self.user_path(name) + "/progress")
+        stream, response = await self._get_streamed(self.user_path(name, server) + "/progress")
         try:
             buffer = await response.chunks.get()
             if response.status != 200:

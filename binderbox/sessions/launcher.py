@@ -8,12 +8,17 @@ BinderHub does:
    per-repository quota (``per_repo_quota``, or ``per_repo_quota_higher``
    for specs the provider's ``high_quota_specs`` match), counted over the hub's active
    servers by their ``repo_url`` user option -> :class:`QuotaExceeded`;
-2. a temporary user named after the repository plus random characters
-   (``[a-z0-9-]``, at most 30), with its default server (nobody logs in:
-   see :mod:`binderbox.hub.config`);
+2. the hub user and server of the visitor's
+   :class:`~binderbox.sessions.identity.IdentityPolicy`: for an anonymous
+   visitor a temporary user named after the repository plus random characters
+   (``[a-z0-9-]``, at most 30) with its default server; for a logged-in one
+   the visitor's own user and a named server per repository and ref, at most
+   ``named_server_limit`` at once (the next one is refused with a plain
+   :class:`QuotaExceeded`), and a relaunch while that server runs goes to it;
 3. a launch token: a hub API token owned by that user, allowed only to use
-   its servers (``access:servers!user=<name>``); ``?token=<token>`` links
-   work on the single-user server;
+   that server (``access:servers!server=<name>/<server>``; the default server:
+   ``access:servers!user=<name>``); ``?token=<token>`` links work on the
+   single-user server;
 4. ``POST .../server`` with the launch's
    :class:`~binderbox.runtime.options.LaunchOptions` as ``user_options``, then follow
    ``.../progress`` (SSE), relaying the hub's messages as ``Launching``
@@ -24,11 +29,12 @@ what follows ``Ready`` (iterated to the end).  One that fails, or whose
 consumer stops iterating before (a visitor who left: the iterator closed or
 its task cancelled), is *undone* by a clean-up the launcher owns, which no
 cancellation cuts short: the hub calls already sent are let finish, no
-server is asked for after the consumer left, the server is stopped (a
-pending spawn interrupted: the hub's ``DELETE .../server``) and the
-temporary user deleted, retried for :data:`FORGET_SECONDS` while the hub is
-busy or away.  Clean-ups use a hub client of their own, so they never wait
-behind launches.
+server is asked for after the consumer left, the server this launch asked
+for is stopped (a pending spawn interrupted: the hub's ``DELETE .../server``)
+and what the identity policy made removed (a temporary user deleted; a
+logged-in user's named server removed, the user kept), retried for
+:data:`FORGET_SECONDS` while the hub is busy or away.  Clean-ups use a hub
+client of their own, so they never wait behind launches.
 
 ``launches_per_address`` bounds the launches one client address has under
 way, an undone launch counting until its clean-up is over: leaving and
@@ -40,76 +46,34 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import re
-import secrets
-import string
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlparse
+from urllib.parse import urljoin
 
-from traitlets import Int, Unicode
+from traitlets import Bool, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..errors import LaunchError, QuotaExceeded
-from ..events import Event, Launching, Ready
+from ..events import Event, Launching
 from ..providers.base import Resolved
-from ..runtime.options import BinderInfo, LaunchOptions
 from .hubclient import HubAPIError, HubClient
+from .identity import (
+    IdentityPolicy,
+    TemporaryIdentity,
+    Visitor,
+    identity_for,
+    identity_of,
+    user_name_for,
+)
+from .request import SessionRequest, ready_event, session_options
 
-#: JupyterHub user names we make: lowercase letters, digits, '-'; at most 30
-NAME_MAX = 30
-RANDOM_CHARS = 8
+__all__ = ["SessionLauncher", "SessionRequest", "user_name_for"]
+
 #: seconds the removal of a temporary user is retried (the hub busy or restarting)
 FORGET_SECONDS = 120.0
 #: seconds the consumer of a launch that failed waits for its clean-up (which goes on)
 CLEANUP_WAIT = 10.0
-
-
-@dataclass(frozen=True)
-class SessionRequest:
-    """What to launch.
-
-    ``env_key``/``env_path``: the built environment (its store key and host
-    directory); ``content_path``: the repository content copied into the
-    home; ``resolved``: the version launched (for ``BINDER_*`` and quotas);
-    ``start_script``: the repository's ``start`` script relative to its root;
-    ``launch_host``: the public base URL of the service (``http://host:8000/``);
-    ``data_mounts``: datasets bound read-only at ``~/data/<name>``;
-    ``hold_files``: use-lock files (``locks/<key>.use`` of the store and of
-    the dataset cache) the session holds shared while it runs, so neither
-    its environment nor its datasets are evicted;
-    ``high_quota``: the spec matches its provider's ``high_quota_specs``
-    (``per_repo_quota_higher`` applies);
-    ``client_ip``: the requester's address (``launches_per_address``).
-    """
-
-    env_key: str
-    env_path: Path
-    content_path: Path
-    resolved: Resolved
-    start_script: str | None = None
-    launch_host: str = ""
-    data_mounts: Mapping[str, Path] = field(default_factory=dict)
-    hold_files: Sequence[Path] = ()
-    high_quota: bool = False
-    client_ip: str = ""
-
-
-def user_name_for(resolved: Resolved) -> str:
-    """A fresh temporary user name: readable repository prefix + random chars."""
-    path = urlparse(resolved.repo_url).path if resolved.repo_url else resolved.spec
-    parts = [p for p in re.split(r"[/:]+", path.removesuffix(".git")) if p][-2:]
-    room = NAME_MAX - RANDOM_CHARS - 1
-    slugs = [re.sub(r"[^a-z0-9]+", "-", p.lower()).strip("-") for p in parts]
-    prefix = "-".join(s for s in slugs if s)
-    if len(prefix) > room:  # keep the repository's own name readable
-        prefix = slugs[-1] if slugs else ""
-    prefix = prefix[:room].rstrip("-") or "binder"
-    alphabet = string.ascii_lowercase + string.digits
-    suffix = "".join(secrets.choice(alphabet) for _ in range(RANDOM_CHARS))
-    return f"{prefix}-{suffix}"
 
 
 class _Abandoned(Exception):
@@ -120,8 +84,13 @@ class _Abandoned(Exception):
 class _Launch:
     """One launch's state, shared by its consumer and its clean-up."""
 
-    #: the temporary user, from just before it is asked for
+    policy: IdentityPolicy = field(default_factory=TemporaryIdentity)
+    #: the hub user, from just before it is asked for
     user: str | None = None
+    #: the hub server of the launch ("" the default)
+    server: str = ""
+    #: this launch asked for the server (a relaunch that found it running did not)
+    started: bool = False
     #: set when the consumer has left (or the launch failed)
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -199,6 +168,17 @@ class SessionLauncher(LoggingConfigurable):
         A classroom behind one address launching in the same seconds may need more;
         0: no limit.""",
     ).tag(config=True)
+    persistent_homes = Bool(
+        True,
+        help="""Logged-in visitors' sessions get their user's persistent home
+        (binderbox/sessions/persistent.py); False: an ephemeral home, as anonymous ones.""",
+    ).tag(config=True)
+    named_server_limit = Int(
+        5,
+        help="""Sessions a logged-in user may run at once (one per repository and ref);
+        the next is refused with a plain message.  0: no limit.  binderbox serve sets it
+        from ManagedHub.named_server_limit, which the hub enforces too.""",
+    )
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -235,6 +215,10 @@ class SessionLauncher(LoggingConfigurable):
         self._hub = self._cleanup_hub = None
 
     # -- quotas -----------------------------------------------------------------
+
+    def identity(self, visitor: Visitor) -> IdentityPolicy:
+        """The identity policy of ``visitor`` (see :func:`.identity.identity_for`)."""
+        return identity_for(visitor, self.persistent_homes)
 
     def repo_quota(self, high_quota: bool) -> int:
         """The per-repository quota that applies (0 = unlimited)."""
@@ -279,22 +263,23 @@ class SessionLauncher(LoggingConfigurable):
         """
         yield Launching(message=f"Launching server for {req.resolved.repo_url}")
         release = self.addresses.take(req.client_ip, self.launches_per_address)
-        launch = _Launch()
+        policy = self.identity(req.visitor)
+        launch = _Launch(policy, server=policy.server_name(req.resolved))
         # a task: a consumer that leaves does not cut a hub call short
         admission = asyncio.ensure_future(self._admit(req, launch))
         taken = False
         try:
             token, ready = await asyncio.shield(admission)
-            name = str(launch.user)
+            name, server = str(launch.user), launch.server
             found: dict[str, str] = {}
             if not ready:
-                async for event in self._follow(name, found):
+                async for event in self._follow(name, server, found):
                     yield event
             path = found.get("url")  # the hub's ready event names it
             if not path:
                 model = await self._call(self.hub.get_user(name))
-                path = model["servers"][""]["url"]
-            yield self._ready(req, urljoin(req.launch_host or "/", path), token)
+                path = model["servers"][server]["url"]
+            yield ready_event(req, urljoin(req.launch_host or "/", path), token, policy)
             taken = True
         finally:
             if taken:
@@ -307,21 +292,71 @@ class SessionLauncher(LoggingConfigurable):
 
         Where a quota applies, launches are admitted one at a time (the step
         takes a few hub API calls), so two launches at once cannot both pass
-        it: the second sees the first's pending server.  Once the consumer
-        has left, nothing more is asked.  Returns (launch token, already ready?).
+        it: the second sees the first's pending server.  A launch whose server
+        runs or starts already (a logged-in user's relaunch) passes no quota and
+        follows that server.  Once the consumer has left, nothing more is asked.
+        Returns (launch token, already ready?).
         """
         limited = bool(self.repo_quota(req.high_quota)) or self.total_quota is not None
+        limited |= bool(launch.server and self.named_server_limit)
         async with self._admission if limited else contextlib.nullcontext():
             launch.check()
-            await self.check_quota(req.resolved, req.high_quota)
+            running = None
+            if launch.server:  # a named server of a user that may have it already
+                running = await self._running(req, launch)
+            if running is None:
+                await self.check_quota(req.resolved, req.high_quota)
             launch.check()
-            name = await self._make_user(req, launch)
-            scopes = [f"access:servers!user={name}"]
-            token = await self._call(self.hub.create_token(name, scopes, "binder launch"))
-            options = self.user_options(req, token)
+            if not launch.server:
+                await self._make_user(req, launch)
+            name, server = str(launch.user), launch.server
+            scope = (
+                f"access:servers!server={name}/{server}"
+                if server
+                else f"access:servers!user={name}"
+            )
+            token = await self._call(self.hub.create_token(name, [scope], "binder launch"))
+            if running is not None:
+                return token, running
+            options = self.user_options(req, token, launch.policy)
             launch.check()
-            ready = await self._call(self.hub.start_server(name, options))
+            launch.started = True
+            ready = await self._call(self.hub.start_server(name, options, server))
         return token, ready
+
+    async def _running(self, req: SessionRequest, launch: _Launch) -> bool | None:
+        """Make the user; whether its server of this launch is ready (False: starting),
+        None when it does not run.  :class:`QuotaExceeded` when it does not and the user
+        runs ``named_server_limit`` servers already."""
+        name = await self._make_user(req, launch)
+        model = await self._call(self.hub.get_user(name, include_stopped=True))
+        servers = model.get("servers") or {}
+        for server in [s for s, info in servers.items() if info.get("stopped")]:
+            # the hub counts stopped named servers against its limit too: they hold
+            # nothing (the home is the user's), so they go
+            await self._call(self.hub.stop_server(name, server, remove=True))
+            del servers[server]
+        mine = servers.get(launch.server)
+        if mine:
+            if mine.get("ready"):
+                return True
+            if mine.get("pending") == "spawn":
+                return False
+            raise LaunchError(
+                "Your session of this repository is stopping.",
+                hint="Try again in a few seconds.",
+                log_message=f"{launch.user}/{launch.server} is {mine.get('pending')}",
+                status_code=409,
+            )
+        named = [n for n in servers if n]
+        if self.named_server_limit and len(named) >= self.named_server_limit:
+            raise QuotaExceeded(
+                f"You are running {len(named)} sessions, the most this Binder allows at "
+                f"once. Stop one of them on the home page to start another.",
+                log_message=f"{launch.user} has {len(named)} named servers "
+                f"(limit {self.named_server_limit})",
+            )
+        return None
 
     async def _undo(
         self, admission: asyncio.Future[Any], launch: _Launch, release: Callable[[], None]
@@ -334,12 +369,12 @@ class SessionLauncher(LoggingConfigurable):
         async def clean_up() -> None:
             with contextlib.suppress(Exception):  # a failure is the consumer's to see
                 await admission
-            if launch.user is None:
-                return
+            if launch.user is None or not (launch.started or launch.policy.deletes_user):
+                return  # nothing of this launch's own to undo
             try:
-                await self._forget(launch.user)
+                await self._forget(launch.policy, launch.user, launch.server)
             except Exception:
-                self.log.exception("clean-up of temporary user %s failed", launch.user)
+                self.log.exception("clean-up of %s failed", launch.user)
 
         task = asyncio.ensure_future(clean_up())
         self._cleanups.add(task)
@@ -352,50 +387,33 @@ class SessionLauncher(LoggingConfigurable):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), CLEANUP_WAIT)
 
-    def user_options(self, req: SessionRequest, token: str) -> dict[str, Any]:
-        """The ``user_options`` of the server: the launch's :class:`LaunchOptions`."""
-        return LaunchOptions(
-            env_key=req.env_key,
-            env_path=req.env_path,
-            content_path=req.content_path,
-            start_script=req.start_script,
-            data_mounts=req.data_mounts,
-            hold_files=tuple(req.hold_files),
-            token=token,
-            binder=binder_info(req),
-        ).to_user_options()
-
-    def _ready(self, req: SessionRequest, url: str, token: str) -> Ready:
-        return Ready(
-            message=f"server running at {url}",
-            url=url,
-            token=token,
-            image=req.env_key,
-            **binder_info(req).fields(),
-        )
+    def user_options(
+        self, req: SessionRequest, token: str, policy: IdentityPolicy | None = None
+    ) -> dict[str, Any]:
+        """The ``user_options`` of the server (see :func:`.request.session_options`)."""
+        return session_options(req, token, policy or self.identity(req.visitor))
 
     async def _make_user(self, req: SessionRequest, launch: _Launch) -> str:
-        """Create this launch's temporary user (``launch.user`` from just before it is
-        asked for: a call that fails may still have made it); returns its name."""
-        for _ in range(5):
-            name = launch.user = user_name_for(req.resolved)
-            try:
-                await self.hub.create_user(name)
-            except HubAPIError as err:
-                if err.status == 409:  # someone else's
-                    launch.user = None
-                    continue
-                raise self._unavailable(err) from err
-            return name
-        raise LaunchError("Could not create a session user.", log_message="5 name collisions")
+        """This launch's user, as its identity policy makes it (``launch.user`` from
+        just before it is asked for: a call that fails may still have made it)."""
 
-    async def _follow(self, name: str, found: dict[str, str]) -> AsyncIterator[Event]:
+        def note(name: str) -> None:
+            launch.user = name
+
+        try:
+            launch.user = await launch.policy.make_user(self.hub, req.resolved, note)
+        except HubAPIError as err:
+            raise self._unavailable(err) from err
+        return launch.user
+
+    async def _follow(self, name: str, server: str, found: dict[str, str]) -> AsyncIterator[Event]:
         """Relay the hub's spawn progress until ready (its URL path into ``found["url"]``);
         LaunchError on failure."""
         try:
             async with asyncio.timeout(self.launch_timeout):
-                async for event in self.hub.progress(name):
+                async for event in self.hub.progress(name, server):
                     if event.get("failed"):
+                        self.log.warning("spawn of %s failed: %s", name, event.get("message"))
                         raise LaunchError(
                             "The session could not be started.",
                             hint="Try again; if it keeps failing, tell the operator.",
@@ -412,11 +430,35 @@ class SessionLauncher(LoggingConfigurable):
                 f"The session did not start within {self.launch_timeout} s.",
                 log_message=f"launch of {name} timed out",
             ) from err
-        except HubAPIError as err:
-            raise self._launch_failed(err) from err
+        except HubAPIError as err:  # the stream broke (a busy hub): the spawn may go on
+            self.log.warning("progress stream of %s failed (%s): polling its server", name, err)
+            found["url"] = await self._poll_ready(name, server, err)
+            return
         raise LaunchError(
             "The session could not be started.",
             log_message=f"progress stream of {name} ended before ready",
+        )
+
+    async def _poll_ready(self, name: str, server: str, broke: HubAPIError) -> str:
+        """The URL path of ``name``'s server once the hub says it is ready, asking every
+        half second; LaunchError when its spawn ended without one (or took too long)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.launch_timeout
+        while loop.time() < deadline:
+            try:
+                model = (await self.hub.get_user(name)).get("servers", {}).get(server)
+            except HubAPIError as err:
+                if err.status != 599:
+                    raise self._launch_failed(err) from err
+                model = {"pending": "spawn"}  # the hub is busy: ask again
+            if model and model.get("ready") and model.get("url"):
+                return str(model["url"])
+            if not model or model.get("pending") != "spawn":
+                raise self._launch_failed(broke)
+            await asyncio.sleep(0.5)
+        raise LaunchError(
+            f"The session did not start within {self.launch_timeout} s.",
+            log_message=f"launch of {name} timed out (polling after {broke})",
         )
 
     async def _call(self, coro: Any) -> Any:
@@ -425,23 +467,22 @@ class SessionLauncher(LoggingConfigurable):
         except HubAPIError as err:
             raise self._launch_failed(err) from err
 
-    async def _forget(self, name: str) -> None:
-        """Stop ``name``'s server (interrupting a pending spawn) and delete the user,
-        retried for :data:`FORGET_SECONDS`."""
+    async def _forget(self, policy: IdentityPolicy, name: str, server: str = "") -> None:
+        """Undo ``name``'s session on ``server`` as ``policy`` says (a pending spawn
+        interrupted; a temporary user deleted), retried for :data:`FORGET_SECONDS`."""
         hub = self.cleanup_hub
         loop = asyncio.get_running_loop()
         give_up = loop.time() + FORGET_SECONDS
         delay = 0.25
         while True:
             try:
-                await hub.stop_server(name)
-                await hub.delete_user(name)
+                await policy.forget(hub, name, server)
                 return
             except HubAPIError as err:  # 400: still stopping; 599: busy or away
                 if loop.time() + delay > give_up:
-                    self.log.warning("could not delete temporary user %s: %s", name, err)
+                    self.log.warning("could not undo the session of %s: %s", name, err)
                     return
-                self.log.debug("deleting temporary user %s: %s; trying again", name, err)
+                self.log.debug("undoing the session of %s: %s; trying again", name, err)
             await asyncio.sleep(delay)
             delay = min(2 * delay, 5.0)
 
@@ -472,22 +513,61 @@ class SessionLauncher(LoggingConfigurable):
             return 0
 
     async def stop_all(self, at_once: int = 8, within: float = 120) -> int:
-        """End every session (its temporary user with it); how many are left."""
+        """End every session (a temporary user with it; logged-in users are kept);
+        how many are left."""
         try:
-            users = [u["name"] for u in await self.hub.active_users()]
+            users = await self.hub.active_users()
         except HubAPIError as err:
             self.log.warning("cannot list sessions to stop them: %s", err)
             return -1
         slots = asyncio.Semaphore(at_once)
 
-        async def end(name: str) -> None:
+        async def end(user: dict[str, Any], server: str) -> None:
             async with slots:
-                await self._forget(name)
+                await self._forget(identity_of(user), user["name"], server)
 
+        ends = [end(u, server) for u in users for server in u.get("servers") or {}]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
-                await asyncio.gather(*(end(name) for name in users))
+                await asyncio.gather(*ends)
         return await self.count_running()
+
+    # -- a logged-in user's sessions ------------------------------------------------
+
+    async def sessions_of(self, visitor: Visitor) -> list[dict[str, Any]]:
+        """The running (or starting) sessions of a logged-in ``visitor``: ``name`` (the
+        server), ``url`` (its path), ``repo_url``, ``binder_request``, ``ready``,
+        ``started``, ``last_activity``; [] for an anonymous one or an unknown user."""
+        if visitor.name is None:
+            return []
+        try:
+            model = await self.hub.get_user(visitor.name)
+        except HubAPIError as err:
+            if err.status == 404:
+                return []
+            raise self._unavailable(err) from err
+        sessions = []
+        for server, info in sorted((model.get("servers") or {}).items()):
+            options = info.get("user_options") or {}
+            sessions.append(
+                {
+                    "name": server,
+                    "url": info.get("url"),
+                    "ready": bool(info.get("ready")),
+                    "repo_url": options.get("repo_url", ""),
+                    "binder_request": options.get("binder_request", ""),
+                    "started": info.get("started"),
+                    "last_activity": info.get("last_activity"),
+                }
+            )
+        return sessions
+
+    async def stop_session(self, visitor: Visitor, server: str) -> None:
+        """Stop (and remove from the hub, freeing its slot) the logged-in ``visitor``'s
+        session ``server``.  An anonymous visitor has none: LaunchError 403."""
+        if visitor.name is None:
+            raise LaunchError("Log in to manage your sessions.", status_code=403)
+        await self._forget(self.identity(visitor), visitor.name, server)
 
     # -- health -------------------------------------------------------------------
 
@@ -508,16 +588,3 @@ class SessionLauncher(LoggingConfigurable):
             quota_ok=self.total_quota is None or len(servers) < self.total_quota,
         )
         return result
-
-
-def binder_info(req: SessionRequest) -> BinderInfo:
-    """What a launch tells about its repository: the ``ready`` event's fields and the
-    session's ``BINDER_*`` variables, under the same names."""
-    r = req.resolved
-    return BinderInfo(
-        repo_url=r.repo_url,
-        binder_ref_url=r.ref_url,
-        binder_launch_host=req.launch_host,
-        binder_request=r.binder_request,
-        binder_persistent_request=r.binder_persistent_request,
-    )

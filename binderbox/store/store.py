@@ -70,6 +70,7 @@ from .files import (
     stale_temps,
 )
 from .locks import FileLock, try_lock
+from .lru import Entry, evict_lru
 from .metadata import BuildState, EnvRecord, Metadata
 from .queue import BuildQueue
 from .shared import BuildBroadcast, BuildJob, Env, SharedBuild, stopped
@@ -504,19 +505,13 @@ class Store(LoggingConfigurable):
         return removed
 
     def _gc_budget(self) -> builtins.list[str]:
-        if self.budget <= 0:
-            return []
-        records = self.metadata.records()
-        total = sum(r.size for r in records)
-        removed = []
-        for record in records:
-            if total <= self.budget:
-                break
-            if self._delete(record.key, min_idle=self.min_idle):
-                self.log.info("Evicted environment %s (%d bytes)", record.key, record.size)
-                total -= record.size
-                removed.append(record.key)
-        return removed
+        entries = [Entry(r.key, r.size, r.last_used) for r in self.metadata.records()]
+        removed = evict_lru(
+            entries, self.budget, lambda entry: self._delete(entry.key, min_idle=self.min_idle)
+        )
+        for entry in removed:
+            self.log.info("Evicted environment %s (%d bytes)", entry.key, entry.size)
+        return [entry.key for entry in removed]
 
     def _gc_logs(self) -> None:
         now = time.time()

@@ -10,6 +10,8 @@
     Prometheus text
 ``/api/repoproviders``
     the display config of each provider
+``/api/sessions``, ``/api/sessions/<name>``
+    a logged-in visitor's running sessions (GET), one stopped (DELETE)
 """
 
 from __future__ import annotations
@@ -18,13 +20,20 @@ import math
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from tornado.web import HTTPError
 
 from .. import __version__, metrics
 from ..errors import BinderboxError
 from ..events import Failed, Ready
 from ..pipeline import LaunchRequest
 from ..providers.gitutil import redact
-from .base import ApiHandler, LaunchPipelineProtocol, SessionIndex, Site
+from .base import (
+    ApiHandler,
+    LaunchPipelineProtocol,
+    SessionIndex,
+    Site,
+    VisitorSessionsProtocol,
+)
 from .ratelimit import LaunchTokens, RateLimiter
 from .sse import ClientGone, EventStreamHandler
 
@@ -64,18 +73,31 @@ class BuildHandler(EventStreamHandler):
             self.write_json({"status_code": 429, "message": message}, status=429)
             return
         build_only = self.get_query_argument("build_only", "").lower() == "true"
+        visitor = self.visitor
+        if self.site.login_mode == "required" and not visitor.logged_in:
+            page = f"{self.base_url}v2/{provider}/{spec}"
+            refusal = Failed(
+                message=f"Log in to launch: {self.launch_host}{self.login_url(page)[1:]}",
+                status_code=403,
+                reason="login_required",
+            )
+            await self.stream(lambda: self.send(refusal.to_wire()))
+            return
         request = LaunchRequest(
             provider=provider,
             spec=spec,
             launch_host=self.launch_host,
             build_only=build_only,
             client_ip=self.client_ip,
+            visitor=visitor,
+            size=self.get_query_argument("size", "")[:64],
         )
         self.log.info(
-            "build %s/%s for %s%s",
+            "build %s/%s for %s%s%s",
             provider,
             redact(spec),
             request.client_ip,
+            f" ({visitor.name})" if visitor.logged_in else "",
             " (build only)" if build_only else "",
         )
         if build_only and not self.config.api_only:
@@ -173,3 +195,40 @@ class RepoProvidersHandler(ApiHandler):
 
     def get(self) -> None:
         self.write_json(self.site.provider_configs())
+
+
+class VisitorSessionsHandler(ApiHandler):
+    """``GET /api/sessions``: the logged-in visitor's running sessions
+    (``{"sessions": [...]}``); ``DELETE /api/sessions/<name>``: stop one (204).
+    Anonymous visitors have none to manage: 403."""
+
+    cors_enabled = False  # the visitor's own sessions: this site's pages only
+
+    def initialize(self, site: Site, sessions: VisitorSessionsProtocol) -> None:  # type: ignore[override]
+        super().initialize(site)
+        self.visitor_sessions = sessions
+
+    def _logged_in(self) -> None:
+        if not self.visitor.logged_in:
+            raise HTTPError(403, "Log in to see your sessions.")
+
+    async def get(self, name: str | None = None) -> None:
+        self._logged_in()
+        if name is not None:
+            raise HTTPError(405, "GET /api/sessions lists them")
+        try:
+            found = await self.visitor_sessions.sessions_of(self.visitor)
+        except BinderboxError as err:
+            raise HTTPError(err.status_code, err.user_message) from None
+        self.write_json({"sessions": found})
+
+    async def delete(self, name: str | None = None) -> None:
+        self._logged_in()
+        if name is None:
+            raise HTTPError(405, "DELETE /api/sessions/<name> stops one")
+        try:
+            await self.visitor_sessions.stop_session(self.visitor, name)
+        except BinderboxError as err:
+            raise HTTPError(err.status_code, err.user_message) from None
+        self.set_status(204)
+        self.finish()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 from tornado.web import Application, url
@@ -20,9 +20,22 @@ from traitlets import Bool, Bytes, Float, Integer, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..hub.config import normalise_base_url
-from . import api, pages
-from .base import STATIC, TEMPLATES, LaunchPipelineProtocol, SessionIndex, Site, log_request
+from . import api, login, pages
+from .base import (
+    SERVER_NAME,
+    STATIC,
+    TEMPLATES,
+    LaunchPipelineProtocol,
+    SessionIndex,
+    Site,
+    VisitorSessionsProtocol,
+    log_request,
+)
+from .menu import OptionsMenu
 from .ratelimit import LaunchTokens, RateLimiter
+
+if TYPE_CHECKING:
+    from jupyterhub.services.auth import HubOAuth
 
 
 class WebApp(LoggingConfigurable):
@@ -129,6 +142,11 @@ def make_app(
     providers: Mapping[str, type] | None = None,
     sessions: SessionIndex | None = None,
     debug: bool = False,
+    login_mode: str = "none",
+    hub_auth: HubOAuth | None = None,
+    cookie_secret: str | None = None,
+    visitor_sessions: VisitorSessionsProtocol | None = None,
+    menu: OptionsMenu | None = None,
 ) -> Application:
     """The Tornado application serving pages, the build API and badges.
 
@@ -144,6 +162,16 @@ def make_app(
     ``sessions``
         remembers which repository each session was launched from (shared with
         whoever else launches sessions); ``None``: a new in-memory index
+    ``login_mode``, ``hub_auth``, ``cookie_secret``
+        ``Logins.mode``, the web app's OAuth client of the hub
+        (:func:`binderbox.web.login.make_hub_auth`) and the secret signing its
+        cookie; without ``hub_auth`` nobody logs in here
+    ``visitor_sessions``
+        lists and stops logged-in visitors' sessions (the session launcher; None: the
+        home page lists none)
+    ``menu``
+        the options menu of the home page (:mod:`binderbox.web.menu`: prebuilt
+        environments and sizes); None: none
     """
     base = config.base_url
     site = Site(
@@ -155,9 +183,11 @@ def make_app(
         ),
         hub_url=hub_url or f"{base}hub/",
         providers=providers,
+        login_mode=login_mode,
+        hub_auth=hub_auth,
     )
     index = sessions if sessions is not None else SessionIndex(limit=config.recent_sessions)
-    routes = _routes(pipeline, config, site, index)
+    routes = _routes(pipeline, config, site, index, visitor_sessions, menu)
     return Application(
         routes,
         default_handler_class=pages.NotFoundHandler,
@@ -167,11 +197,17 @@ def make_app(
         static_handler_class=pages.StaticHandler,
         log_function=log_request,
         debug=debug,
+        cookie_secret=cookie_secret or secrets.token_hex(32),
     )
 
 
 def _routes(
-    pipeline: LaunchPipelineProtocol, config: WebApp, site: Site, index: SessionIndex
+    pipeline: LaunchPipelineProtocol,
+    config: WebApp,
+    site: Site,
+    index: SessionIndex,
+    visitor_sessions: VisitorSessionsProtocol | None = None,
+    menu: OptionsMenu | None = None,
 ) -> list[Any]:
     """The URL table; each handler gets only the collaborators it uses."""
     base = config.base_url
@@ -194,11 +230,23 @@ def _routes(
         url(rf"{base}(badge_logo|badge)\.svg", pages.BadgeHandler, common),
         url(rf"{base}user/([^/]+)(/.*)?", pages.EndedSessionHandler, {**common, "sessions": index}),
     ]
+    mine = {**common, "sessions": visitor_sessions}
+    if site.logins and visitor_sessions is not None:
+        routes += [
+            url(rf"{base}api/sessions(?:/({SERVER_NAME}))?", api.VisitorSessionsHandler, mine),
+            url(rf"{base}sessions/({SERVER_NAME})/stop", pages.StopSessionHandler, mine),
+        ]
+    if site.logins:
+        routes += [
+            url(rf"{base}login", login.LoginHandler, common, name="login"),
+            url(rf"{base}oauth_callback", login.OAuthCallbackHandler, common),
+            url(rf"{base}logout", login.LogoutHandler, common),
+        ]
     if config.api_only:
         routes.append(url(rf"{base}?", pages.ApiOnlyHomeHandler, common))
     else:
         routes += [
-            url(rf"{base}?", pages.HomePageHandler, common, name="home"),
+            url(rf"{base}?", pages.HomePageHandler, {**mine, "menu": menu}, name="home"),
             url(rf"{base}about", pages.AboutPageHandler, {**common, "pipeline": pipeline}),
             url(rf"{base}v2/([^/]+)/(.+)", pages.LaunchPageHandler, {**common, "tokens": tokens}),
             url(rf"{base}repo/([^/]+)/([^/]+)(/.*)?", pages.LegacyRedirectHandler, common),

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import jinja2
-from tornado.httputil import HTTPServerRequest
+from jupyterhub._xsrf_utils import get_xsrf_token
+from tornado.httputil import HTTPServerRequest, url_concat
 from tornado.web import HTTPError, RequestHandler
 
 from .. import __version__
@@ -27,8 +28,11 @@ from ..pipeline import LaunchRequest
 from ..providers import offered_providers, repoprovider_configs
 from ..providers.base import RepoProvider
 from ..providers.gitutil import redact
+from ..sessions.identity import ANONYMOUS, Visitor
 
 if TYPE_CHECKING:
+    from jupyterhub.services.auth import HubOAuth
+
     from .app import WebApp
 
 #: the web layer's own files
@@ -58,8 +62,30 @@ class LaunchPipelineProtocol(Protocol):
     def versions(self) -> dict[str, Any]: ...
 
 
+class VisitorSessionsProtocol(Protocol):
+    """What the pages need to show logged-in visitors their sessions (the
+    :class:`~binderbox.sessions.launcher.SessionLauncher` does it).
+
+    ``sessions_of(visitor)``
+        the visitor's running sessions: dicts with ``name`` (the hub server),
+        ``url``, ``ready``, ``repo_url``, ``binder_request``, ``started``,
+        ``last_activity``; [] for an anonymous visitor
+    ``stop_session(visitor, name)``
+        stop the visitor's session ``name`` and free its slot
+    """
+
+    async def sessions_of(self, visitor: Visitor) -> list[dict[str, Any]]: ...
+
+    async def stop_session(self, visitor: Visitor, server: str) -> None: ...
+
+
+#: a hub server name (JupyterHub's safe slugs)
+SERVER_NAME = r"[a-z0-9-]{1,30}"
+
+
 class SessionIndex:
-    """Remembers which launch request each session came from, by user name.
+    """Remembers which launch request each session came from, by user name, or by
+    ``<user>/<server>`` for a named server (a logged-in user's).
 
     The build API records every ``ready`` event here; the page for an ended
     session (``/user/<name>/...``) looks the name up to offer a relaunch.
@@ -82,7 +108,7 @@ class SessionIndex:
 
     def record(self, server_url: str, binder_request: str) -> None:
         """Remember ``binder_request`` (``v2/gh/o/r/ref``) for the session at ``server_url``."""
-        name = user_from_url(server_url)
+        name = server_key(server_url)
         if not name or not binder_request:
             return
         with self._db:
@@ -92,18 +118,26 @@ class SessionIndex:
             )
             self._db.execute("DELETE FROM sessions WHERE at <= ?", (last + 1 - self.limit,))
 
-    def lookup(self, name: str) -> str | None:
-        """The ``v2/...`` request the session ``name`` was launched from, if known."""
-        row = self._db.execute("SELECT request FROM sessions WHERE name = ?", (name,)).fetchone()
-        return str(row[0]) if row else None
+    def lookup(self, name: str, rest: str = "") -> str | None:
+        """The ``v2/...`` request the session ``name`` was launched from, if known;
+        ``rest``: the path after ``/user/<name>``, whose first part may be a named
+        server of the user (looked up first)."""
+        server = rest.strip("/").split("/", 1)[0]
+        for key in ([f"{name}/{server}"] if server else []) + [name]:
+            row = self._db.execute("SELECT request FROM sessions WHERE name = ?", (key,))
+            found = row.fetchone()
+            if found:
+                return str(found[0])
+        return None
 
 
-def user_from_url(server_url: str) -> str | None:
-    """The user name in a server URL (``.../user/<name>/...``), else ``None``."""
+def server_key(server_url: str) -> str | None:
+    """``<user>`` of a default server's URL (``.../user/<user>/``), ``<user>/<server>``
+    of a named one (``.../user/<user>/<server>/``), else ``None``."""
     parts = urlsplit(server_url).path.split("/")
     for i, part in enumerate(parts[:-1]):
         if part == "user" and parts[i + 1]:
-            return parts[i + 1]
+            return "/".join(p for p in parts[i + 1 : i + 3] if p)
     return None
 
 
@@ -128,12 +162,21 @@ def _summary(request: HTTPServerRequest) -> str:
 
 @dataclass
 class Site:
-    """The parts every handler needs: settings, templates, provider classes."""
+    """The parts every handler needs: settings, templates, provider classes, and
+    who logs in: ``login_mode`` (``Logins.mode``: ``none``, ``optional``,
+    ``required``) and the web app's OAuth client of the hub (None without logins)."""
 
     config: WebApp
     templates: jinja2.Environment
     hub_url: str
     providers: Mapping[str, type[RepoProvider]] | None = None
+    login_mode: str = "none"
+    hub_auth: HubOAuth | None = None
+
+    @property
+    def logins(self) -> bool:
+        """Whether visitors can log in."""
+        return self.hub_auth is not None and self.login_mode != "none"
 
     def provider_classes(self) -> Mapping[str, type[RepoProvider]]:
         """Provider prefix -> class: the ``providers`` given, else all of
@@ -163,6 +206,64 @@ class BaseHandler(RequestHandler):
     @property
     def config(self) -> WebApp:
         return self.site.config
+
+    def get_current_user(self) -> dict[str, Any] | None:
+        """The hub's model of the logged-in visitor (from the web app's login cookie,
+        checked with the hub; cached by ``HubOAuth``), None: anonymous."""
+        hub_auth = self.site.hub_auth
+        if hub_auth is None or not self.site.logins:
+            return None
+        model = hub_auth.get_user(self)
+        if not model or model.get("kind", "user") != "user":
+            return None
+        if not hub_auth.check_scopes(hub_auth.access_scopes, model):
+            return None
+        return dict(model)
+
+    @property
+    def xsrf_token(self) -> bytes:
+        """JupyterHub's xsrf token when visitors log in (what its cookie check accepts:
+        a cookie-authenticated request that is not a page view, such as the launch
+        page's event stream, must carry it as ``_xsrf``), else Tornado's."""
+        hub_auth = self.site.hub_auth
+        if hub_auth is None:
+            return super().xsrf_token
+        token: bytes = get_xsrf_token(self, cookie_path=hub_auth.base_url)
+        return token
+
+    @property
+    def _xsrf_token_id(self) -> bytes:
+        """What JupyterHub's xsrf token is bound to: the login cookie and session."""
+        hub_auth = self.site.hub_auth
+        return b"" if hub_auth is None else bytes(hub_auth._get_xsrf_token_id(self))
+
+    def check_xsrf_cookie(self) -> None:
+        """JupyterHub's xsrf check (called by ``HubOAuth`` for cookie logins)."""
+        hub_auth = self.site.hub_auth
+        if hub_auth is None:
+            super().check_xsrf_cookie()
+        else:
+            hub_auth.check_xsrf_cookie(self)
+
+    @property
+    def visitor(self) -> Visitor:
+        """Who makes this request: the logged-in hub user (``name``; ``admin`` and
+        ``groups`` as the hub says: the authenticator's admin users / admin groups,
+        the provider's groups claim for generic OAuth), else :data:`ANONYMOUS`."""
+        model = self.current_user
+        if not isinstance(model, dict) or not model.get("name"):
+            return ANONYMOUS
+        groups = model.get("groups") or ()
+        return Visitor(
+            name=str(model["name"]),
+            admin=bool(model.get("admin")),
+            groups=tuple(sorted(str(group) for group in groups)),
+        )
+
+    def login_url(self, next_url: str | None = None) -> str:
+        """Where a visitor logs in, coming back to ``next_url`` (default: this page)."""
+        target = next_url if next_url is not None else self.request.uri or self.base_url
+        return url_concat(f"{self.base_url}login", {"next": target})
 
     @property
     def base_url(self) -> str:
@@ -229,6 +330,9 @@ class BaseHandler(RequestHandler):
             "hub_url": self.site.hub_url,
             "version": __version__,
             "api_only": config.api_only,
+            "logins": self.site.logins,
+            "visitor": self.visitor,
+            "login_url": self.login_url() if self.site.logins else "",
         }
         values.update(namespace)
         html = self.site.templates.get_template(template).render(**values)

@@ -1,6 +1,8 @@
 """HTML pages, redirects and badges.
 
-``/``                       home page: a form that makes launch links and badges
+``/``                       home page: a form that makes launch links and badges,
+                            the options menu, a logged-in visitor's running sessions
+``/sessions/<name>/stop``   POST: stop one of them, back to the home page
 ``/v2/<provider>/<spec>``   launch page: follows ``/build`` live, then opens the session
 ``/repo/<user>/<repo>[/p]`` legacy Binder links: redirect to ``/v2/gh/...``
 ``/user/<name>/...``        a session that is not running: "this session ended"
@@ -18,7 +20,16 @@ from urllib.parse import quote, unquote
 from tornado.httputil import url_concat
 from tornado.web import HTTPError, StaticFileHandler
 
-from .base import STATIC, BaseHandler, LaunchPipelineProtocol, SessionIndex, Site
+from ..errors import BinderboxError
+from .base import (
+    STATIC,
+    BaseHandler,
+    LaunchPipelineProtocol,
+    SessionIndex,
+    Site,
+    VisitorSessionsProtocol,
+)
+from .menu import OptionsMenu
 from .ratelimit import LaunchTokens
 
 
@@ -36,14 +47,56 @@ class PageHandler(BaseHandler):
 
 
 class HomePageHandler(PageHandler):
-    """``GET /``: the form that builds launch links and badge markup."""
+    """``GET /``: the form that builds launch links and badge markup; the options menu
+    (:mod:`binderbox.web.menu`); for a logged-in visitor, their running sessions with
+    open and stop."""
 
-    def get(self) -> None:
+    def initialize(
+        self,
+        site: Site,
+        sessions: VisitorSessionsProtocol | None = None,
+        menu: OptionsMenu | None = None,
+    ) -> None:
+        super().initialize(site)
+        self.visitor_sessions = sessions
+        self.menu = menu or OptionsMenu(login_mode=site.login_mode)
+
+    async def get(self) -> None:
+        running: list[dict[str, Any]] = []
+        if self.visitor_sessions is not None and self.visitor.logged_in:
+            try:
+                running = await self.visitor_sessions.sessions_of(self.visitor)
+            except BinderboxError as err:
+                self.log.warning("cannot list the sessions of %s: %s", self.visitor.name, err)
+        menu = self.menu.offered(self.visitor)
         self.render_page(
             "home.html",
             launch_host=self.launch_host,
             about_text=self.config.about_text,
+            running=running,
+            logged_in=self.visitor.logged_in,
+            xsrf=self.xsrf_token.decode(),
+            menu=menu,
+            menu_hint=menu is None and not self.visitor.logged_in and self.menu.has_choices,
         )
+
+
+class StopSessionHandler(PageHandler):
+    """``POST /sessions/<name>/stop`` (a form of the home page): stop the visitor's
+    session ``name``, then back to the home page."""
+
+    def initialize(self, site: Site, sessions: VisitorSessionsProtocol) -> None:  # type: ignore[override]
+        super().initialize(site)
+        self.visitor_sessions = sessions
+
+    async def post(self, name: str) -> None:
+        if not self.visitor.logged_in:
+            raise HTTPError(403, "Log in to manage your sessions.")
+        try:
+            await self.visitor_sessions.stop_session(self.visitor, name)
+        except BinderboxError as err:
+            raise HTTPError(err.status_code, err.user_message) from None
+        self.redirect(self.base_url)
 
 
 class ApiOnlyHomeHandler(PageHandler):
@@ -87,6 +140,9 @@ class LaunchPageHandler(PageHandler):
         if provider not in providers:
             raise HTTPError(404, f"No repository provider is called {provider!r}.")
         spec = self.raw_spec("v2")
+        if self.site.login_mode == "required" and not self.visitor.logged_in:
+            self.redirect(self.login_url())  # then back here, logged in
+            return
         display_name = getattr(providers[provider], "display_name", "") or provider
         self.render_page(
             "launch.html",
@@ -95,6 +151,7 @@ class LaunchPageHandler(PageHandler):
             display_spec=unquote(spec),
             build_url=f"{self.base_url}build/{provider}/{spec}",
             build_token=self.tokens.issue(f"{provider}/{spec}"),
+            xsrf=self.xsrf_token.decode() if self.visitor.logged_in else "",
         )
 
 
@@ -124,8 +181,8 @@ class EndedSessionHandler(PageHandler):
         super().initialize(site)
         self.sessions = sessions
 
-    def get(self, name: str, _rest: str | None = None) -> None:
-        origin = self.sessions.lookup(name)
+    def get(self, name: str, rest: str | None = None) -> None:
+        origin = self.sessions.lookup(name, rest or "")
         relaunch = f"{self.base_url}{origin}" if origin and not self.config.api_only else None
         self.set_status(404)
         if "text/html" not in self.request.headers.get("Accept", ""):

@@ -39,6 +39,7 @@ from ...errors import DataError
 from ...runtime.host import SandboxHost, Step
 from ...runtime.layout import env_sandbox
 from ...runtime.ownership import give_tree, take_back
+from ...runtime.process import last_line
 from ...runtime.sandbox import Sandbox
 from ...util.sizes import tree_size
 from ..requirement import DataEntry
@@ -131,7 +132,7 @@ class CodeFetcher(DataFetcher):
                 reason="data_code_memory",
             )
         if code != 0:
-            last = next((line for line in reversed(tail) if line.strip()), "no output")
+            last = last_line(tail) or "no output"
             raise DataError(
                 f"Dataset {entry.describe()}: its Python code failed (exit code {code}): {last}",
                 log_message="Data code source output (tail):\n" + "\n".join(tail),

@@ -4,13 +4,16 @@ The hub loads this class (``c.JupyterHub.spawner_class``).  What to launch is th
 server's :class:`~binderbox.runtime.options.LaunchOptions` (read and checked by
 :class:`~binderbox.sessions.spawners.mixin.BinderSpawnerMixin`); every host path
 must lie under the data directory or ``allowed_roots``, so a user who can start
-their own server cannot mount arbitrary host directories.  The content is
-copied (``cp -a --reflink=auto``, never hard links: the home is writable) into
-a fresh private home; ``hold_files`` are taken as shared ``flock`` use-locks
-and handed to the session's supervisor (``pass_fds``): the locks live exactly
-as long as the session, across hub restarts, so eviction (which needs the lock
-exclusively) never removes what a session uses.  The launch token is a hub API
-token of the user (scope ``access:servers!user=<name>``); the server gets
+their own server cannot mount arbitrary host directories.  The home is the
+launch's :class:`~binderbox.sessions.homes.HomePolicy` (``LaunchOptions.home``):
+an ephemeral one is a fresh private copy of the content (``cp -a
+--reflink=auto``, never hard links: the home is writable), a persistent one the
+user's own home with the content placed in a folder of it; ``hold_files`` are
+taken as shared ``flock`` use-locks and handed to the session's supervisor
+(``pass_fds``): the locks live exactly as long as the session, across hub
+restarts, so eviction (which needs the lock exclusively) never removes what a
+session uses.  The launch token is a hub API token of the user (scope
+``access:servers!user=<name>``); the server gets
 ``JUPYTERHUB_ALLOW_TOKEN_IN_URL=1`` so ``?token=<token>`` links work, like
 BinderHub's launch links.
 
@@ -32,7 +35,8 @@ Process layout and why:
   through a memory file descriptor, never a command line.
 * Host uid and network (:class:`~binderbox.runtime.host.SandboxHost`): when
   binderbox runs as root the session runs as a host uid leased for it alone
-  (the home is handed to it), in a network namespace of its own on the sandbox
+  (the home is handed to it; a persistent home has a uid of its own for good,
+  which all sessions of its user run as), in a network namespace of its own on the sandbox
   bridge, at an address leased for it: the hub and the proxy reach the server
   at ``<address>:8888``; the session reaches nothing on the host but its hub's
   API port (an nftables element added here and removed at the end).  The
@@ -40,8 +44,9 @@ Process layout and why:
   Not root: the service's uid mapped to 1000, the host network, 127.0.0.1.
 * Limits: memory, CPU and pids in the session's cgroups; the supervisor stops
   the session when its home grows past ``home_limit`` (measured, there is no
-  filesystem quota here) or when ``binderbox serve`` has been gone for
-  ``orphan_timeout`` seconds (it holds ``<data>/service.lock`` while it runs).
+  filesystem quota here; a persistent home is kept, the session stopped) or
+  when ``binderbox serve`` has been gone for ``orphan_timeout`` seconds (it
+  holds ``<data>/service.lock`` while it runs).
 * Readiness: JupyterHub waits for ``/api`` in ``User._wait_up`` ->
   ``Server.wait_up`` -> ``jupyterhub.utils.wait_for_http_server``, which
   retries with ``exponential_backoff`` (random sleeps up to 0.2, 0.4, 0.8...
@@ -50,14 +55,15 @@ Process layout and why:
   and returns only once it answers; the hub's first check then succeeds at
   once (measured: the hub marks the server ready ~10 ms after it answers).
   ``progress`` relays the steps of ``start`` to the hub's progress stream.
-* When the server stops (deleted, culled, crashed) its home, cgroups and hub
-  element are removed.
+* When the server stops (deleted, culled, crashed) its cgroups and hub element
+  are removed, and its home when the policy says so (ephemeral homes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -70,7 +76,7 @@ from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import maybe_future, random_port
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Instance, Int, Unicode, default, validate
+from traitlets import Float, Instance, Int, Unicode, default, validate
 
 from ...environments.spec import HOME
 from ...logs import tail
@@ -85,7 +91,8 @@ from ...runtime.treewatch import WatchedTree
 from ...store.locks import FileLock
 from ...util.procs import start_ticks
 from ...util.sizes import parse_size, valid_size
-from ..homes import prepare_home, remove_home
+from .. import serverext
+from ..homes import HomePolicy, HomeSetup, home_policy
 from .mixin import BinderSpawnerMixin
 
 _T = TypeVar("_T")
@@ -129,6 +136,12 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
     def _valid_sizes(self, proposal: dict[str, Any]) -> str:
         return valid_size(proposal)
 
+    busy_interval = Float(
+        10.0,
+        help="""Seconds between two looks of a session's server at its kernels: while one
+        is busy (a long cell that prints nothing) the server counts as active for the
+        idle culler (binderbox/sessions/serverext).""",
+    ).tag(config=True)
     orphan_timeout = Int(
         600,
         help="Seconds a session keeps running after binderbox serve is gone (then it ends "
@@ -200,13 +213,25 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
 
     @property
     def session_name(self) -> str:
-        """``<user>-<server>`` (``default`` for the unnamed server)."""
-        return f"{self.user.name}-{self.name or 'default'}"
+        """``<user>-default`` for the default server, ``<user>-<server>-<hash>`` for a
+        named one (the hash of both names keeps ``alice``'s server ``x-default`` apart
+        from user ``alice-x``'s default server)."""
+        if not self.name:
+            return f"{self.user.name}-default"
+        digest = hashlib.sha256(f"{self.user.name}/{self.name}".encode()).hexdigest()[:8]
+        return f"{self.user.name}-{self.name}-{digest}"
+
+    @property
+    def home_policy(self) -> HomePolicy:
+        """The launch's home policy (ephemeral unless the options ask for persistent;
+        read without the other checks, so a clean-up after bad options still works)."""
+        persistent = (self.user_options or {}).get("home") == "persistent"
+        return home_policy("persistent" if persistent else "ephemeral")
 
     @property
     def home_path(self) -> Path:
-        """The session's private home on the host."""
-        return Path(self.data_dir) / "homes" / self.session_name
+        """The session's home on the host."""
+        return self.home_policy.path(Path(self.data_dir), self.user.name, self.session_name)
 
     def option_roots(self) -> list[Path]:
         """The data directory and ``allowed_roots``."""
@@ -214,18 +239,18 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def _sandbox(self, options: LaunchOptions) -> Sandbox:
+    def _sandbox(self, options: LaunchOptions, setup: HomeSetup) -> Sandbox:
         box = env_sandbox(options.env_path, self.home_path)  # the layout run_in_env uses too
         for name, host in sorted(options.data_mounts.items()):
             box.ro_bind(host, f"{HOME}/data/{name}")
-        box.setenv(self.get_env())
+        box.ro_bind(serverext.install(Path(self.data_dir)), serverext.INSIDE)
+        box.setenv(
+            {**self.get_env(), **serverext.environment(self.busy_interval), **setup.environment}
+        )
         return box
 
-    def _command(self, start_script: str | None) -> list[str]:
-        cmd = [*self.cmd, *self.get_args()]
-        if start_script:
-            cmd = [f"{HOME}/{start_script}", *cmd]
-        return cmd
+    def _command(self, setup: HomeSetup) -> list[str]:
+        return [*setup.command_prefix, *self.cmd, *self.get_args()]
 
     @staticmethod
     def _take_holds(paths: list[Path], holds: list[FileLock]) -> None:
@@ -253,12 +278,14 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         visitor left) before the supervisor runs undoes what it made."""
         self._messages = []
         options = self.launch_options
+        self.apply_size(options)
         if not (options.env_path / "bin" / "jupyterhub-singleuser").exists():
             raise web.HTTPError(400, "the environment has no jupyterhub-singleuser")
         holds: list[FileLock] = []
         leases: list[Lease] = []
         try:  # the supervisor has its own copies of every descriptor
-            await self._in_thread(self._take_holds, list(options.hold_files), holds)
+            held = [*options.hold_files, *filter(None, [self.home_policy.use_lock(self.home_path)])]
+            await self._in_thread(self._take_holds, held, holds)
             return await self._start_holding(options, [h.fileno() for h in holds], leases)
         except BaseException:
             if self.proc is None:
@@ -272,10 +299,9 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
 
     def _place(self, leases: list[Lease]) -> SandboxNet | None:
         """Lease the session's uid and address (blocking); sets ip, port and state."""
-        uid = self.host.lease_uid()
-        if uid is not None:
-            leases.append(uid)
-        self.sandbox_uid = uid.value if uid else None
+        self.sandbox_uid, lease = self.home_policy.uid(self.host, self.home_path)
+        if lease is not None:
+            leases.append(lease)
         net = None
         if self.host.network.enabled:
             net, address = self.host.network.claim("session")
@@ -296,20 +322,18 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         self, options: LaunchOptions, holds: list[int], leases: list[Lease]
     ) -> tuple[str, int]:
         net = await self._in_thread(self._place, leases)
-        self.report(10, "Copying the repository into a private home")
-        start_script = await self._in_thread(
-            prepare_home,
-            self.home_path,
-            options.env_path,
-            options.content_path,
-            options.start_script,
-            self.sandbox_uid,
+        self.report(10, "Preparing the home")
+        setup = await self._in_thread(
+            self.home_policy.prepare, self.home_path, options, self.sandbox_uid
         )
+        configured = str(getattr(self, "_configured_url", "") or self.default_url or "")
+        self._configured_url = configured
+        self.default_url = setup.default_url or configured
         limits = Limits(int(self.mem_limit or 0), self.cpu_limit or 0.0, self.pids_limit)
         cgroups = default_limits().create(self.session_name, limits)
         prepared = self.host.prepare(
-            self._sandbox(options),
-            self._command(start_script),
+            self._sandbox(options, setup),
+            self._command(setup),
             uid=self.sandbox_uid,
             net=net,
             cgroups=cgroups,
@@ -401,7 +425,7 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         return ticks is not None and (not self.start_ticks or ticks == self.start_ticks)
 
     async def stop(self, now: bool = False) -> None:
-        """Stop the session (its supervisor's process group) and remove its home."""
+        """Stop the session (its supervisor's process group); an ephemeral home goes."""
         pid = self.pid
         if pid and self._alive():
             for sig, wait in (
@@ -417,7 +441,8 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         await asyncio.to_thread(self._cleanup)
 
     async def run_post_stop_hook(self) -> None:
-        """Remove the home and cgroups on every way a server ends.
+        """Release the home (remove an ephemeral one) and cgroups on every way a server
+        ends.
 
         The hub calls this after each stop, but calls :meth:`stop` only while
         the server still runs: a server that crashed, or was found dead after a
@@ -438,7 +463,7 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
             await asyncio.sleep(0.05)
 
     def _cleanup(self) -> None:
-        remove_home(self.home_path)
+        self.home_policy.release(self.home_path)
         default_limits().remove(self.session_name)
         if self.sandbox_ip and self.host.network.enabled:
             self.host.network.forget_hub(self.sandbox_ip, self.hub_port)

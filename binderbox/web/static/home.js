@@ -97,7 +97,13 @@
   form.addEventListener("submit", function (e) {
     e.preventDefault();
     var url = launchUrl();
-    if (url) { window.location.assign(url); }
+    if (!url) { return; }
+    // the options menu's size goes with this launch (not into the shared link)
+    var size = document.getElementById("menu-size");
+    if (size && size.value) {
+      url += (url.indexOf("?") < 0 ? "?" : "&") + "size=" + encodeURIComponent(size.value);
+    }
+    window.location.assign(url);
   });
   document.querySelectorAll("button.copy").forEach(function (button) {
     button.addEventListener("click", function () {

@@ -30,26 +30,35 @@
       if (PAGE_ONLY.indexOf(key) < 0) { params.append(key, value); }
     });
     if (root.dataset.buildToken) { params.set("build_token", root.dataset.buildToken); }
+    // a logged-in visitor's event stream is cookie-authenticated: it carries the xsrf token
+    if (root.dataset.xsrf) { params.set("_xsrf", root.dataset.xsrf); }
     var query = params.toString();
     return root.dataset.buildUrl + (query ? "?" + query : "");
   }
 
-  // Where to go inside the session: urlpath, or the legacy labpath / filepath.
-  function sessionPath() {
+  // Where to go inside the session: urlpath, or the legacy labpath / filepath.  A
+  // persistent home has the repository in a folder (repoDir): paths of the file
+  // browsers are relative to it.
+  var TREES = /^(lab\/tree|tree|notebooks|doc\/tree|voila\/render)\//;
+  function sessionPath(repoDir) {
+    var inRepo = repoDir ? repoDir + "/" : "";
     var urlpath = pageParams.get("urlpath");
-    if (urlpath) { return urlpath.replace(/^\/+/, ""); }
+    if (urlpath) {
+      urlpath = urlpath.replace(/^\/+/, "");
+      return inRepo ? urlpath.replace(TREES, function (tree) { return tree + inRepo; }) : urlpath;
+    }
     var labpath = pageParams.get("labpath");
-    if (labpath) { return "lab/tree/" + labpath.replace(/^\/+/, ""); }
+    if (labpath) { return "lab/tree/" + inRepo + labpath.replace(/^\/+/, ""); }
     var filepath = pageParams.get("filepath");
-    if (filepath) { return "tree/" + filepath.replace(/^\/+/, ""); }
+    if (filepath) { return "tree/" + inRepo + filepath.replace(/^\/+/, ""); }
     return "";
   }
 
-  function sessionUrl(serverUrl, token) {
+  function sessionUrl(serverUrl, token, repoDir) {
     var base = new URL(serverUrl, window.location.href);
     if (!/\/$/.test(base.pathname)) { base.pathname += "/"; }
     // "./" keeps the path inside the session (no scheme or host from urlpath)
-    var target = new URL("./" + sessionPath(), base);
+    var target = new URL("./" + sessionPath(repoDir), base);
     target.searchParams.append("token", token);
     return target.href;
   }
@@ -112,7 +121,7 @@
       finished = true;
       source.close();
       setStatus(STATUS_OF_PHASE.ready);
-      window.location.assign(sessionUrl(event.url, event.token));
+      window.location.assign(sessionUrl(event.url, event.token, event.repo_dir || ""));
     } else if (phase === "built" && pageParams.get("build_only") === "true") {
       finished = true;
       statusEl.classList.remove("busy");

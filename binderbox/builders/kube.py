@@ -1,0 +1,271 @@
+"""Builds as Kubernetes Jobs (store mode): ``c.BinderboxApp.builder_class = KubernetesBuilds``.
+
+Each build the pipeline starts (:class:`~binderbox.builders.pods.PodBuilds`: one per
+environment key, at most ``Store.concurrent_builds`` at once -- the store's queue
+holds the others, their visitors told how many are ahead) becomes one Job, made from
+the Helm chart's template (``helm/binderbox/templates/build-job.yaml``, mounted at
+:attr:`KubernetesBuilds.job_template`):
+
+* its name is ``binderbox-build-<key prefix>-<random>``; labels name the key;
+* its container gets ``binderbox build <spec pinned to the commit> --json --in-pod
+  --output=/srv/env`` as ``args``; the ``{build_id}`` in a volume's ``subPath`` (the
+  store volume's, mounted at ``/srv/env``) becomes the build's own folder, the store's
+  ``tmp/<key>.<random>``, which the store publishes by rename once the build ended
+  well;
+* the pod is what the template says: unprivileged (runAsNonRoot, uid 1000, no
+  privilege escalation, every capability dropped, no host namespace or path, no
+  service account token).  binderbox refuses a template that asks for less
+  (:func:`check_unprivileged`), so an edited template cannot make builds privileged.
+
+Then binderbox waits for the Job's pod (label ``job-name``), follows its log (the
+``--json`` lines become the launch's ``building`` events, its ``failed`` event the
+launch's: :func:`~binderbox.builders.pods.pod_lines`) and deletes the Job, with its
+pod, whatever happened: a finished build, a failure, a timeout
+(``LaunchPipeline.build_timeout``; the Job's ``activeDeadlineSeconds`` is the
+cluster's own limit), a visitor's build given up.  A pod that ends without a verdict
+gets a plain reason: the Job was deleted, the cluster's deadline passed, the pod ran
+out of memory, or its exit code.
+
+The API is reached with the pod's service account (the chart's Role: Jobs, pods,
+pods/log in its namespace), or a kubeconfig (:attr:`KubernetesBuilds.kube_config`,
+``$KUBECONFIG``).  Image mode (``mode = "image"``: the build pushes an image) is not
+built by this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from traitlets import CaselessStrEnum, Float, Unicode, default
+
+from ..errors import BuildError
+from .pods import PodBuilds, pod_lines
+
+Json = dict[str, Any]
+#: the label the Job controller puts on a Job's pods
+JOB_LABEL = "job-name"
+
+
+def check_unprivileged(pod: Json) -> None:
+    """Refuse (``BuildError``) a build pod spec that is not unprivileged (see the module
+    docstring): the operator's template, checked before anything is created."""
+    problems = []
+    spec_ctx = pod.get("securityContext") or {}
+    if pod.get("automountServiceAccountToken") is not False:
+        problems.append("it mounts a service account token")
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            problems.append(f"{flag} is set")
+    if any("hostPath" in volume for volume in pod.get("volumes") or []):
+        problems.append("it mounts a host path")
+    for container in pod.get("containers") or []:
+        ctx = {**spec_ctx, **(container.get("securityContext") or {})}
+        if ctx.get("privileged") or ctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{container.get('name')} may gain privileges")
+        if not ctx.get("runAsNonRoot") or not ctx.get("runAsUser"):
+            problems.append(f"{container.get('name')} may run as root")
+        if "ALL" not in ((ctx.get("capabilities") or {}).get("drop") or []):
+            problems.append(f"{container.get('name')} keeps capabilities")
+    if problems:
+        raise BuildError(
+            "The build Job template is not unprivileged: " + "; ".join(problems) + ".",
+            hint="Ask the operator to fix helm/binderbox/templates/build-job.yaml.",
+            reason="build_config",
+        )
+
+
+class KubernetesBuilds(PodBuilds):
+    """Builds as Kubernetes Jobs.  See the module docstring."""
+
+    namespace = Unicode(
+        help="The namespace of the build Jobs (default: $BINDERBOX_NAMESPACE, else 'default')."
+    ).tag(config=True)
+    job_template = Unicode(
+        "/etc/binderbox/build-job/job.yaml",
+        help="The build Job's template (the Helm chart's build-job ConfigMap).",
+    ).tag(config=True)
+    mode = CaselessStrEnum(
+        ["store", "image"], "store", help="'store': builds write the shared store volume."
+    ).tag(config=True)
+    kube_config = Unicode(
+        "",
+        help="A kubeconfig file for the API ('' = $KUBECONFIG, else the pod's service account).",
+    ).tag(config=True)
+    poll_interval = Float(1.0, help="Seconds between looks at a build pod that starts.").tag(
+        config=True
+    )
+    pod_start_timeout = Float(
+        600.0,
+        help="Seconds a build pod may wait to start (scheduling, its image) before the "
+        "build fails.",
+    ).tag(config=True)
+
+    @default("namespace")
+    def _default_namespace(self) -> str:
+        return os.environ.get("BINDERBOX_NAMESPACE") or "default"
+
+    def job_for(self, args: list[str], prefix: Path, key: str) -> Json:
+        """The Job of one build, from the template (see the module docstring)."""
+        if self.mode != "store":
+            raise BuildError("Image-mode builds are not made by KubernetesBuilds here.")
+        try:
+            job = yaml.safe_load(Path(self.job_template).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise BuildError(
+                "This service cannot start builds: its build Job template is unreadable.",
+                log_message=f"{self.job_template}: {err}",
+            ) from None
+        if not isinstance(job, dict) or not isinstance(job.get("spec"), dict):
+            raise BuildError(
+                "This service cannot start builds: its build Job template is not a Job.",
+                log_message=f"{self.job_template}: not a Job object",
+            )
+        pod = job["spec"]["template"]["spec"]
+        check_unprivileged(pod)
+        meta = job["metadata"]
+        meta.pop("generateName", None)
+        meta["name"] = f"binderbox-build-{key[:12].lower()}-{secrets.token_hex(3)}"
+        meta["namespace"] = self.namespace
+        meta.setdefault("labels", {})["binderbox.org/build-key"] = key[:63]
+        container = pod["containers"][0]
+        container["args"] = list(args)
+        for mount in container.get("volumeMounts") or []:
+            if "subPath" in mount:
+                mount["subPath"] = mount["subPath"].replace("{build_id}", prefix.name)
+        return job
+
+    @contextlib.asynccontextmanager
+    async def _api(self) -> AsyncIterator[Any]:
+        from kubernetes_asyncio import client, config  # only where builds are Jobs
+
+        configuration = client.Configuration()
+        path = self.kube_config or os.environ.get("KUBECONFIG", "")
+        if path:
+            await config.load_kube_config(config_file=path, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        async with client.ApiClient(configuration) as api:
+            yield api
+
+    async def run_pod(self, args: list[str], prefix: Path, *, key: str) -> AsyncIterator[str]:
+        job = self.job_for(args, prefix, key)
+        name = job["metadata"]["name"]
+        async with self._api() as api:
+            jobs = JobApi(api, self.namespace)
+            await jobs.create(job)
+            self.log.info("build of %s: Job %s", key, name)
+            try:
+                pod = await jobs.started_pod(name, self.pod_start_timeout, self.poll_interval)
+                lines = jobs.log(pod)
+                async with contextlib.aclosing(lines):
+                    try:
+                        async for line in pod_lines(lines, key, f"build Job {name}"):
+                            yield line
+                    except BuildError as err:
+                        why = await jobs.why_ended(name, pod)
+                        if why and "without a result" in err.message:
+                            raise BuildError(why, log_message=err.log_message) from None
+                        raise
+            finally:
+                await asyncio.shield(jobs.delete(name))
+
+
+class JobApi:
+    """The few Kubernetes API calls of one build (``api``: a kubernetes_asyncio client);
+    the API's refusals become plain :class:`BuildError`\\ s."""
+
+    def __init__(self, api: Any, namespace: str) -> None:
+        from kubernetes_asyncio import client
+
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.namespace = namespace
+
+    async def create(self, job: Json) -> None:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            body: Any = copy.deepcopy(job)  # a plain object is sent as it is
+            await self.batch.create_namespaced_job(self.namespace, body)
+        except ApiException as err:
+            raise BuildError(
+                "The cluster refused the build's Job.",
+                hint="Ask the operator to look at the service's log.",
+                log_message=f"creating Job {job['metadata']['name']}: {err.status} {err.body!r}",
+            ) from None
+
+    async def _pods(self, name: str) -> list[Any]:
+        found = await self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"{JOB_LABEL}={name}"
+        )
+        return list(found.items)
+
+    async def _job(self, name: str) -> Any | None:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            return await self.batch.read_namespaced_job(name, self.namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def started_pod(self, name: str, limit: float, interval: float) -> str:
+        """The name of the Job's pod once it runs (or ended); plain failures when the
+        Job vanishes or its pod does not start within ``limit`` seconds."""
+        for _ in range(max(1, int(limit / interval))):
+            for pod in await self._pods(name):
+                if (pod.status and pod.status.phase) in ("Running", "Succeeded", "Failed"):
+                    return str(pod.metadata.name)
+            if await self._job(name) is None:
+                raise BuildError("The build's Job was deleted before its pod started.")
+            await asyncio.sleep(interval)
+        raise BuildError(
+            f"The build pod did not start within {limit:g} seconds.",
+            hint="The cluster may be out of room for builds; try again later.",
+        )
+
+    async def log(self, pod: str) -> AsyncGenerator[str, None]:
+        """The build container's log, followed to its end."""
+        response: Any = await self.core.read_namespaced_pod_log(
+            pod, self.namespace, container="build", follow=True, _preload_content=False
+        )
+        try:
+            async for raw in response.content:
+                yield raw.decode(errors="replace").rstrip("\n")
+        finally:
+            response.release()
+
+    async def why_ended(self, name: str, pod: str) -> str:
+        """Why a build pod ended without a verdict, in plain words ('' = unknown)."""
+        job = await self._job(name)
+        if job is None:
+            return "The build's Job was deleted before the build finished."
+        for condition in (job.status and job.status.conditions) or []:
+            if condition.type == "Failed" and condition.reason == "DeadlineExceeded":
+                return "The build took longer than the cluster allows a build and was stopped."
+        for found in await self._pods(name):
+            for status in (found.status and found.status.container_statuses) or []:
+                ended = status.state and status.state.terminated
+                if ended and ended.reason == "OOMKilled":
+                    return "The build ran out of memory (the build pod's limit)."
+                if ended and ended.exit_code:
+                    return f"The build pod stopped with exit code {ended.exit_code}."
+        return ""
+
+    async def delete(self, name: str) -> None:
+        """Delete the Job and its pod (a Job already gone is fine)."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        with contextlib.suppress(ApiException):
+            await self.batch.delete_namespaced_job(
+                name, self.namespace, propagation_policy="Background"
+            )

@@ -1,0 +1,210 @@
+"""Builds as Kubernetes Jobs (store mode) against an emulated API (``..._emulated_api``).
+
+No Kubernetes API server can be had here: the API is kmock behind kube's compatibility
+layer (tests/kube_emulator.py), with a stand-in Job controller, pod logs and build pods
+run unprivileged without bubblewrap (tests/kube_jobs.py).  What is real: binderbox's
+pipeline and store, its KubernetesBuilds talking to the API with kubernetes_asyncio, the
+chart's own Job template (rendered by helm), ``binderbox build --in-pod`` in the pod,
+the environment published and then run in a session's sandbox; the Job objects sent
+are checked with kubernetes-validate --strict against Kubernetes 1.30 and 1.37.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kube_jobs import JobCluster, render_build_job
+from podrun import POD_UID, StandInPods
+from repos import make_repo
+
+from binderbox.app import BinderboxApp
+from binderbox.builders import run_in_env
+from binderbox.builders.kube import KubernetesBuilds
+from binderbox.events import Building, Built, Event, Failed
+from binderbox.pipeline import LaunchPipeline, LaunchRequest
+
+pytestmark = pytest.mark.slow
+#: Kubernetes 1.30 and the newest version kubernetes-validate has schemas for
+KUBE_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+
+
+@pytest.fixture
+def job_template(tmp_path: Path) -> Path:
+    (tmp_path / "render").mkdir()
+    return render_build_job(tmp_path / "render")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, job_template: Path) -> Iterator[JobCluster]:
+    job = yaml.safe_load(job_template.read_text())
+    (claim,) = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    store = tmp_path / "data" / "store"
+    store.mkdir(parents=True)
+    pods = StandInPods(tmp_path / "pods")
+    with JobCluster(tmp_path / "cluster", pods, claims={claim: store}) as found:
+        yield found
+
+
+@pytest.fixture
+async def pipeline(
+    tmp_path: Path, cluster: JobCluster, job_template: Path
+) -> AsyncIterator[LaunchPipeline]:
+    app = BinderboxApp(data_dir=str(tmp_path / "data"))
+    app.builder_class = KubernetesBuilds
+    app.config.KubernetesBuilds.update(
+        job_template=str(job_template),
+        namespace=cluster.namespace,
+        kube_config=str(cluster.kubeconfig),
+        poll_interval=0.2,
+    )
+    made = app.make_pipeline(allow_local=True)
+    yield made
+    await made.finisher.aclose()
+
+
+async def build(pipeline: LaunchPipeline, repo: Path) -> list[Event]:
+    request = LaunchRequest(provider="", spec=f"file://{repo}", build_only=True)
+    return [event async for event in pipeline.launch(request)]
+
+
+async def gone(cluster: JobCluster, plural: str) -> list[dict[str, Any]]:
+    """What is left of ``plural`` after a few seconds (deletions are asynchronous)."""
+    for _ in range(100):
+        left = cluster.objects(plural)
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    return left
+
+
+def check_unprivileged_job(job: dict[str, Any]) -> None:
+    spec = job["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert not spec["hostNetwork"] and not spec["hostPID"] and not spec["hostIPC"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] == 1000
+    assert not [v for v in spec["volumes"] if "hostPath" in v]
+    (container,) = spec["containers"]
+    context = container["securityContext"]
+    assert context["privileged"] is False and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"] and not context["capabilities"].get("add")
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(job, version, strict=True)
+
+
+async def test_build_runs_as_an_unprivileged_job_emulated_api(
+    pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"requirements.txt": "six==1.16.0\n"})
+    events = await build(pipeline, repo)
+    last = events[-1]
+    assert isinstance(last, Built), [e.to_wire() for e in events[-5:]]
+    # the pod's own output reached the launch as building events
+    lines = [e.message for e in events if isinstance(e, Building)]
+    assert any("six==1.16.0" in line for line in lines), lines[-20:]
+    # the environment, published into the store, works in a session's sandbox
+    env = pipeline.store.get(last.image_name)
+    assert env is not None and env.path.stat().st_uid == POD_UID
+    result = run_in_env(env.path, ["python", "-c", "import six; print(six.__version__)"])
+    assert result.returncode == 0 and result.stdout.strip() == "1.16.0", result.stderr
+    # one Job, as sent: the chart's template, unprivileged, strictly valid
+    (job,) = cluster.sent("Job")
+    check_unprivileged_job(job)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["binderbox", "build"]
+    assert container["args"][1:] == ["--json", "--in-pod", "--output=/srv/env"]
+    assert container["args"][0].startswith("git/") and len(container["args"]) == 4
+    (output,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/srv/env"]
+    assert output["subPath"].startswith(f"tmp/{last.image_name}.")
+    # finished Jobs are deleted, with their pods
+    assert await gone(cluster, "jobs") == []
+    assert await gone(cluster, "pods") == []
+
+
+async def test_failing_build_job_is_a_plain_failed_event_emulated_api(
+    pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "bad", {"requirements.txt": "binderbox-no-such-package==1.0\n"})
+    events = await build(pipeline, repo)
+    last = events[-1]
+    assert isinstance(last, Failed), last.to_wire()
+    assert "binderbox-no-such-package" in last.message, last.message
+    assert "Traceback" not in last.message and last.reason != "internal"
+    assert pipeline.store.list() == []
+    assert not list((Path(pipeline.store.root) / "tmp").iterdir())
+    assert await gone(cluster, "jobs") == []
+
+
+async def test_deleted_build_job_says_so_emulated_api(
+    pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
+) -> None:
+    repo = make_repo(
+        tmp_path / "slow",
+        {"requirements.txt": "six\n", "postBuild": "#!/bin/sh\necho slow-build\nsleep 600\n"},
+        executable=("postBuild",),
+    )
+    request = LaunchRequest(provider="", spec=f"file://{repo}", build_only=True)
+    events: list[Event] = []
+    async for event in pipeline.launch(request):
+        events.append(event)
+        if isinstance(event, Building) and "slow-build" in event.message:
+            (job,) = cluster.objects("jobs")  # someone deletes the Job mid-build
+            cluster.delete_job(job["metadata"]["namespace"], job["metadata"]["name"])
+    last = events[-1]
+    assert isinstance(last, Failed), last.to_wire()
+    assert last.message == "The build's Job was deleted before the build finished.", last
+    assert pipeline.store.list() == []
+    assert await gone(cluster, "pods") == []
+
+
+async def test_build_past_its_time_limit_stops_its_job_emulated_api(
+    pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
+) -> None:
+    pipeline.build_timeout = 30
+    repo = make_repo(
+        tmp_path / "slow",
+        {"requirements.txt": "six\n", "postBuild": "#!/bin/sh\nsleep 600\n"},
+        executable=("postBuild",),
+    )
+    last = (await build(pipeline, repo))[-1]
+    assert isinstance(last, Failed), last.to_wire()
+    assert last.message.startswith("The build took longer than 30 seconds"), last.message
+    assert await gone(cluster, "jobs") == []
+    assert await gone(cluster, "pods") == []
+    assert cluster.running() == []  # the pod's processes were stopped
+
+
+async def test_builds_at_once_are_capped_emulated_api(
+    pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
+) -> None:
+    pipeline.store.concurrent_builds = 1
+    repos = [
+        make_repo(tmp_path / name, {"requirements.txt": f"{name}\n"}) for name in ("six", "idna")
+    ]
+    most = 0
+
+    async def sample() -> None:
+        nonlocal most
+        while True:
+            most = max(most, len(cluster.objects("jobs")))
+            await asyncio.sleep(0.2)
+
+    sampler = asyncio.ensure_future(sample())
+    try:
+        both = await asyncio.gather(*(build(pipeline, repo) for repo in repos))
+    finally:
+        sampler.cancel()
+    assert all(isinstance(events[-1], Built) for events in both), [e[-1] for e in both]
+    waited = [e for events in both for e in events if e.message.startswith("Waiting for a build")]
+    assert waited, "the second build did not wait for the first"
+    assert most == 1  # one Job at a time
