@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -49,6 +50,8 @@ pytestmark = [
 module_loop = pytest.mark.asyncio(loop_scope="module")
 #: an interpreter every host uid may run (the suite's own may sit under /root)
 PYTHON = "/usr/bin/python3"
+#: this suite's interpreter (binderbox importable), for another binderbox process
+PYTHON_SELF = sys.executable
 
 
 @pytest.fixture(scope="module")
@@ -416,5 +419,57 @@ async def test_a_sandbox_cannot_hold_more_connections_than_its_limit(
         ]
     finally:
         lease.release()
+        await SandboxHost().ensure_network()  # the machine's table back to the defaults
     assert step.output.code == 0, lines
     assert "PROBE 20 40" in lines
+
+
+CONNECT = """
+import socket
+try:
+    socket.create_connection((ADDRESS, PORT), timeout=5).close()
+    print("CONNECT open")
+except OSError as err:
+    print("CONNECT", type(err).__name__)
+"""
+
+#: another binderbox process on this machine, with other settings: it writes the
+#: machine's one table to allow a private host, then exits
+OTHER_PROCESS = """
+import sys
+from binderbox.runtime.network import SandboxNetwork
+network = SandboxNetwork()
+network.destinations.allowed = [sys.argv[1]]
+network.ensure()
+"""
+
+
+async def test_rules_another_process_left_are_replaced_before_a_step_runs(
+    private_host: NamespaceHost,
+) -> None:
+    """The rules are the machine's: when another binderbox process (here one allowing
+    the private test host, as an operator's mirror) rewrote them after this one set
+    them up, this process's next build step or code source does not run under them."""
+    host = SandboxHost()
+    await host.ensure_network()  # this process's rules, as after its first build
+    allow = f"{private_host.address}/32"
+    other = await asyncio.create_subprocess_exec(PYTHON_SELF, "-c", OTHER_PROCESS, allow)
+    assert await asyncio.wait_for(other.wait(), 60) == 0
+    code = CONNECT.replace("ADDRESS", repr(private_host.address)).replace(
+        "PORT", str(private_host.port)
+    )
+    lease = host.lease_uid()
+    assert lease is not None
+    try:
+        step = Step()
+        lines = [
+            line
+            async for line in host.run_step(
+                base_sandbox([], None), [PYTHON, "-c", code], uid=lease.value, step=step
+            )
+        ]
+    finally:
+        lease.release()
+    assert step.output.code == 0, lines
+    said = [line for line in lines if line.startswith("CONNECT ")]
+    assert said and said != ["CONNECT open"], lines  # refused, unreachable or timed out

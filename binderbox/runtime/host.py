@@ -256,9 +256,11 @@ class SandboxHost(LoggingConfigurable):
 
     async def ensure_network(self) -> None:
         """Set up the sandbox network (:meth:`SandboxNetwork.ensure`) once per process
-        and settings."""
+        and settings, and again whenever the rules on the host are not this process's
+        (the table is the machine's: another binderbox process, or the host's networks,
+        changed it since)."""
         key = self.network.settings_key()
-        if _ensured.get("last") != key:  # other settings than the last: the rules change
+        if _ensured.get("last") != key or not await asyncio.to_thread(self.network.current):
             await asyncio.to_thread(self.network.ensure)
             _ensured["last"] = key
 

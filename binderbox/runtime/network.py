@@ -376,6 +376,11 @@ class SandboxNetwork(LoggingConfigurable):
                     self.bridge,
                 )
 
+    def current(self) -> bool:
+        """Whether the table on the host is the one these settings and the host's
+        present state make (a look, not a lock: :meth:`ensure` decides under the lock)."""
+        return self.enabled and _table_digest() == self._state().digest
+
     def _check_overlap(self) -> None:
         for line in json.loads(_run(["ip", "-j", "-4", "route", "show"]) or "[]"):
             dst = line.get("dst", "")
