@@ -178,12 +178,13 @@ def test_a_second_environment_shares_the_base_layer_and_pushing_again_sends_noth
     first = json.loads(pushed["record"])
     layout = Path(pushed["data"]) / "images"
     other = built_env("packaging==23.2", session=False, python="3.10")  # the repo's Python
-    images = _publish(registry, other, "second-env", layout, insecure=True)
+    images = _publish(registry, other, "second-env", layout, insecure=True, chunk_size=1 << 20)
     second = ImageLayout(layout, parent=images).pushed("second-env")
     assert second is not None
     assert second["layers"][:2] == first["layers"][:2]  # base and interpreter: same digests
     assert second["layers"][2] != first["layers"][2]
     assert set(second["uploaded"]) == {second["layers"][2], second["config_digest"]}
+    assert '"PATCH /v2/' in registry.log()  # over 1 MiB: sent in chunks
     before = registry.uploads_started()
     env_path = json.loads(cli(Path(pushed["data"]), "envs", "show", pushed["key"]).stdout)["path"]
     done = images.publish(Path(env_path), pushed["key"])
