@@ -34,6 +34,7 @@ from testcache import CACHE as TEST_CACHE
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from binderbox.app import BinderboxApp
+from binderbox.errors import BinderboxError
 from binderbox.events import Building, Built
 from binderbox.images import ImageRegistry, RegistryAuthError
 from binderbox.images.layout import ImageLayout
@@ -306,3 +307,11 @@ def test_plain_http_is_refused_for_other_hosts_before_any_request() -> None:
     assert ImageRegistry(url="[::1]:5000", insecure=True).client().secure is False
     with pytest.raises(RegistryAuthError):
         ImageRegistry(url="127.0.0.1:5000", auth_file=__file__).client()
+
+
+def test_an_environment_that_is_not_there_is_a_plain_error(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    images = ImageRegistry(url=registry.host, insecure=True, layout_dir=str(tmp_path / "l"))
+    with pytest.raises(BinderboxError, match="could not be written"):
+        images.publish(tmp_path / "no-such-env", "abc")

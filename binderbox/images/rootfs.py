@@ -116,7 +116,7 @@ def _package_paths(packages: tuple[str, ...]) -> tuple[str, ...]:
         for path in listed
         if path.startswith("/") and not path.startswith(SKIPPED) and path not in ("/.",)
     }
-    return tuple(sorted(keep - set(USR_LINKS)))
+    return tuple(sorted(keep - {link for link in USR_LINKS if Path("/", link).is_symlink()}))
 
 
 def base_entries(packages: tuple[str, ...]) -> list[Entry]:
@@ -129,7 +129,8 @@ def base_entries(packages: tuple[str, ...]) -> list[Entry]:
         if entry is not None:
             found[rel] = entry
     for link, target in USR_LINKS.items():
-        found[link] = Entry(link, "symlink", 0o777, target=target)
+        if Path("/", link).is_symlink():  # a host without merged /usr keeps its folders
+            found[link] = Entry(link, "symlink", 0o777, target=target)
     for path in ETC_FILES:
         entry = host_entry(Path(path), path.strip("/"))
         if entry is not None and entry.kind == "file":

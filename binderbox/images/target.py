@@ -26,6 +26,7 @@ from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from ..environments import ENV_PREFIX
+from ..errors import BinderboxError
 from .auth import TAG, RegistryError, check_repository, credentials_for, parse_target
 from .layout import Image, ImageLayout, Layer
 from .registry import RegistryClient
@@ -173,10 +174,16 @@ class ImageRegistry(ImageTarget):
     def publish(self, env_path: Path, key: str) -> Published:
         client = self.client()  # settings and credentials refused before any work
         started = time.monotonic()
-        layout = self.layout()
-        image = layout.write(
-            _tag(key), image_layers(env_path), {"org.binderbox.env-key": key}, DEFAULT_CMD
-        )
+        try:
+            layout = self.layout()
+            labels = {"org.binderbox.env-key": key}
+            image = layout.write(_tag(key), image_layers(env_path), labels, DEFAULT_CMD)
+        except OSError as err:  # a missing environment, a full disk
+            raise BinderboxError(
+                f"The image of {key} could not be written: {err.strerror or err}.",
+                log_message=f"writing the image of {env_path}: {err!r}",
+                reason="image",
+            ) from None
         written = time.monotonic()
         skipped = push(client, self.prefix, layout, image)
         layout.record_push(image, self.image_name(key), client.uploaded)
