@@ -19,12 +19,11 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from build_helpers import build_only
+from build_helpers import build_only, cli
 from envs import built_env
 from fixtures_git import free_port
 from kernels import run_code
@@ -45,24 +44,6 @@ from binderbox.runtime.sandbox import bwrap_path
 pytestmark = pytest.mark.slow
 UV_CACHE = TEST_CACHE / "uv"
 FILES = {"requirements.txt": "six==1.16.0\n"}
-
-
-def cli(
-    data: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``binderbox ARGS`` with ``data`` as its data directory and the tests' uv cache."""
-    (data.parent / "binderbox_config.py").write_text(
-        f"c.PythonBuilder.cache_dir = {str(UV_CACHE)!r}\n"
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "binderbox", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "BINDERBOX_DATA_DIR": str(data), **(env or {})},
-        cwd=data.parent,
-        timeout=900,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
