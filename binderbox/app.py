@@ -23,6 +23,7 @@ from .builders.registry import Builders
 from .content import ContentCache
 from .data import DataCache
 from .errors import BinderboxError
+from .images import ImageRegistry
 from .pipeline import LaunchPipeline
 from .runtime.provision import make_reachable
 from .sessions.sizes import SessionSizes
@@ -99,6 +100,13 @@ class BinderboxApp(Application):
         """The dataset cache under the data directory (the service's and the CLI's)."""
         return DataCache(parent=self, root=str(self.data_path / "datasets"))
 
+    def make_images(self) -> ImageRegistry:
+        """Image mode's registry (enabled when c.ImageRegistry.url is set), its OCI layout
+        under the data directory."""
+        images = ImageRegistry(parent=self)
+        images.layout_dir = images.layout_dir or str(self.data_path / "images")
+        return images
+
     def make_pipeline(self, *, allow_local: bool) -> LaunchPipeline:
         """A pipeline with every part configured from this application."""
         data = self.data_path
@@ -121,6 +129,7 @@ class BinderboxApp(Application):
             builder=builder,
             content=ContentCache(parent=self, root=str(data / "content")),
             sizes=SessionSizes(parent=self),
+            images=self.make_images(),
         )
         if allow_local:
             pipeline.allow_local = True

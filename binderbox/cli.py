@@ -21,9 +21,11 @@ from .app import BinderboxApp
 from .builders.registry import Builders
 from .environments import HOME
 from .errors import BinderboxError
-from .events import Built, Event, Failed, Phase, Ready
+from .events import Building, Built, Event, Failed, Phase, Ready
+from .images import ImageRegistry
 from .pipeline import LaunchRequest
 from .runtime.inpod import refuse_root
+from .store import Store
 
 
 class Command(BinderboxApp):
@@ -128,16 +130,33 @@ class BuildCommand(Command):
         help="""Build into this empty folder rather than the store (with --in-pod:
         /srv/env, the build pod's output volume, which the service publishes).""",
     ).tag(config=True)
-    aliases = {**BinderboxApp.aliases, "ref": "BuildCommand.ref", "output": "BuildCommand.output"}
+    push = Unicode(
+        "",
+        help="""Then write the environment's OCI image and push it to <registry>/<prefix>
+        (e.g. registry.example.org/binder/envs): the image is <registry>/<prefix>:<key>.
+        Credentials and TLS: c.ImageRegistry (auth_file, ca_file; --insecure for plain
+        HTTP to a loopback registry).""",
+    ).tag(config=True)
+    aliases = {
+        **BinderboxApp.aliases,
+        "ref": "BuildCommand.ref",
+        "output": "BuildCommand.output",
+        "push": "BuildCommand.push",
+    }
     flags = {
         "json": ({"BuildCommand": {"json_lines": True}}, "Print JSON events, one a line."),
         "in-pod": ({"BuildCommand": {"in_pod": True}}, "Build in a pod, without bubblewrap."),
+        "insecure": (
+            {"ImageRegistry": {"insecure": True}},
+            "Push over plain HTTP (loopback registries only).",
+        ),
     }
 
     def run(self) -> int:
         if len(self.extra_args) != 1:
             print(
-                "usage: binderbox build SPEC [--ref REF] [--json] [--in-pod] [--output DIR]",
+                "usage: binderbox build SPEC [--ref REF] [--json] [--in-pod] [--output DIR]"
+                " [--push REGISTRY/PREFIX [--insecure]]",
                 file=sys.stderr,
             )
             return 2
@@ -149,6 +168,11 @@ class BuildCommand(Command):
             self.config.LaunchPipeline.setdefault("build_home", HOME)
         self.builder_class = Builders  # here, whatever the service's builds are
         pipeline = self.make_pipeline(allow_local=True)
+        pipeline.images = None  # --push pushes what it built or found, whatever the registry has
+        images = self.make_images()
+        if self.push:
+            images.set_target(self.push)  # a malformed target is refused before the build
+            images.client()  # so are plain HTTP to another host and an unreadable auth file
         request = LaunchRequest(
             provider="", spec=self.extra_args[0], build_only=True, ref=self.ref or None
         )
@@ -168,7 +192,38 @@ class BuildCommand(Command):
                 print(f"  done in {time.monotonic() - started:.1f}s", file=sys.stderr)
             return last
 
-        return 0 if isinstance(asyncio.run(build()), Built) else 1
+        last = asyncio.run(build())
+        if not isinstance(last, Built):
+            return 1
+        if self.push:
+            return _push(images, pipeline.store if output is None else None, last, printer)
+        return 0
+
+
+def _push(
+    images: ImageRegistry, store: Store | None, built: Built, printer: ProgressPrinter
+) -> int:
+    """Publish the image of the environment ``built`` names (held in ``store`` meanwhile,
+    when it is there); 1 after a ``failed`` event when that fails."""
+    name = images.image_name(built.image_name)
+    printer.show(Building(message=f"Writing and pushing the image {name}"))
+    hold = store.hold(built.image_name) if store is not None else None
+    try:
+        done = images.publish(Path(built.path), built.image_name)
+    except BinderboxError as exc:
+        printer.show(exc.to_event())
+        return 1
+    finally:
+        if hold is not None:
+            hold.release()
+    printer.show(
+        Building(
+            message=f"Pushed {name}@{done.digest} ({_size(done.size)}): {len(done.uploaded)}"
+            f" blobs sent, {len(done.skipped)} already in the registry (write"
+            f" {done.write_seconds:.1f}s, push {done.push_seconds:.1f}s)"
+        )
+    )
+    return 0
 
 
 class EnvsCommand(Command):
@@ -333,6 +388,8 @@ def configurable_classes() -> list[type]:
     from .hub.external import ExternalHub
     from .hub.logins import Logins
     from .hub.watcher import ChildWatcher
+    from .images import ImageRegistry
+    from .images.layout import ImageLayout
     from .pipeline import LaunchPipeline
     from .providers import PROVIDERS
     from .runtime.destinations import Destinations
@@ -361,6 +418,8 @@ def configurable_classes() -> list[type]:
         ManagedHub,
         ExternalHub,
         KubernetesBuilds,
+        ImageRegistry,
+        ImageLayout,
         Logins,
         ChildWatcher,
         SessionLauncher,

@@ -61,6 +61,8 @@ from .environments import EnvSpec
 from .environments.detect import detect
 from .errors import BinderboxError, BuildError, BuildTimeout, DataError, LaunchError
 from .events import Building, Built, Event, Failed, Fetching, Ready, Waiting
+from .images import ImageTarget
+from .images.stage import found_in_registry, push_built
 from .providers import make_provider
 from .providers.base import RepoProvider, Resolved
 from .providers.gitutil import redact
@@ -181,6 +183,7 @@ class LaunchPipeline(LoggingConfigurable):
     content = Instance(ContentCache)
     data = Instance(DataCache, allow_none=True)
     launcher = Instance(SessionLauncher, allow_none=True)
+    images = Instance(ImageTarget, allow_none=True, help="Image mode's registry, if any.")
     sizes = Instance(SessionSizes, help="The session sizes the operator offers.")
     git_tokens = Dict(
         Unicode(), help="{git host: auth_state key} of logins (binderbox serve sets it)."
@@ -246,6 +249,8 @@ class LaunchPipeline(LoggingConfigurable):
                 yield event
         if request.build_only:
             return
+        if state.env is None:  # image mode: found in the registry, not in the store
+            raise LaunchError("Sessions from registry images need a backend that runs images.")
         async for event in self._datasets(state):
             yield event
         async with contextlib.aclosing(self._launch(state, request)) as launch:
@@ -316,6 +321,10 @@ class LaunchPipeline(LoggingConfigurable):
                 cached=True,
             )
             return
+        found = await found_in_registry(self.images, key)
+        if found is not None:  # image mode: the registry has it (state.env stays None)
+            yield found
+            return
         async with contextlib.aclosing(self._build(state, key)) as building:
             async for event in building:
                 yield event
@@ -382,6 +391,8 @@ class LaunchPipeline(LoggingConfigurable):
         finally:
             shared.leave()  # a build still queued whose visitors all left gives up its place
         assert state.env is not None
+        async for event in push_built(self.images, self.finisher, self.store, state.env):
+            yield event
         yield Built(
             message="Built environment, launching...", image_name=key, path=str(state.env.path)
         )

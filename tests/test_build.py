@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from build_helpers import build_only, built
+from build_helpers import build_only, built, cli
 from repos import commit, make_repo, notebook
 from testcache import CACHE as TEST_CACHE
 
@@ -216,20 +216,6 @@ async def test_concurrent_builds_share_one_build(pipeline: LaunchPipeline, tmp_p
     builders = [events for events in results if not any(e.phase == Phase.WAITING for e in events)]
     assert len(builders) == 1, "exactly one request ran the build, the others joined it"
     assert len(pipeline.store.list()) == 1
-
-
-def cli(data: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BINDERBOX_DATA_DIR": str(data)}
-    config = data.parent / "binderbox_config.py"
-    config.write_text(f"c.PythonBuilder.cache_dir = {str(UV_CACHE)!r}\n")
-    return subprocess.run(
-        [sys.executable, "-m", "binderbox", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=data.parent,
-        timeout=timeout,
-    )
 
 
 def test_cli_json_events_and_envs(tmp_path: Path) -> None:

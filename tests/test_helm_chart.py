@@ -39,6 +39,7 @@ from helm_helpers import (
 from traitlets.config.loader import PyFileConfigLoader
 
 from binderbox.hub.config import SERVICE_NAME, SERVICE_SCOPES
+from binderbox.images import ImageRegistry
 
 #: Kubernetes 1.30 and the newest version kubernetes-validate has schemas for
 KUBE_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
@@ -339,6 +340,9 @@ def test_config_file_sets_cluster_mode(
     image = _load_config(documents(rendered["image", KUBE_VERSIONS[-1]]), tmp_path / "image")
     assert image.ImageRegistry.url == "registry.example.org"
     assert image.ImageRegistry.auth_file == "/etc/binderbox/registry/.dockerconfigjson"
+    # the chart's image names are binderbox's: <url>/<prefix>:<environment key>
+    named = ImageRegistry(config=image).image_name("0123abcd")
+    assert named == "registry.example.org/binder/envs:0123abcd"
     assert image.KubernetesBuilds.mode == "image"
     # no store.budget: 80% of the volume, never binderbox's unlimited default
     assert image.Store.budget == int(0.8 * 100 * 2**30)  # examples/image.yaml: 100Gi
@@ -373,6 +377,7 @@ def test_ingress_and_gateway_route_to_the_proxy(rendered: dict[tuple[str, str], 
     ("sets", "message"),
     [
         (("mode=image",), "/registry/url"),
+        (("registry.prefix=Binder/Envs",), "/registry/prefix"),
         (("containerSecurityContext.privileged=true",), "privileged"),
         (("podSecurityContext.runAsNonRoot=false",), "runAsNonRoot"),
         (("containerSecurityContext.capabilities.add={NET_ADMIN}",), "capabilities/add"),

@@ -81,6 +81,12 @@ class Finisher(LoggingConfigurable):
         """The keys being finished in this process now."""
         return list(self._tasks)
 
+    async def wait(self, key: str) -> None:
+        """Wait for the job finishing ``key`` in this process, if one runs."""
+        task = self._tasks.get(key)
+        if task is not None:
+            await asyncio.gather(asyncio.shield(task), return_exceptions=True)
+
     async def drain(self) -> None:
         """Wait for every job this process runs (the CLI, before it exits)."""
         while running := [task for task in self._tasks.values() if not task.done()]:
