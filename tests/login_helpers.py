@@ -4,6 +4,10 @@
 ``oidc-provider`` (installed by ``scripts/setup --test``) started by node with
 tests/oidc_provider.mjs.  Its login page accepts any password for the logins of
 ``accounts``; access tokens expire after ``access_token_ttl`` seconds.
+:func:`hub_oidc_provider` runs one whose one client is a hub on ``ports``, and
+:func:`oidc_serve` a ``binderbox serve`` on those ports logging in through it (the
+OpenID Connect login tests and the options menu's); :func:`sign_in_at_provider` signs
+in on the provider's own pages in a browser.
 
 :class:`GitHubStandIn` is NOT GitHub: GitHub's OAuth endpoints and REST API
 cannot be reached from here, so this tornado app serves, on loopback, the
@@ -28,10 +32,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from browser import shot
+from playwright.async_api import Page, expect
+from serve_helpers import ServeProcess, running_serve
 from tornado.httpclient import AsyncHTTPClient
 from tornado.web import Application, HTTPError, RequestHandler
 
 from binderbox.hub.children import free_port
+from binderbox.hub.logins import CLIENT_SECRET_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 OIDC_SCRIPT = Path(__file__).with_name("oidc_provider.mjs")
@@ -104,6 +112,61 @@ def oidc_provider(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def hub_oidc_provider(
+    workdir: Path,
+    ports: dict[str, int],
+    client: tuple[str, str],
+    accounts: dict[str, dict[str, Any]],
+    access_token_ttl: int = 3600,
+) -> Iterator[OidcProvider]:
+    """:func:`oidc_provider` with one client, ``client`` (id, secret): the hub whose
+    public port is ``ports["public"]`` (its OAuth callback)."""
+    client_id, secret = client
+    redirect = f"http://127.0.0.1:{ports['public']}/hub/oauth_callback"
+    clients = [{"client_id": client_id, "client_secret": secret, "redirect_uris": [redirect]}]
+    with oidc_provider(workdir, clients, accounts, access_token_ttl) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def oidc_serve(
+    workdir: Path,
+    ports: dict[str, int],
+    provider: OidcProvider,
+    client: tuple[str, str],
+    mode: str,
+    config: list[str],
+) -> Iterator[ServeProcess]:
+    """:func:`~serve_helpers.running_serve` on ``ports`` with ``c.Logins.mode = mode``
+    through ``provider`` as OAuth client ``client`` (id, secret; the secret passed in
+    the environment), scopes ``openid profile groups``, plus the lines of ``config``."""
+    client_id, secret = client
+    logins = [
+        f"c.Logins.mode = {mode!r}",
+        "c.Logins.authenticator = 'generic'",
+        f"c.Logins.client_id = {client_id!r}",
+        f"c.Logins.oidc_discovery_url = {provider.discovery_url!r}",
+        "c.Logins.scope = ['openid', 'profile', 'groups']",
+    ]
+    extra = "\n".join([*logins, *config])
+    env = {CLIENT_SECRET_ENV: secret}
+    with running_serve(workdir, extra_config=extra, env=env, ports=ports) as served:
+        yield served
+
+
+async def sign_in_at_provider(page: Page, login: str) -> None:
+    """oidc-provider's own pages: the login form, then the consent."""
+    await expect(page.locator("input[name=login]")).to_be_visible(timeout=60_000)
+    await page.fill("input[name=login]", login)
+    await page.fill("input[name=password]", "any password")
+    await page.screenshot(path=shot(f"oidc-provider-login-{login}.png"))
+    await page.click("button[type=submit]")
+    consent = page.locator("button:has-text('Continue')")
+    await expect(consent).to_be_visible(timeout=30_000)
+    await consent.click()
 
 
 # -- the GitHub stand-in (recorded responses, not GitHub) -------------------------

@@ -13,7 +13,6 @@ started on free ports (its users deleted at the end); :func:`launch` runs one la
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ from binderbox.hub import ManagedHub
 from binderbox.hub.children import free_port
 from binderbox.providers.base import Resolved
 from binderbox.sessions import SessionLauncher, SessionRequest
-from binderbox.sessions.hubclient import HubAPIError, HubClient
+from binderbox.sessions.hubclient import HubClient
 
 CACHE = TEST_CACHE
 
@@ -110,24 +109,10 @@ async def started_hub(managed: ManagedHub) -> AsyncIterator[ManagedHub]:
 
 
 async def delete_every_user(client: HubClient) -> None:
-    """Every hub user deleted, their servers stopped (named ones removed) first.
-
-    The hub refuses (500: "Spawner ... is active") to delete a user while one of their
-    named servers is still stopping, so each deletion is tried again for a while."""
+    """Every hub user deleted with their servers (:meth:`HubClient.delete_user`: the
+    servers stopped, named ones removed, and the stops waited for, first)."""
     for user in await client.request("GET", "users"):
-        name = user["name"]
-        for server in user.get("servers") or {}:
-            await client.stop_server(name, server, remove=bool(server))
-        for _ in range(150):  # 30 s at most
-            try:
-                await client.delete_user(name)
-                break
-            except HubAPIError as err:
-                if err.status not in (400, 500):  # 400: a stop is pending
-                    raise
-            await asyncio.sleep(0.2)
-        else:
-            raise AssertionError(f"the hub did not delete {name}")
+        await client.delete_user(user["name"])
 
 
 async def new_session(hub: ManagedHub, content: Path, name: str) -> Ready:

@@ -26,6 +26,7 @@ from session_helpers import (
     make_hub,
     resolved,
     session_env,
+    user_of,
 )
 
 from binderbox.errors import QuotaExceeded
@@ -33,7 +34,7 @@ from binderbox.hub import ManagedHub
 from binderbox.hub.children import free_port
 from binderbox.providers.base import Resolved
 from binderbox.sessions import SessionLauncher, SessionRequest
-from binderbox.sessions.hubclient import HubClient
+from binderbox.sessions.hubclient import HubAPIError, HubClient
 from binderbox.sessions.identity import Visitor
 from binderbox.sessions.persistent import HomeInUse, remove_persistent_home
 
@@ -241,6 +242,33 @@ async def test_anonymous_launches_keep_ephemeral_homes(hub: dict[str, Any], cont
     assert home.is_dir()
     await HubClient(managed.hub_api_url, managed.api_token).delete_user(name)
     assert not home.exists()
+
+
+@module_loop
+async def test_a_user_is_deleted_while_their_named_servers_stop_or_run(
+    hub: dict[str, Any], content: Path
+) -> None:
+    """The hub refuses to delete a user while a named server of theirs is active (500
+    "Spawner ... is active", 400 while a stop is pending): HubClient.delete_user, what
+    the launcher and the tests' clean-up use, stops them, waits, and deletes."""
+    managed: ManagedHub = hub["hub"]
+    client = await logged_in_user(managed, "frank")
+    launcher = launcher_for(managed)
+    _, first = await launch(launcher, request(managed, content, resolved("first"), "frank"))
+    _, second = await launch(launcher, request(managed, content, resolved("second"), "frank"))
+    assert len(await _servers(client, "frank")) == 2
+    # one server stopping (its stop under way in the hub), the other just started
+    stopping = asyncio.ensure_future(client.stop_server("frank", user_of(first)))
+    await asyncio.sleep(0.05)
+    await client.delete_user("frank")
+    await stopping
+    with pytest.raises(HubAPIError) as gone:
+        await client.get_user("frank")
+    assert gone.value.status == 404
+    assert "frank" not in [u["name"] for u in await client.active_users()]
+    for ready in (first, second):  # the sessions went with their servers
+        status = await fetch(f"{ready.url}api/status?token={ready.token}", follow_redirects=False)
+        assert status.code != 200
 
 
 async def _servers(client: HubClient, user: str) -> dict[str, Any]:

@@ -26,15 +26,20 @@ from pathlib import Path
 import pytest
 from browser import SCREEN, served_browser_marks, shot
 from kernels import run_code
-from login_helpers import OIDC_INSTALLED, OidcProvider, oidc_provider
-from playwright.async_api import Browser, Page, expect
+from login_helpers import (
+    OIDC_INSTALLED,
+    OidcProvider,
+    hub_oidc_provider,
+    oidc_serve,
+    sign_in_at_provider,
+)
+from playwright.async_api import Browser, expect
 from repos import make_repo
-from serve_helpers import ServeProcess, build_events, git_spec, running_serve
+from serve_helpers import ServeProcess, build_events, git_spec
 from session_helpers import resolved, session_env
 from testcache import CACHE as TEST_CACHE
 
 from binderbox.hub.children import free_port
-from binderbox.hub.logins import CLIENT_SECRET_ENV
 from binderbox.sessions import SessionLauncher, SessionRequest
 from binderbox.sessions.credentials import with_git_tokens
 from binderbox.sessions.hubclient import HubClient
@@ -48,6 +53,7 @@ module_loop = pytest.mark.asyncio(loop_scope="module")
 
 CLIENT_ID = "binderbox-hub"
 CLIENT_SECRET = "oidc-test-client-secret"
+CLIENT = (CLIENT_ID, CLIENT_SECRET)
 #: seconds an access token of the provider lives (the refresh test waits it out); longer
 #: than a server start on a loaded 2-core machine, so the token refreshed before a start is
 #: still valid when the test reads it from the session
@@ -71,13 +77,8 @@ def ports() -> dict[str, int]:
 def provider(
     tmp_path_factory: pytest.TempPathFactory, ports: dict[str, int]
 ) -> Iterator[OidcProvider]:
-    client = {
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "redirect_uris": [f"http://127.0.0.1:{ports['public']}/hub/oauth_callback"],
-    }
     workdir = tmp_path_factory.mktemp("oidc")
-    with oidc_provider(workdir, [client], ACCOUNTS, access_token_ttl=TOKEN_TTL) as running:
+    with hub_oidc_provider(workdir, ports, CLIENT, ACCOUNTS, TOKEN_TTL) as running:
         yield running
 
 
@@ -85,43 +86,23 @@ def provider(
 def serve(
     tmp_path_factory: pytest.TempPathFactory, ports: dict[str, int], provider: OidcProvider
 ) -> Iterator[ServeProcess]:
-    config = "\n".join(
-        [
-            "c.Logins.mode = 'required'",
-            "c.Logins.authenticator = 'generic'",
-            f"c.Logins.client_id = {CLIENT_ID!r}",
-            f"c.Logins.oidc_discovery_url = {provider.discovery_url!r}",
-            "c.Logins.scope = ['openid', 'profile', 'groups']",
-            "c.Logins.allowed_groups = ['scientists']",
-            "c.Logins.admin_groups = ['admins']",
-            "c.Logins.token_env = {'access_token': 'KC_ACCESS_TOKEN',"
-            " 'refresh_token': 'KC_REFRESH_TOKEN'}",
-            f"c.Logins.git_tokens = {{{GIT_HOST!r}: 'access_token'}}",
-            # the refresh test starts a server of the test's own session environment
-            f"c.ManagedHub.spawner_config = {{'allowed_roots': [{str(TEST_CACHE)!r}]}}",
-        ]
-    )
+    config = [
+        "c.Logins.allowed_groups = ['scientists']",
+        "c.Logins.admin_groups = ['admins']",
+        "c.Logins.token_env = {'access_token': 'KC_ACCESS_TOKEN',"
+        " 'refresh_token': 'KC_REFRESH_TOKEN'}",
+        f"c.Logins.git_tokens = {{{GIT_HOST!r}: 'access_token'}}",
+        # the refresh test starts a server of the test's own session environment
+        f"c.ManagedHub.spawner_config = {{'allowed_roots': [{str(TEST_CACHE)!r}]}}",
+    ]
     workdir = tmp_path_factory.mktemp("serve-oidc")
-    env = {CLIENT_SECRET_ENV: CLIENT_SECRET}
-    with running_serve(workdir, extra_config=config, env=env, ports=ports) as served:
+    with oidc_serve(workdir, ports, provider, CLIENT, "required", config) as served:
         yield served
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_repo(tmp_path_factory.mktemp("repos") / "oidc-demo", {"README.md": "# demo\n"})
-
-
-async def sign_in_at_provider(page: Page, login: str) -> None:
-    """oidc-provider's own pages: the login form, then the consent."""
-    await expect(page.locator("input[name=login]")).to_be_visible(timeout=60_000)
-    await page.fill("input[name=login]", login)
-    await page.fill("input[name=password]", "any password")
-    await page.screenshot(path=shot(f"oidc-provider-login-{login}.png"))
-    await page.click("button[type=submit]")
-    consent = page.locator("button:has-text('Continue')")
-    await expect(consent).to_be_visible(timeout=30_000)
-    await consent.click()
 
 
 @module_loop

@@ -26,14 +26,18 @@ import pytest
 import pytest_asyncio
 from browser import CHROMIUM, chromium, shot
 from kernels import run_code
-from login_helpers import OIDC_INSTALLED, OidcProvider, oidc_provider
+from login_helpers import (
+    OIDC_INSTALLED,
+    OidcProvider,
+    hub_oidc_provider,
+    oidc_serve,
+    sign_in_at_provider,
+)
 from playwright.async_api import Browser, Page, expect
 from repos import make_repo
-from serve_helpers import ServeProcess, git_spec, running_serve
-from test_logins_oidc import sign_in_at_provider
+from serve_helpers import ServeProcess, git_spec
 from tornado.httpclient import AsyncHTTPClient
 
-from binderbox.hub.logins import CLIENT_SECRET_ENV
 from binderbox.hub.process import free_port
 from binderbox.runtime.limits import limits_status
 from binderbox.sessions.hubclient import HubClient
@@ -48,6 +52,7 @@ module_loop = pytest.mark.asyncio(loop_scope="module")
 
 CLIENT_ID = "binderbox-menu"
 CLIENT_SECRET = "menu-test-client-secret"
+CLIENT = (CLIENT_ID, CLIENT_SECRET)
 ACCOUNTS = {"alice": {"groups": ["scientists", "staff"]}, "bob": {"groups": ["scientists"]}}
 SIZES = [
     {"name": "small", "display": "Small: 1 GB", "mem_limit": "1G", "cpu_limit": 1},
@@ -65,12 +70,7 @@ def ports() -> dict[str, int]:
 def provider(
     tmp_path_factory: pytest.TempPathFactory, ports: dict[str, int]
 ) -> Iterator[OidcProvider]:
-    client = {
-        "client_id": CLIENT_ID,
-        "client_secret": CLIENT_SECRET,
-        "redirect_uris": [f"http://127.0.0.1:{ports['public']}/hub/oauth_callback"],
-    }
-    with oidc_provider(tmp_path_factory.mktemp("oidc"), [client], ACCOUNTS) as running:
+    with hub_oidc_provider(tmp_path_factory.mktemp("oidc"), ports, CLIENT, ACCOUNTS) as running:
         yield running
 
 
@@ -87,21 +87,13 @@ def serve(
     stack: Path,
 ) -> Iterator[ServeProcess]:
     environments = [{"name": "stack", "display": "Science stack", "spec": f"git/{git_spec(stack)}"}]
-    config = "\n".join(
-        [
-            "c.Logins.mode = 'optional'",
-            "c.Logins.authenticator = 'generic'",
-            f"c.Logins.client_id = {CLIENT_ID!r}",
-            f"c.Logins.oidc_discovery_url = {provider.discovery_url!r}",
-            "c.Logins.scope = ['openid', 'profile', 'groups']",
-            "c.Logins.allowed_groups = ['scientists']",
-            f"c.SessionSizes.sizes = {SIZES!r}",
-            f"c.Prebuilt.environments = {environments!r}",
-        ]
-    )
-    env = {CLIENT_SECRET_ENV: CLIENT_SECRET}
+    config = [
+        "c.Logins.allowed_groups = ['scientists']",
+        f"c.SessionSizes.sizes = {SIZES!r}",
+        f"c.Prebuilt.environments = {environments!r}",
+    ]
     workdir = tmp_path_factory.mktemp("serve-menu")
-    with running_serve(workdir, extra_config=config, env=env, ports=ports) as served:
+    with oidc_serve(workdir, ports, provider, CLIENT, "optional", config) as served:
         yield served
 
 

