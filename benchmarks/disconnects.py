@@ -152,6 +152,7 @@ def main() -> None:
             work.mkdir(parents=True)
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="binderbox-bench-")))
+            work.chmod(0o711)  # sandboxes run as their own uids: they must enter it
         repo = make_repo(
             work / "bench-repo",
             {"requirements.txt": "six==1.16.0\n", "index.ipynb": notebook("print(6*7)")},
