@@ -321,10 +321,12 @@ class ServeCommand(Command):
     name = "binderbox-serve"
     description = """Start the Binder service: web app, JupyterHub, proxy and idle culler.
 
-    Open http://<ip>:<port>/ for the home page; launch links are
+    Open http://<ip>:<port>/ for the home page (with --domain: https://<domain>/,
+    a certificate obtained over ACME, see c.HTTPS); launch links are
     /v2/<provider>/<spec> as on mybinder.org.  SIGINT/SIGTERM stop the service;
     running sessions survive and are found again by the next start."""
-    examples = "binderbox serve --ip 0.0.0.0 --port 8000 --data-dir /srv/binderbox"
+    examples = """binderbox serve --ip 0.0.0.0 --port 8000 --data-dir /srv/binderbox
+    binderbox serve --domain binder.example.org --data-dir /srv/binderbox  (HTTPS: 443, 80)"""
 
     aliases = {
         **BinderboxApp.aliases,
@@ -333,6 +335,12 @@ class ServeCommand(Command):
         "hub-port": "ManagedHub.hub_port",
         "proxy-api-port": "ManagedHub.proxy_api_port",
         "base-url": "WebApp.base_url",
+        "domain": "HTTPS.domain",
+        "https-port": "HTTPS.https_port",
+        "http-port": "HTTPS.http_port",
+        "acme-directory": "HTTPS.acme_directory",
+        "cert-file": "HTTPS.cert_file",
+        "key-file": "HTTPS.key_file",
     }
 
     hub = CaselessStrEnum(
@@ -398,6 +406,7 @@ def configurable_classes() -> list[type]:
     from .serve import Maintenance
     from .sessions import SessionLauncher
     from .store import Store
+    from .tls import HTTPS
     from .web import WebApp
 
     return [
@@ -424,6 +433,7 @@ def configurable_classes() -> list[type]:
         ChildWatcher,
         SessionLauncher,
         WebApp,
+        HTTPS,
         Maintenance,
         *PROVIDERS.values(),
     ]

@@ -49,6 +49,7 @@ from .runtime.host import SandboxHost
 from .sessions import SessionLauncher
 from .sessions.persistent import homes_status
 from .sessions.untracked import UntrackedSessions
+from .tls import HTTPS
 from .web import SessionIndex, WebApp, make_app
 from .web.login import make_hub_auth
 from .web.menu import OptionsMenu
@@ -164,11 +165,16 @@ def _lock_within(fd: int, seconds: float) -> bool:
     return False
 
 
-def _hub_for(app: Any, pipeline: LaunchPipeline, host: SandboxHost, web: WebApp) -> ManagedHub:
-    """The managed hub, its sessions placed like the builds (sandbox network, uids)."""
+def _hub_for(
+    app: Any, pipeline: LaunchPipeline, host: SandboxHost, web: WebApp, https: HTTPS
+) -> ManagedHub:
+    """The managed hub, its sessions placed like the builds (sandbox network, uids).
+    With HTTPS the proxy listens on loopback only, behind the TLS front."""
     hub = ManagedHub(
         parent=app, data_dir=str(app.data_path), web_port=free_port(), network=host.network
     )
+    if https.enabled:
+        hub.public_ip = "127.0.0.1"
     hub.base_url = web.base_url
     assert pipeline.data is not None
     roots = [pipeline.store.root, pipeline.content.root, pipeline.data.root]
@@ -208,12 +214,22 @@ async def serve(app: Any, pipeline: LaunchPipeline) -> None:
 
 async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
     web_config = WebApp(parent=app)
+    https = HTTPS(parent=app)
     pipeline.data = app.make_data_cache()
     hub: ManagedHub | ExternalHub
     if app.hub == "external":
+        if https.enabled:
+            raise BinderboxError(
+                "HTTPS settings apply to the managed hub only.",
+                hint="With an external hub, its proxy or ingress serves HTTPS.",
+            )
         hub = ExternalHub(parent=app)
     else:
-        hub = _hub_for(app, pipeline, host, web_config)
+        hub = _hub_for(app, pipeline, host, web_config, https)
+        if https.enabled:
+            https.setup(app.data_path, hub.public_port)
+            if not web_config.public_url:  # the proxy sees plain HTTP: links say https
+                web_config.public_url = https.origin + web_config.base_url
     stopping: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def on_signal(sessions: bool) -> None:
@@ -239,8 +255,13 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
         server, url = web.listen(hub.web_port, address="127.0.0.1"), hub.public_url
     background: list[asyncio.Task[None]] = []
     try:
+        if https.enabled:  # a certificate first: without one the service does not start
+            await https.start()
+            url = https.origin + web_config.base_url
         await hub.start()
         background = _background(app, pipeline, hub, prebuilt)
+        if https.enabled:
+            background.append(asyncio.create_task(https.renewals()))
         if isinstance(hub, ManagedHub):
             print(f"hub database: {hub.database.shown}", flush=True)  # never its password
         app.log.info("binderbox is running at %s", url)
@@ -254,6 +275,7 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
         for task in background:
             task.cancel()
         server.stop()
+        await https.stop()
         await pipeline.launcher.aclose()  # abandoned launches: their users go first
         await hub.stop()
         with contextlib.suppress(Exception):

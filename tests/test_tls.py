@@ -1,7 +1,7 @@
 """HTTPS against a real ACME server on loopback (Debian's pebble, tests/pebble.py).
 
-The TLS front relays to a test HTTP server on loopback standing in for the proxy
-(the wiring into ``binderbox serve`` is the same object with the proxy's port).
+The front's own tests relay to a test HTTP server on loopback standing in for the
+proxy; the last test runs the real ``binderbox serve`` (proxy, hub, web app) behind it.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from acme_server import Pebble, self_signed
 from cryptography import x509
+from loopback import LoopbackServer
+from serve_helpers import running_serve
 
 from binderbox.hub.children import free_port
 from binderbox.tls import HTTPS, CertError
-from tests.loopback import LoopbackServer
-from tests.pebble import Pebble
 
 DOMAIN = "binder.example.org"
 
@@ -216,9 +217,7 @@ async def test_operators_own_certificate(
     pebble: Pebble, backend: LoopbackServer, tmp_path: Path
 ) -> None:
     """cert_file/key_file: no ACME; served as given."""
-    from tests.pebble import _self_signed
-
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     https = HTTPS(
         cert_file=str(cert),
         key_file=str(key),
@@ -240,3 +239,36 @@ async def test_operators_own_certificate(
         assert await asyncio.to_thread(fetch) == 200
     finally:
         await https.stop()
+
+
+@pytest.mark.slow
+def test_serve_with_domain_answers_over_https(
+    pebble: Pebble, http_port: int, tmp_path: Path
+) -> None:
+    """``binderbox serve --domain``: the real service (proxy, hub, web app) behind the front."""
+    https_port = free_port()
+    config = "\n".join(
+        [
+            f"c.HTTPS.domain = {DOMAIN!r}",
+            f"c.HTTPS.acme_directory = {pebble.directory!r}",
+            f"c.HTTPS.acme_ca_bundle = {str(pebble.ca_bundle)!r}",
+            "c.HTTPS.ip = '127.0.0.1'",
+            f"c.HTTPS.https_port = {https_port}",
+            f"c.HTTPS.http_port = {http_port}",
+        ]
+    )
+    with running_serve(tmp_path, extra_config=config) as serve:
+        assert serve.url == f"https://{DOMAIN}:{https_port}/"
+        context = _client_context(pebble)
+        conn = http.client.HTTPSConnection(DOMAIN, https_port, context=context, timeout=30)
+        raw = socket.create_connection(("127.0.0.1", https_port), timeout=30)
+        conn.sock = context.wrap_socket(raw, server_hostname=DOMAIN)
+        status, body, _ = _get(conn, "/")
+        assert status == 200 and "<html" in body.lower()
+        status, _, _ = _get(conn, "/hub/api/")  # the hub, through the proxy
+        assert status == 200
+        conn.close()
+        plain = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+        status, _, headers = _get(plain, "/v2/gh/org/repo/HEAD")
+        assert status == 301
+        assert headers["Location"] == f"https://{DOMAIN}:{https_port}/v2/gh/org/repo/HEAD"

@@ -34,7 +34,7 @@ from cryptography.x509.oid import NameOID
 from binderbox.hub.children import free_port
 
 
-def _self_signed(root: Path) -> tuple[Path, Path]:
+def self_signed(root: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (pebble's API listener) and its key."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pebble test API")])
@@ -92,7 +92,7 @@ class Pebble:
     def start(self) -> None:
         if not shutil.which("pebble"):
             raise RuntimeError("pebble is not installed: run scripts/setup --test")
-        cert, key = _self_signed(self.root)
+        cert, key = self_signed(self.root)
         config = {
             "pebble": {
                 "listenAddress": f"127.0.0.1:{self.port}",
