@@ -272,3 +272,27 @@ def test_serve_with_domain_answers_over_https(
         status, _, headers = _get(plain, "/v2/gh/org/repo/HEAD")
         assert status == 301
         assert headers["Location"] == f"https://{DOMAIN}:{https_port}/v2/gh/org/repo/HEAD"
+
+
+async def test_unusable_certificate_files_or_port_are_plain_errors(
+    backend: LoopbackServer, tmp_path: Path
+) -> None:
+    """A missing key file, a port already taken: CertError with a message, no traceback."""
+    cert, _ = self_signed(tmp_path)
+    https = HTTPS(
+        cert_file=str(cert),
+        key_file=str(tmp_path / "missing.key"),
+        ip="127.0.0.1",
+        https_port=free_port(),
+        http_port=free_port(),
+    )
+    https.setup(tmp_path / "data", backend.httpd.server_address[1])
+    with pytest.raises(CertError, match="cannot be used"):
+        await https.start()
+    await https.stop()
+    taken = backend.httpd.server_address[1]
+    https = HTTPS(cert_file=str(cert), key_file=str(cert), ip="127.0.0.1", http_port=taken)
+    https.setup(tmp_path / "data", taken)
+    with pytest.raises(CertError, match=f"Cannot listen on port {taken}"):
+        await https.start()
+    await https.stop()

@@ -25,6 +25,7 @@ from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy.errors import Error as JoseError
 from josepy.jwk import JWKRSA
 
 from ..errors import BinderboxError
@@ -129,7 +130,7 @@ def order_certificate(
         finally:
             for path in answered:
                 challenges_out.pop(path, None)
-    except (errors.Error, messages.Error, OSError) as err:
+    except (errors.Error, messages.Error, JoseError, OSError, ValueError) as err:
         raise CertError(
             f"The ACME server at {directory_url} did not issue a certificate for {domain}: "
             f"{_reason(err)}",

@@ -203,14 +203,25 @@ class HTTPS(LoggingConfigurable):
 
     async def start(self) -> None:
         """Listen on the HTTP port, have a certificate, then listen on the HTTPS port."""
-        self.http.listen(self.http_port, self.ip)
+        try:
+            self.http.listen(self.http_port, self.ip)
+        except OSError as err:
+            raise _port_error(self.http_port, err) from err
         if self.cert_file:
-            self.front.reload(Path(self.cert_file), Path(self.key_file))
+            try:
+                self.front.reload(Path(self.cert_file), Path(self.key_file))
+            except (OSError, ssl.SSLError) as err:
+                raise CertError(
+                    f"HTTPS.cert_file and HTTPS.key_file cannot be used: {err}"
+                ) from err
         else:
             if not await self.renew_if_due() and self.store.expiry(self.domain) is None:
                 raise CertError(f"No certificate for {self.domain}: see the error above.")
             self.front.reload(self.store.cert_path(self.domain))
-        await self.front.listen(self.https_port, self.ip)
+        try:
+            await self.front.listen(self.https_port, self.ip)
+        except OSError as err:
+            raise _port_error(self.https_port, err) from err
         self.log.info("serving HTTPS at %s", self.origin)
 
     async def renew_if_due(self) -> bool:
@@ -258,3 +269,12 @@ class HTTPS(LoggingConfigurable):
         with contextlib.suppress(AttributeError):
             self.http.stop()
             await self.front.stop()
+
+
+def _port_error(port: int, err: OSError) -> CertError:
+    """A port that cannot be had, as a plain error with what to do."""
+    return CertError(
+        f"Cannot listen on port {port}: {err.strerror or err}.",
+        hint="Ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+        "or choose others (c.HTTPS.http_port, c.HTTPS.https_port).",
+    )
