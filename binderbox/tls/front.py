@@ -11,6 +11,11 @@ renewal loads the new chain into that same context (``load_cert_chain``):
 new connections get the new certificate, open ones keep theirs, nothing
 restarts.  The relay is below HTTP, so websockets pass unchanged.
 
+Known limit: because the relay is below HTTP, the proxy sees every HTTPS
+visitor as ``127.0.0.1`` (its ``X-Forwarded-For``), so the per-address limits
+(``SessionLauncher.launches_per_address``, ``WebApp.rate_limit``) count all of
+them as one address.  An HTTP-aware front that adds the headers is the fix.
+
 :class:`HTTPListener` is the plain-HTTP port (80): it answers the ACME
 server's HTTP-01 challenges and redirects every other request to HTTPS.
 
