@@ -145,6 +145,19 @@ async def test_failing_build_job_is_a_plain_failed_event_emulated_api(
     assert await gone(cluster, "jobs") == []
 
 
+async def test_apt_txt_is_refused_before_any_job_emulated_api(
+    pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "apt", {"requirements.txt": "six\n", "apt.txt": "graphviz\n"})
+    last = (await build(pipeline, repo))[-1]
+    assert isinstance(last, Failed), last.to_wire()
+    assert "system packages from apt.txt (graphviz)" in last.message, last.message
+    assert "unprivileged Kubernetes pods" in last.message  # the reason
+    assert "environment.yml" in last.message and "one machine" in last.message  # the ways out
+    assert last.reason == "unsupported" and "Traceback" not in last.message
+    assert cluster.sent("Job") == [] and pipeline.store.list() == []
+
+
 async def test_deleted_build_job_says_so_emulated_api(
     pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
 ) -> None:

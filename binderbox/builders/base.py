@@ -72,6 +72,11 @@ class Builder(LoggingConfigurable):
         ``key``) into ``prefix``; yields log lines.  Default: :meth:`build`."""
         return self.build(spec, content, prefix)
 
+    def system_packages(self, spec: EnvSpec) -> tuple[str, ...]:
+        """The Debian packages ``spec``'s environment needs as a system layer shown at
+        ``/usr`` (apt.txt's, and what a kind adds: R's); default none."""
+        return ()
+
     def finished(self, path: Path) -> bool:
         """Whether the environment at ``path`` needs no :meth:`finish` (default: yes)."""
         return True

@@ -36,7 +36,7 @@ from pathlib import Path
 from traitlets import Instance, default
 
 from ..environments import ENV_PREFIX, EnvSpec
-from ..errors import BuildError
+from ..errors import BuildError, UnsupportedEnvironment
 from ..providers.base import Resolved
 from .base import Builder
 from .registry import Builders
@@ -91,6 +91,28 @@ async def pod_lines(lines: AsyncIterator[str], key: str, what: str) -> AsyncIter
     )
 
 
+def refuse_system_layer(spec: EnvSpec, packages: tuple[str, ...]) -> None:
+    """Refuse (``UnsupportedEnvironment``, a plain ``failed`` event) an environment that
+    needs a system layer: its packages must be shown at ``/usr``, which takes a mount
+    (an overlay) that an unprivileged pod can make neither in the build pod nor in the
+    session pod (README, "Builds on Kubernetes")."""
+    if not packages:
+        return
+    more = len(packages) - 5
+    shown = ", ".join(packages[:5]) + (f" and {more} more" if more > 0 else "")
+    source = " from apt.txt" if spec.apt_packages else ""
+    raise UnsupportedEnvironment(
+        f"This environment needs system packages{source} ({shown}), which this service"
+        " cannot install:"
+        " its builds and sessions run in unprivileged Kubernetes pods, which cannot mount"
+        " them at /usr.",
+        hint="Use conda packages instead (environment.yml: conda-forge has most system"
+        " libraries and tools, and R), or launch it on a binderbox that runs on one"
+        " machine, where system packages are built as layers.",
+        log_message=f"system layer refused in pods: {' '.join(packages)}",
+    )
+
+
 class PodBuilds(Builder):
     """The builder seam for builds in pods.  See the module docstring; a subclass
     runs the pod (:meth:`run_pod`)."""
@@ -122,7 +144,8 @@ class PodBuilds(Builder):
     async def build_for(
         self, spec: EnvSpec, content: Path | None, prefix: Path, *, key: str, source: Resolved
     ) -> AsyncGenerator[str, None]:
-        self.local.for_spec(spec)  # a kind no builder takes: refused before a pod starts
+        # a kind no builder takes, or system packages: refused before a pod starts
+        refuse_system_layer(spec, self.local.for_spec(spec).system_packages(spec))
         async for line in self.run_pod(build_args(source), prefix, key=key):
             yield line
 
