@@ -24,6 +24,7 @@ from .errors import BinderboxError
 from .events import Built, Event, Failed, Phase, Ready
 from .pipeline import LaunchRequest
 from .runtime.inpod import refuse_root
+from .sessions.identity import Visitor
 
 
 class Command(BinderboxApp):
@@ -128,10 +129,28 @@ class BuildCommand(Command):
         help="""Build into this empty folder rather than the store (with --in-pod:
         /srv/env, the build pod's output volume, which the service publishes).""",
     ).tag(config=True)
-    aliases = {**BinderboxApp.aliases, "ref": "BuildCommand.ref", "output": "BuildCommand.output"}
+    fetch_only = Bool(
+        False,
+        help="""Resolve and fetch the repository into the content cache, build nothing: a
+        build Job's fetch init container, for a private repository (the build container
+        after it then builds from that cache, and never sees the token).""",
+    ).tag(config=True)
+    git_tokens = Unicode(
+        "",
+        help="""A JSON file {"host[:port]": "token"} of a visitor's own git tokens, to fetch
+        a private repository (a build Job's Secret, mounted in its fetch init container
+        only).  Tokens are never printed.""",
+    ).tag(config=True)
+    aliases = {
+        **BinderboxApp.aliases,
+        "ref": "BuildCommand.ref",
+        "output": "BuildCommand.output",
+        "git-tokens": "BuildCommand.git_tokens",
+    }
     flags = {
         "json": ({"BuildCommand": {"json_lines": True}}, "Print JSON events, one a line."),
         "in-pod": ({"BuildCommand": {"in_pod": True}}, "Build in a pod, without bubblewrap."),
+        "fetch-only": ({"BuildCommand": {"fetch_only": True}}, "Fetch, do not build."),
     }
 
     def run(self) -> int:
@@ -147,10 +166,15 @@ class BuildCommand(Command):
             refuse_root()  # before anything is fetched or written
             self.config.SandboxHost.in_pod = True
             self.config.LaunchPipeline.setdefault("build_home", HOME)
+            self.config.ContentCache.shared = False  # the pod's own, for this one build
         self.builder_class = Builders  # here, whatever the service's builds are
         pipeline = self.make_pipeline(allow_local=True)
         request = LaunchRequest(
-            provider="", spec=self.extra_args[0], build_only=True, ref=self.ref or None
+            provider="",
+            spec=self.extra_args[0],
+            build_only=True,
+            ref=self.ref or None,
+            visitor=Visitor(tokens=read_tokens(self.git_tokens)),
         )
         printer = ProgressPrinter(
             sys.stdout if self.json_lines else sys.stderr, json_lines=self.json_lines
@@ -158,6 +182,9 @@ class BuildCommand(Command):
         output = Path(self.output) if self.output else None
 
         async def build() -> Event | None:
+            if self.fetch_only:
+                last = await _consume(pipeline.fetch(request), printer)
+                return None if isinstance(last, Failed) else last
             if output is not None:
                 return await _consume(pipeline.build_into(request, output), printer)
             last = await _consume(pipeline.launch(request), printer)
@@ -168,7 +195,24 @@ class BuildCommand(Command):
                 print(f"  done in {time.monotonic() - started:.1f}s", file=sys.stderr)
             return last
 
-        return 0 if isinstance(asyncio.run(build()), Built) else 1
+        last = asyncio.run(build())
+        return 0 if isinstance(last, Built) or (self.fetch_only and last is not None) else 1
+
+
+def read_tokens(path: str) -> dict[str, str]:
+    """The git tokens of ``--git-tokens`` (``{}`` without); a plain error for a file that
+    is not a JSON object of strings (whose content is never shown)."""
+    if not path:
+        return {}
+    try:
+        tokens = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        tokens = None
+    if not isinstance(tokens, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in tokens.items()
+    ):
+        raise BinderboxError(f'{path} is not a JSON object {{"host": "token"}}.')
+    return tokens
 
 
 class EnvsCommand(Command):

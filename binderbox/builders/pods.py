@@ -30,7 +30,7 @@ published environments -- is the local :class:`~binderbox.builders.registry.Buil
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 
 from traitlets import Instance, default
@@ -38,6 +38,7 @@ from traitlets import Instance, default
 from ..environments import ENV_PREFIX, EnvSpec
 from ..errors import BuildError, UnsupportedEnvironment
 from ..providers.base import Resolved
+from ..providers.gitutil import redact
 from .base import Builder
 from .registry import Builders
 
@@ -142,17 +143,40 @@ class PodBuilds(Builder):
         raise BuildError("Builds in pods need the repository's version (build_for).")
 
     async def build_for(
-        self, spec: EnvSpec, content: Path | None, prefix: Path, *, key: str, source: Resolved
+        self,
+        spec: EnvSpec,
+        content: Path | None,
+        prefix: Path,
+        *,
+        key: str,
+        source: Resolved,
+        tokens: Mapping[str, str] | None = None,
     ) -> AsyncGenerator[str, None]:
         # a kind no builder takes, or system packages: refused before a pod starts
         refuse_system_layer(spec, self.local.for_spec(spec).system_packages(spec))
-        async for line in self.run_pod(build_args(source), prefix, key=key):
+        if source.clone_url and redact(source.clone_url) != source.clone_url:
+            raise BuildError(  # the pod's arguments would show them
+                "A repository URL with credentials in it cannot be built here.",
+                hint="Log in and launch it without them: your own token is used then.",
+                reason="spec",
+                status_code=400,
+            )
+        async for line in self.run_pod(build_args(source), prefix, key=key, tokens=tokens):
             yield line
 
-    def run_pod(self, args: list[str], prefix: Path, *, key: str) -> AsyncIterator[str]:
+    def run_pod(
+        self,
+        args: list[str],
+        prefix: Path,
+        *,
+        key: str,
+        tokens: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[str]:
         """Run ``binderbox build *args`` in a pod that sees ``prefix`` at ``/srv/env``;
         yields the build's log lines (:func:`pod_lines`), raises its failure.  Leaving
-        early (a timeout, a cancelled build) removes the pod."""
+        early (a timeout, a cancelled build) removes the pod.  ``tokens``: the visitor's
+        git tokens for a private repository (``{host[:port]: token}``), to reach the
+        pod's fetch without being shown to the build's code, nor in the pod's spec."""
         raise NotImplementedError
 
     def finished(self, path: Path) -> bool:
