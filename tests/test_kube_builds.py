@@ -32,6 +32,7 @@ from binderbox.builders.kube import KubernetesBuilds
 from binderbox.events import Building, Built, Event, Failed
 from binderbox.pipeline import LaunchPipeline, LaunchRequest
 from binderbox.sessions.identity import Visitor
+from binderbox.store import Store
 from tests.fixtures_git import GitHttpServer, git
 
 pytestmark = pytest.mark.slow
@@ -166,6 +167,33 @@ async def test_apt_txt_is_refused_before_any_job_emulated_api(
     assert "environment.yml" in last.message and "one machine" in last.message  # the ways out
     assert last.reason == "unsupported" and "Traceback" not in last.message
     assert cluster.sent("Job") == [] and pipeline.store.list() == []
+
+
+async def test_eviction_spares_what_a_job_builds_emulated_api(
+    pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
+) -> None:
+    repo = make_repo(
+        tmp_path / "slow",
+        {"requirements.txt": "six\n", "postBuild": "#!/bin/sh\necho slow-build\nsleep 3\n"},
+        executable=("postBuild",),
+    )
+    # the store as another process sees it (`binderbox envs gc`), over budget, no grace
+    evicting = Store(root=pipeline.store.root, budget=1, min_idle=0)
+    request = LaunchRequest(provider="", spec=f"file://{repo}", build_only=True)
+    events: list[Event] = []
+    folders: list[Path] = []
+    async for event in pipeline.launch(request):
+        events.append(event)
+        if isinstance(event, Building) and "slow-build" in event.message:
+            (job,) = cluster.objects("jobs")
+            mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            (output,) = [m for m in mounts if m["mountPath"] == "/srv/env"]
+            folders.append(Path(pipeline.store.root) / output["subPath"])
+            assert await asyncio.to_thread(evicting.gc) == []
+            assert folders[0].is_dir()  # the Job's folder, while it writes it
+    last = events[-1]
+    assert isinstance(last, Built), last.to_wire()
+    assert folders and pipeline.store.get(last.image_name) is not None
 
 
 async def test_deleted_build_job_says_so_emulated_api(
