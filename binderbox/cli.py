@@ -25,6 +25,7 @@ from .events import Building, Built, Event, Failed, Phase, Ready
 from .images import ImageRegistry
 from .pipeline import LaunchRequest
 from .runtime.inpod import refuse_root
+from .sessions.identity import Visitor
 from .store import Store
 
 
@@ -137,11 +138,24 @@ class BuildCommand(Command):
         Credentials and TLS: c.ImageRegistry (auth_file, ca_file; --insecure for plain
         HTTP to a loopback registry).""",
     ).tag(config=True)
+    fetch_only = Bool(
+        False,
+        help="""Resolve and fetch the repository into the content cache, build nothing: a
+        build Job's fetch init container, for a private repository (the build container
+        after it then builds from that cache, and never sees the token).""",
+    ).tag(config=True)
+    git_tokens = Unicode(
+        "",
+        help="""A JSON file {"host[:port]": "token"} of a visitor's own git tokens, to fetch
+        a private repository (a build Job's Secret, mounted in its fetch init container
+        only).  Tokens are never printed.""",
+    ).tag(config=True)
     aliases = {
         **BinderboxApp.aliases,
         "ref": "BuildCommand.ref",
         "output": "BuildCommand.output",
         "push": "BuildCommand.push",
+        "git-tokens": "BuildCommand.git_tokens",
     }
     flags = {
         "json": ({"BuildCommand": {"json_lines": True}}, "Print JSON events, one a line."),
@@ -150,13 +164,14 @@ class BuildCommand(Command):
             {"ImageRegistry": {"insecure": True}},
             "Push over plain HTTP (loopback registries only).",
         ),
+        "fetch-only": ({"BuildCommand": {"fetch_only": True}}, "Fetch, do not build."),
     }
 
     def run(self) -> int:
         if len(self.extra_args) != 1:
             print(
                 "usage: binderbox build SPEC [--ref REF] [--json] [--in-pod] [--output DIR]"
-                " [--push REGISTRY/PREFIX [--insecure]]",
+                " [--push REGISTRY/PREFIX [--insecure]] [--fetch-only] [--git-tokens FILE]",
                 file=sys.stderr,
             )
             return 2
@@ -166,6 +181,7 @@ class BuildCommand(Command):
             refuse_root()  # before anything is fetched or written
             self.config.SandboxHost.in_pod = True
             self.config.LaunchPipeline.setdefault("build_home", HOME)
+            self.config.ContentCache.shared = False  # the pod's own, for this one build
         self.builder_class = Builders  # here, whatever the service's builds are
         pipeline = self.make_pipeline(allow_local=True)
         pipeline.images = None  # --push pushes what it built or found, whatever the registry has
@@ -174,7 +190,11 @@ class BuildCommand(Command):
             images.set_target(self.push)  # a malformed target is refused before the build
             images.client()  # so are plain HTTP to another host and an unreadable auth file
         request = LaunchRequest(
-            provider="", spec=self.extra_args[0], build_only=True, ref=self.ref or None
+            provider="",
+            spec=self.extra_args[0],
+            build_only=True,
+            ref=self.ref or None,
+            visitor=Visitor(tokens=read_tokens(self.git_tokens)),
         )
         printer = ProgressPrinter(
             sys.stdout if self.json_lines else sys.stderr, json_lines=self.json_lines
@@ -182,6 +202,9 @@ class BuildCommand(Command):
         output = Path(self.output) if self.output else None
 
         async def build() -> Event | None:
+            if self.fetch_only:
+                last = await _consume(pipeline.fetch(request), printer)
+                return None if isinstance(last, Failed) else last
             if output is not None:
                 return await _consume(pipeline.build_into(request, output), printer)
             last = await _consume(pipeline.launch(request), printer)
@@ -193,6 +216,8 @@ class BuildCommand(Command):
             return last
 
         last = asyncio.run(build())
+        if self.fetch_only:
+            return 0 if last is not None else 1
         if not isinstance(last, Built):
             return 1
         if self.push:
@@ -224,6 +249,22 @@ def _push(
         )
     )
     return 0
+
+
+def read_tokens(path: str) -> dict[str, str]:
+    """The git tokens of ``--git-tokens`` (``{}`` without); a plain error for a file that
+    is not a JSON object of strings (whose content is never shown)."""
+    if not path:
+        return {}
+    try:
+        tokens = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        tokens = None
+    if not isinstance(tokens, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in tokens.items()
+    ):
+        raise BinderboxError(f'{path} is not a JSON object {{"host": "token"}}.')
+    return tokens
 
 
 class EnvsCommand(Command):

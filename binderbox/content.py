@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from traitlets import Unicode
+from traitlets import Bool, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .errors import BinderboxError, FetchError
@@ -39,6 +39,13 @@ class ContentCache(LoggingConfigurable):
 
     root = Unicode(
         help="Directory holding fetched repository content (one folder per version)."
+    ).tag(config=True)
+    shared = Bool(
+        True,
+        help="""Whether launches of several visitors use this cache (a service's): content
+        fetched with someone's credentials is then checked again for each next visitor.
+        False only for a build pod's own cache (``binderbox build --in-pod``: an emptyDir
+        filled for its one build, by its fetch init container for a private repository).""",
     ).tag(config=True)
 
     def __init__(self, **kwargs: object) -> None:
@@ -57,8 +64,11 @@ class ContentCache(LoggingConfigurable):
         return Path(self.root) / "private" / self.path_for(resolved).name
 
     def may_be_private(self, resolved: Resolved) -> bool:
-        """False only for content already fetched without anyone's credentials."""
-        return not self.path_for(resolved).is_dir() or self._marker(resolved).exists()
+        """False only for content already fetched without anyone's credentials (or,
+        not :attr:`shared`, fetched at all)."""
+        if not self.path_for(resolved).is_dir():
+            return True
+        return self.shared and self._marker(resolved).exists()
 
     async def ensure(self, provider: RepoProvider, resolved: Resolved) -> AsyncIterator[Event]:
         """Fetch ``resolved`` unless present; yields ``fetching`` events."""

@@ -257,6 +257,19 @@ class LaunchPipeline(LoggingConfigurable):
             async for event in launch:
                 yield event
 
+    def fetch(self, request: LaunchRequest) -> AsyncIterator[Event]:
+        """Only the first stage, as the request's visitor (their git tokens): resolve and
+        fetch into the content cache; ``fetching`` events, or ``failed``.  A build Job's
+        fetch init container (:mod:`binderbox.builders.kube`) runs it for a private
+        repository, so that the build after it needs no token."""
+        return self._guarded(request, self._flow_fetch)
+
+    async def _flow_fetch(self, request: LaunchRequest) -> AsyncGenerator[Event, None]:
+        state = LaunchState(provider=self.provider_for(request))
+        state.provider.use_visitor(request.visitor)
+        async for event in self.resolve_and_fetch(state):
+            yield event
+
     def provider_for(self, request: LaunchRequest) -> RepoProvider:
         """The provider for the request (raises SpecError/UnknownProvider/SpecNotAllowed)."""
         spec = f"{request.provider}/{request.spec}" if request.provider else request.spec
@@ -374,10 +387,12 @@ class LaunchPipeline(LoggingConfigurable):
         spec = state.spec
         # only an environment whose key covers the content may see it while building
         content = state.content if spec.needs_content else None
-        resolved = state.resolved
+        resolved, tokens = state.resolved, state.provider.credentials()
         shared = self.store.build(
             key,
-            lambda prefix: self._run_builder(spec, content, prefix, key=key, source=resolved),
+            lambda prefix: self._run_builder(
+                spec, content, prefix, key=key, source=resolved, tokens=tokens
+            ),
             spec=spec.to_json(),
             source=state.resolved.binder_persistent_request,
         )
@@ -426,7 +441,14 @@ class LaunchPipeline(LoggingConfigurable):
                 ).inc()
 
     async def _run_builder(
-        self, spec: EnvSpec, content: Path | None, prefix: Path, *, key: str, source: Resolved
+        self,
+        spec: EnvSpec,
+        content: Path | None,
+        prefix: Path,
+        *,
+        key: str,
+        source: Resolved,
+        tokens: dict[str, str] | None = None,
     ) -> AsyncIterator[str]:
         """The store's build function: a private copy of the content, a deadline."""
         workdir = Path(tempfile.mkdtemp(prefix="binderbox-build-", dir=self.work_dir or None))
@@ -437,7 +459,9 @@ class LaunchPipeline(LoggingConfigurable):
                 copy = Path(self.build_home) if self.build_home else workdir / "content"
                 copier = functools.partial(shutil.copytree, symlinks=True, dirs_exist_ok=True)
                 await asyncio.to_thread(copier, content, copy)
-            lines = self.builder.build_for(spec, copy, prefix, key=key, source=source)
+            lines = self.builder.build_for(
+                spec, copy, prefix, key=key, source=source, tokens=tokens
+            )
             deadline = asyncio.get_running_loop().time() + self.build_timeout
             try:
                 while True:

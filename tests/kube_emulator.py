@@ -13,8 +13,10 @@ against this module, and say so in their names (``test_..._emulated_api``).  Wha
   was sent with kubernetes-validate), schedule, or enforce NetworkPolicies or security
   contexts;
 * **the stand-in kubelet**: each new pod is run by :attr:`EmulatedCluster.run_pod`
-  (default :func:`run_in_bubblewrap`): its init containers in order, then its first
-  container, each with the container's command, args, env and workingDir under
+  (default :func:`run_in_bubblewrap`): its init containers in order (a native sidecar,
+  ``restartPolicy: Always``, started and left running beside the rest until the pod
+  ends, as a kubelet does, but never restarted), then its first container,
+  each with the container's command, args, env and workingDir under
   bubblewrap as uid 1000, the pod's volumes mapped to host folders (a
   PersistentVolumeClaim to :meth:`EmulatedCluster.claim_dir`, an emptyDir to a fresh
   folder; ``subPath`` and ``readOnly`` honoured).  The pod gets an address of its own on
@@ -376,9 +378,15 @@ async def run_in_bubblewrap(cluster: EmulatedCluster, pod: Json) -> None:
         status = {"phase": "Running", "podIP": address, "containerStatuses": ready}
         await cluster.patch(path, {"status": status})
 
+    sidecars: list[asyncio.Future[int]] = []
     try:
         volumes = _volume_dirs(cluster, pod, scratch)
         for init in pod["spec"].get("initContainers") or []:
+            if init.get("restartPolicy") == "Always":  # a sidecar: runs beside the rest
+                sidecars.append(
+                    asyncio.ensure_future(_run_container(init, volumes, address, log, nothing))
+                )
+                continue
             code = await _run_container(init, volumes, address, log, nothing)
             if code != 0:
                 await _finished(cluster, path, pod, code)
@@ -387,6 +395,9 @@ async def run_in_bubblewrap(cluster: EmulatedCluster, pod: Json) -> None:
         code = await _run_container(main, volumes, address, log, running)
         await _finished(cluster, path, pod, code)
     finally:
+        for sidecar in sidecars:  # their processes are killed
+            sidecar.cancel()
+        await asyncio.gather(*sidecars, return_exceptions=True)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -8,15 +8,20 @@ real cluster has and kmock has not:
   real controller does); when the pod ends the Job's status says so (``succeeded`` /
   ``failed`` with a ``Complete`` / ``Failed`` condition); a pod running past the Job's
   ``activeDeadlineSeconds`` is deleted and the Job failed with ``DeadlineExceeded``; a
-  deleted Job's pods are deleted (the garbage collector's part);
+  deleted Job's pods, and the Secrets whose owner reference names its uid, are deleted
+  (the garbage collector's part);
 * **pod logs** (``GET .../pods/<name>/log``, ``follow=true`` honoured): the kubelet's
-  log file of the pod, followed until the pod's run ended;
+  log file of the pod (of the ``container`` asked for, for build pods), followed until
+  that container's run ended;
 * **build pods run unprivileged without bubblewrap** (tests/podrun.py: a mount
   namespace, the pod's uid, no capabilities), their volumes mapped as the kubelet maps
   them (a claim's folder and ``subPath``; emptyDirs owned by the pod's uid, its
   ``fsGroup``), except ``/tmp`` (the host's: the test's repositories are there) and
-  with a uv cache kept between runs at ``/srv/binderbox/uv-cache`` (a warm node's).
-  Other pods run as kube's kubelet runs them.
+  with a uv cache kept between runs at ``/srv/binderbox/uv-cache`` (a warm node's); their
+  init containers first, each to its end (``initContainerStatuses`` reported); a
+  ``secret`` volume waits for its Secret, as a kubelet does, and is its keys as files
+  owned by root, group the pod's gid, with the volume's ``defaultMode``.  Other pods
+  run as kube's kubelet runs them.
 
 :func:`render_build_job` renders the chart's own ``templates/build-job.yaml`` with
 helm, with the rest of the chart (zero-to-jupyterhub vendored in it).
@@ -25,6 +30,7 @@ helm, with the rest of the chart (zero-to-jupyterhub vendored in it).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import re
@@ -34,6 +40,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +85,17 @@ class _WithLogs(_Compatible):
 
     async def _log(self, raw: Any, namespace: str, name: str) -> Any:
         follow = raw.query.get("follow", "").lower() in ("true", "1")
+        container = raw.query.get("container", "")
+        path, offset = self.cluster.root / "pods" / f"{name}.{container}.log", 0
+        if not path.exists():  # not a build pod: one log for all its containers
+            path = self.cluster.root / "pods" / f"{name}.log"
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/plain"})
         await response.prepare(raw)
-        path, offset = self.cluster.root / "pods" / f"{name}.log", 0
         for _ in range(int(LOG_LIMIT / 0.05)):
-            ended = self.cluster.pod_ended(namespace, name)
+            ended = (
+                self.cluster.pod_ended(namespace, name)
+                or container in self.cluster.ended[(namespace, name)]
+            )
             data = path.read_bytes()[offset:] if path.exists() else b""
             offset += len(data)
             if data:
@@ -105,6 +118,9 @@ class JobCluster(EmulatedCluster):
         self._api.setup()
         self._api.cluster = self
         self._jobs: dict[tuple[str, str], float] = {}  # a Job seen -> when its pod was made
+        self._uids: dict[tuple[str, str], str] = {}  # a Job seen -> its uid
+        #: (namespace, pod) -> the names of its containers whose run ended
+        self.ended: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
 
     def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job as someone with kubectl would (its pods follow)."""
@@ -143,6 +159,7 @@ class JobCluster(EmulatedCluster):
             mine = [p for p in pods if p["metadata"].get("labels", {}).get("job-name") == key[1]]
             if key not in self._jobs:
                 self._jobs[key] = time.monotonic()
+                self._uids[key] = job["metadata"]["uid"]
                 await self._make_pod(job)
             elif mine:
                 await self._follow(job, mine[0], self._jobs[key])
@@ -153,6 +170,24 @@ class JobCluster(EmulatedCluster):
                     await self._delete(
                         f"/api/v1/namespaces/{key[0]}/pods/{pod['metadata']['name']}"
                     )
+            await self._collect(key[0], self._uids.pop(key))
+
+    async def _collect(self, namespace: str, uid: str) -> None:
+        """Delete the Secrets a deleted Job owned (the garbage collector's part)."""
+        for secret in await self._objects("secrets"):
+            meta = secret["metadata"]
+            if any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or []):
+                await self._delete(f"/api/v1/namespaces/{namespace}/secrets/{meta['name']}")
+
+    async def secret(self, namespace: str, name: str) -> Json:
+        """The Secret ``name``, once it exists (as a kubelet waits for it; bounded)."""
+        for _ in range(600):
+            for secret in await self._objects("secrets"):
+                meta = secret["metadata"]
+                if (meta.get("namespace"), meta["name"]) == (namespace, name):
+                    return secret
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"no Secret {namespace}/{name}")
 
     async def _make_pod(self, job: Json) -> None:
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
@@ -195,8 +230,9 @@ class JobCluster(EmulatedCluster):
                 response.raise_for_status()
 
 
-def _build_volumes(cluster: JobCluster, pod: Json, scratch: Path) -> dict[str, Path]:
-    """{mount path: host folder} of the build container (see the module docstring)."""
+async def _volume_sources(cluster: JobCluster, pod: Json, scratch: Path) -> dict[str, Path]:
+    """{volume name: host folder} of a build pod (see the module docstring)."""
+    namespace = pod["metadata"].get("namespace", "default")
     sources: dict[str, Path] = {}
     for volume in pod["spec"].get("volumes") or []:
         if "persistentVolumeClaim" in volume:
@@ -205,15 +241,65 @@ def _build_volumes(cluster: JobCluster, pod: Json, scratch: Path) -> dict[str, P
             )
         elif "emptyDir" in volume:
             sources[volume["name"]] = owned(Path(tempfile.mkdtemp(dir=scratch)))
+        elif "secret" in volume:
+            secret = await cluster.secret(namespace, volume["secret"]["secretName"])
+            folder = Path(tempfile.mkdtemp(dir=scratch))
+            folder.chmod(0o755)
+            for key, value in (secret.get("data") or {}).items():
+                (folder / key).write_bytes(base64.b64decode(value))
+                os.chown(folder / key, 0, POD_UID)  # fsGroup's group, the volume's mode
+                (folder / key).chmod(volume["secret"].get("defaultMode", 0o644))
+            sources[volume["name"]] = folder
         else:
             raise ValueError(f"the stand-in kubelet has no volume like {volume}")
+    return sources
+
+
+def _mounts(pod: Json, container: Json, sources: dict[str, Path]) -> dict[str, Path]:
+    """{mount path: host folder} of one of a build pod's containers."""
+    secrets_ = {v["name"] for v in pod["spec"].get("volumes") or [] if "secret" in v}
     mounts: dict[str, Path] = {}
-    for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+    for mount in container.get("volumeMounts") or []:
         if mount["mountPath"] != "/tmp":
             host = sources[mount["name"]] / mount.get("subPath", "")
-            mounts[mount["mountPath"]] = owned(host)  # the service's uid is the pod's
+            # the service's uid is the pod's; a Secret's files stay root's
+            mounts[mount["mountPath"]] = host if mount["name"] in secrets_ else owned(host)
     mounts["/srv/binderbox/uv-cache"] = owned(POD_UV_CACHE)
     return dict(sorted(mounts.items()))
+
+
+async def _run_container(
+    cluster: JobCluster, pod: Json, container: Json, sources: dict[str, Path]
+) -> int:
+    """Run one container of a build pod to its end (killed when the run is cancelled);
+    its output in ``<root>/pods/<pod>.<container>.log``; its exit code."""
+    log = cluster.root / "pods" / f"{pod['metadata']['name']}.{container['name']}.log"
+    command = [*container["command"], *container.get("args", [])]
+    command[0] = BINDERBOX if command[0] == "binderbox" else command[0]  # the image's
+    env = cluster.pods.env({e["name"]: e.get("value", "") for e in container.get("env") or []})
+    argv = cluster.pods.argv(command, _mounts(pod, container, sources), env)
+    with log.open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    try:
+        return await proc.wait()
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+def _init_status(container: Json, state: Json) -> Json:
+    return {
+        "name": container["name"],
+        "image": container.get("image", ""),
+        "imageID": "",
+        "restartCount": 0,
+        "ready": False,
+        "state": state,
+    }
 
 
 async def _run_pod(cluster: EmulatedCluster, pod: Json) -> None:
@@ -223,29 +309,34 @@ async def _run_pod(cluster: EmulatedCluster, pod: Json) -> None:
         await run_in_bubblewrap(cluster, pod)
         return
     assert isinstance(cluster, JobCluster)
-    container = pod["spec"]["containers"][0]
+    meta, path = pod["metadata"], _pod_path(pod)
+    ended = cluster.ended[(meta.get("namespace", "default"), meta["name"])]
+    inits, main = pod["spec"].get("initContainers") or [], pod["spec"]["containers"][0]
+    (cluster.root / "pods").mkdir(exist_ok=True)
+    for container in [*inits, main]:
+        (cluster.root / "pods" / f"{meta['name']}.{container['name']}.log").touch()
     scratch = Path(tempfile.mkdtemp(dir=cluster.root))
     scratch.chmod(0o755)
-    log = cluster.root / "pods" / f"{pod['metadata']['name']}.log"
-    log.parent.mkdir(exist_ok=True)
-    command = [*container["command"], *container.get("args", [])]
-    command[0] = BINDERBOX if command[0] == "binderbox" else command[0]  # the image's
-    env = cluster.pods.env({e["name"]: e.get("value", "") for e in container.get("env") or []})
-    argv = cluster.pods.argv(command, _build_volumes(cluster, pod, scratch), env)
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    path = _pod_path(pod)
     try:
+        sources = await _volume_sources(cluster, pod, scratch)
+        statuses: list[Json] = []
+        for init in inits:
+            statuses.append(_init_status(init, {"running": {}}))
+            await cluster.patch(path, {"status": {"initContainerStatuses": statuses}})
+            code = await _run_container(cluster, pod, init, sources)
+            ended.add(init["name"])
+            done = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
+            statuses[-1] = _init_status(init, {"terminated": done})
+            await cluster.patch(path, {"status": {"initContainerStatuses": statuses}})
+            if code != 0:
+                await _finished(cluster, path, pod, code)
+                return
         running = [_container_status(pod, True, {"running": {}})]
         await cluster.patch(path, {"status": {"phase": "Running", "containerStatuses": running}})
-        await _finished(cluster, path, pod, await proc.wait())
+        code = await _run_container(cluster, pod, main, sources)
+        ended.add(main["name"])
+        await _finished(cluster, path, pod, code)
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -161,7 +161,15 @@ class StandInPodBuilds(PodBuilds):
 
     pods: StandInPods
 
-    async def run_pod(self, args: list[str], prefix: Path, *, key: str) -> AsyncIterator[str]:
+    async def run_pod(
+        self,
+        args: list[str],
+        prefix: Path,
+        *,
+        key: str,
+        tokens: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[str]:
+        assert not tokens, "stand-in pods fetch no private repository"
         command = [BINDERBOX, "build", *args]
         env = self.pods.env({"BINDERBOX_DATA_DIR": "/srv/binderbox"})
         lines = self.pods.lines(command, self.pods.build_volumes(prefix), env)

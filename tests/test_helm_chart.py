@@ -216,6 +216,7 @@ def test_rbac_is_namespaced_and_least_privilege(rendered: dict[tuple[str, str], 
         ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
         ("", "pods"): {"get", "list", "watch"},
         ("", "pods/log"): {"get"},
+        ("", "secrets"): {"create", "delete"},  # a private repository's build Secret
     }
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
@@ -227,6 +228,7 @@ def test_rbac_is_namespaced_and_least_privilege(rendered: dict[tuple[str, str], 
     for key, verbs in granted.items():
         assert verbs <= allowed[key], key
     assert granted["batch", "jobs"] >= {"create", "get", "watch", "delete"}
+    assert granted["", "secrets"] == {"create", "delete"}  # never read, listed or watched
     binding = find(docs, "RoleBinding", "binderbox")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",

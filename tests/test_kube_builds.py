@@ -12,9 +12,12 @@ are checked with kubernetes-validate --strict against Kubernetes 1.30 and 1.37.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import kubernetes_validate
 import pytest
@@ -28,6 +31,9 @@ from binderbox.builders import run_in_env
 from binderbox.builders.kube import KubernetesBuilds
 from binderbox.events import Building, Built, Event, Failed
 from binderbox.pipeline import LaunchPipeline, LaunchRequest
+from binderbox.sessions.identity import Visitor
+from binderbox.store import Store
+from tests.fixtures_git import GitHttpServer, git
 
 pytestmark = pytest.mark.slow
 #: Kubernetes 1.30 and the newest version kubernetes-validate has schemas for
@@ -55,10 +61,8 @@ def cluster(tmp_path: Path, job_template: Path) -> Iterator[JobCluster]:
         yield found
 
 
-@pytest.fixture
-async def pipeline(
-    tmp_path: Path, cluster: JobCluster, job_template: Path
-) -> AsyncIterator[LaunchPipeline]:
+def kube_app(tmp_path: Path, cluster: JobCluster, job_template: Path) -> BinderboxApp:
+    """The service, its builds Jobs from ``job_template`` in ``cluster``."""
     app = BinderboxApp(data_dir=str(tmp_path / "data"))
     app.builder_class = KubernetesBuilds
     app.config.KubernetesBuilds.update(
@@ -67,7 +71,14 @@ async def pipeline(
         kube_config=str(cluster.kubeconfig),
         poll_interval=0.2,
     )
-    made = app.make_pipeline(allow_local=True)
+    return app
+
+
+@pytest.fixture
+async def pipeline(
+    tmp_path: Path, cluster: JobCluster, job_template: Path
+) -> AsyncIterator[LaunchPipeline]:
+    made = kube_app(tmp_path, cluster, job_template).make_pipeline(allow_local=True)
     yield made
     await made.finisher.aclose()
 
@@ -145,6 +156,46 @@ async def test_failing_build_job_is_a_plain_failed_event_emulated_api(
     assert await gone(cluster, "jobs") == []
 
 
+async def test_apt_txt_is_refused_before_any_job_emulated_api(
+    pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "apt", {"requirements.txt": "six\n", "apt.txt": "graphviz\n"})
+    last = (await build(pipeline, repo))[-1]
+    assert isinstance(last, Failed), last.to_wire()
+    assert "system packages from apt.txt (graphviz)" in last.message, last.message
+    assert "unprivileged Kubernetes pods" in last.message  # the reason
+    assert "environment.yml" in last.message and "one machine" in last.message  # the ways out
+    assert last.reason == "unsupported" and "Traceback" not in last.message
+    assert cluster.sent("Job") == [] and pipeline.store.list() == []
+
+
+async def test_eviction_spares_what_a_job_builds_emulated_api(
+    pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
+) -> None:
+    repo = make_repo(
+        tmp_path / "slow",
+        {"requirements.txt": "six\n", "postBuild": "#!/bin/sh\necho slow-build\nsleep 3\n"},
+        executable=("postBuild",),
+    )
+    # the store as another process sees it (`binderbox envs gc`), over budget, no grace
+    evicting = Store(root=pipeline.store.root, budget=1, min_idle=0)
+    request = LaunchRequest(provider="", spec=f"file://{repo}", build_only=True)
+    events: list[Event] = []
+    folders: list[Path] = []
+    async for event in pipeline.launch(request):
+        events.append(event)
+        if isinstance(event, Building) and "slow-build" in event.message:
+            (job,) = cluster.objects("jobs")
+            mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+            (output,) = [m for m in mounts if m["mountPath"] == "/srv/env"]
+            folders.append(Path(pipeline.store.root) / output["subPath"])
+            assert await asyncio.to_thread(evicting.gc) == []
+            assert folders[0].is_dir()  # the Job's folder, while it writes it
+    last = events[-1]
+    assert isinstance(last, Built), last.to_wire()
+    assert folders and pipeline.store.get(last.image_name) is not None
+
+
 async def test_deleted_build_job_says_so_emulated_api(
     pipeline: LaunchPipeline, cluster: JobCluster, tmp_path: Path
 ) -> None:
@@ -208,3 +259,116 @@ async def test_builds_at_once_are_capped_emulated_api(
     waited = [e for events in both for e in events if e.message.startswith("Waiting for a build")]
     assert waited, "the second build did not wait for the first"
     assert most == 1  # one Job at a time
+
+
+# -- a private repository ---------------------------------------------------------------
+
+TOKEN = "tok-alice-kube-0123456789"
+#: what the build's postBuild finds where the fetch container sees the token
+PEEK = "#!/bin/sh\ncat /etc/binderbox/git-tokens/tokens.json 2>/dev/null || echo no-token-here\n"
+
+
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[GitHttpServer]:
+    """A loopback git server that demands a token, serving o/priv.git."""
+    work = make_repo(
+        tmp_path / "work",
+        {"requirements.txt": "six==1.16.0\n", "postBuild": PEEK},
+        executable=("postBuild",),
+    )
+    git("clone", "-q", "--bare", str(work), str(tmp_path / "served" / "o" / "priv.git"))
+    served = GitHttpServer(tmp_path / "served", tokens={TOKEN})
+    yield served
+    served.close()
+
+
+@pytest.fixture
+async def private_pipeline(
+    tmp_path: Path, cluster: JobCluster, job_template: Path
+) -> AsyncIterator[LaunchPipeline]:
+    """The service and its build pods fetching from a loopback git host."""
+    job = yaml.safe_load(job_template.read_text())
+    job["spec"]["template"]["spec"]["containers"][0]["command"] += [
+        "--GitProvider.allow_private_hosts=True"  # the test's server is on loopback
+    ]
+    (tmp_path / "private-job.yaml").write_text(yaml.safe_dump(job))
+    app = kube_app(tmp_path, cluster, tmp_path / "private-job.yaml")
+    app.config.GitProvider.allow_private_hosts = True
+    made = app.make_pipeline(allow_local=False)
+    yield made
+    await made.finisher.aclose()
+
+
+def launch_private(server: GitHttpServer, token: str) -> LaunchRequest:
+    spec = f"{quote(server.url + '/o/priv.git', safe='')}/main"
+    alice = Visitor(name="alice", tokens={server.url.split("://")[1]: token})
+    return LaunchRequest(provider="git", spec=spec, visitor=alice, build_only=True)
+
+
+async def test_private_repository_builds_in_a_job_with_a_secret_only_the_fetch_sees_emulated_api(
+    private_pipeline: LaunchPipeline, cluster: JobCluster, private_server: GitHttpServer
+) -> None:
+    events: list[Event] = []
+    uids: set[str] = set()
+    async for event in private_pipeline.launch(launch_private(private_server, TOKEN)):
+        events.append(event)
+        if isinstance(event, Building) and not uids:  # the Job as the API holds it
+            uids = {job["metadata"]["uid"] for job in cluster.objects("jobs")}
+    last = events[-1]
+    assert isinstance(last, Built), [e.to_wire() for e in events[-8:]]
+    lines = [e.message for e in events if isinstance(e, Building)]
+    assert "no-token-here" in lines, lines[-20:]  # the repository's code never saw it
+    (job,) = cluster.sent("Job")
+    (secret,) = cluster.sent("Secret")
+    # the token is in the Secret only: not in the Job (its args, env), nor in any event
+    b64 = base64.b64encode(TOKEN.encode()).decode()
+    sent = json.dumps([job, cluster.sent("Pod")]) + json.dumps([e.to_wire() for e in events])
+    assert TOKEN not in sent and b64 not in sent
+    data = json.loads(base64.b64decode(secret["data"]["tokens.json"]))
+    assert data == {private_server.url.split("://")[1]: TOKEN}
+    name = job["metadata"]["name"]
+    assert secret["metadata"]["name"] == name and secret["immutable"] is True
+    (owner,) = secret["metadata"]["ownerReferences"]
+    assert owner["kind"] == "Job" and owner["name"] == name and {owner["uid"]} == uids
+    # mounted read-only in the fetch init container only; the build container has none
+    pod = job["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == name
+    (fetch,) = pod["initContainers"]
+    assert fetch["name"] == "fetch" and "--fetch-only" in fetch["args"]
+    assert next(m for m in fetch["volumeMounts"] if m["name"] == volume["name"])["readOnly"]
+    assert all(m["name"] != volume["name"] for m in pod["containers"][0]["volumeMounts"])
+    check_unprivileged_job(job)
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(secret, version, strict=True)
+    # the environment works; the Job and the Secret are gone
+    env = private_pipeline.store.get(last.image_name)
+    assert env is not None
+    result = run_in_env(env.path, ["python", "-c", "import six; print(six.__version__)"])
+    assert result.stdout.strip() == "1.16.0", result.stderr
+    assert await gone(cluster, "jobs") == [] and await gone(cluster, "secrets") == []
+
+
+async def test_private_repository_refused_in_its_job_is_a_plain_failed_event_emulated_api(
+    private_pipeline: LaunchPipeline, cluster: JobCluster, private_server: GitHttpServer
+) -> None:
+    async def revoke() -> None:  # once the service fetched, before its Job's pod does
+        for _ in range(60_000):  # at most 10 minutes
+            if cluster.sent("Job"):
+                private_server.tokens = {"another-token"}
+                return
+            await asyncio.sleep(0.01)
+
+    revoking = asyncio.ensure_future(revoke())
+    try:
+        request = launch_private(private_server, TOKEN)
+        events = [event async for event in private_pipeline.launch(request)]
+    finally:
+        revoking.cancel()
+    assert private_server.tokens == {"another-token"}
+    last = events[-1]
+    assert isinstance(last, Failed), last.to_wire()
+    assert "your account may read the repository" in last.message, last.message
+    assert "Traceback" not in last.message and TOKEN not in last.message
+    assert private_pipeline.store.list() == []
+    assert await gone(cluster, "jobs") == [] and await gone(cluster, "secrets") == []

@@ -30,6 +30,7 @@ from repos import make_repo
 from serve_helpers import build_events, end_session, git_spec, running_serve
 
 from binderbox.sessions.spawners.kube import BinderKubeSpawner
+from binderbox.store import Store
 
 KUBE_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 SIZES = [{"name": "small", "mem_limit": "1G", "cpu_limit": 0.5}]
@@ -122,6 +123,7 @@ def _spawner(home: str = "ephemeral") -> BinderKubeSpawner:
         "home": home,
         "content_folder": "analysis" if home == "persistent" else None,
         "content_version": "a" * 40,
+        "hold_files": [f"{STORE}/locks/abc.use", f"{DATA}/locks/atlas.use"],
     }
     return spawner
 
@@ -151,9 +153,22 @@ def test_session_objects_are_valid_and_confined() -> None:
     assert atlas["readOnly"] is True and atlas["subPath"] == "ds/atlas"
     home = next(v for v in pod["spec"]["volumes"] if v["name"] == "home")
     assert "emptyDir" in home
-    (init,) = pod["spec"]["initContainers"]
+    hold, init = pod["spec"]["initContainers"]
     content = next(m for m in init["volumeMounts"] if m["mountPath"] == "/srv/content")
     assert content["subPath"] == "content/trees/0123"  # the content cache on the store claim
+    # the use locks: held by a sidecar started first, from lock folders only it mounts
+    assert hold["name"] == "binderbox-hold" and hold["restartPolicy"] == "Always"
+    holds = {m["mountPath"]: m for m in hold["volumeMounts"]}
+    assert {(m["subPath"], m["readOnly"]) for m in holds.values()} == {
+        ("locks", True),  # the store claim's and the dataset claim's
+    }
+    assert {m["name"] for m in holds.values()} == {"binderbox-store", "binderbox-datasets"}
+    locks = [arg for arg in hold["command"] if arg.endswith(".use")]
+    assert sorted(Path(lock).name for lock in locks) == ["abc.use", "atlas.use"]
+    assert all(str(Path(lock).parent) in holds for lock in locks)
+    assert hold["command"][-2:] == ["sleep", "infinity"]
+    for container in [init, *pod["spec"]["containers"]]:  # nobody else sees a lock file
+        assert all(m.get("subPath") != "locks" for m in container["volumeMounts"])
 
 
 def test_persistent_home_gets_the_users_claim() -> None:
@@ -272,6 +287,11 @@ async def test_store_mode_launch_runs_code_emulated_api(
         assert env_mount["subPath"].startswith("envs/"), dump(pods)
         session_checks(pod, env_mount["subPath"])
         policy_checks(policy, pod)
+        # the pod holds the environment's use lock: the store's eviction (as another pod
+        # would run it, over budget, no grace) leaves it alone while the session runs
+        key = env_mount["subPath"].removeprefix("envs/")
+        evicting = Store(root=str(data / "store"), budget=1, min_idle=0)
+        assert evicting.gc() == [] and evicting.get(key, touch=False) is not None
         await end_session(serve, ready)
         for _ in range(200):  # the hub deletes the pod, the spawner its policy
             if not cluster.objects("pods") and not cluster.objects("networkpolicies"):
@@ -279,6 +299,11 @@ async def test_store_mode_launch_runs_code_emulated_api(
             await asyncio.sleep(0.05)
         assert cluster.objects("pods") == []
         assert cluster.objects("networkpolicies") == []
+        for _ in range(100):  # the pod's processes are gone: its lock with them
+            if evicting.gc() == [key]:
+                break
+            await asyncio.sleep(0.1)
+        assert evicting.get(key, touch=False) is None
 
 
 HOME_PROBE = """

@@ -33,7 +33,7 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -66,11 +66,25 @@ class Builder(LoggingConfigurable):
         raise NotImplementedError
 
     def build_for(
-        self, spec: EnvSpec, content: Path | None, prefix: Path, *, key: str, source: Resolved
+        self,
+        spec: EnvSpec,
+        content: Path | None,
+        prefix: Path,
+        *,
+        key: str,
+        source: Resolved,
+        tokens: Mapping[str, str] | None = None,
     ) -> AsyncGenerator[str, None]:
         """Build ``spec`` (of the repository version ``source``, for the environment
-        ``key``) into ``prefix``; yields log lines.  Default: :meth:`build`."""
+        ``key``) into ``prefix``; yields log lines.  ``tokens``: the visitor's git tokens
+        the fetch of ``source`` took (``{host[:port]: token}``; a private repository),
+        for a builder that fetches it again elsewhere.  Default: :meth:`build`."""
         return self.build(spec, content, prefix)
+
+    def system_packages(self, spec: EnvSpec) -> tuple[str, ...]:
+        """The Debian packages ``spec``'s environment needs as a system layer shown at
+        ``/usr`` (apt.txt's, and what a kind adds: R's); default none."""
+        return ()
 
     def finished(self, path: Path) -> bool:
         """Whether the environment at ``path`` needs no :meth:`finish` (default: yes)."""

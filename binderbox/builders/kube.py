@@ -26,32 +26,52 @@ cluster's own limit), a visitor's build given up.  A pod that ends without a ver
 gets a plain reason: the Job was deleted, the cluster's deadline passed, the pod ran
 out of memory, or its exit code.
 
+A private repository (the visitor's own git token: :meth:`RepoProvider.credentials
+<binderbox.providers.base.RepoProvider.credentials>`) is fetched in the pod by an init
+container, ``fetch`` (:func:`add_fetch`: the build container's image, user and
+security context, running ``binderbox build <spec> --json --fetch-only --in-pod
+--git-tokens=...``), into the pod's own content cache (the scratch emptyDir); the
+build container then builds from that cache and has no token.  The token is in a
+Secret of the build's own (:func:`tokens_secret`, named as the Job, made right after it
+with an owner reference to it, so that Kubernetes deletes it with the Job), mounted
+read-only in the ``fetch`` container only: never in the Job's arguments or
+environment, never where the repository's code (setup.py, postBuild) runs.  binderbox
+deletes the Secret as soon as the fetch ended, and again with the Job.  The fetch's
+events are the build's first lines, its ``failed`` event (a token the server refuses)
+the launch's.
+
 The API is reached with the pod's service account (the chart's Role: Jobs, pods,
-pods/log in its namespace), or a kubeconfig (:attr:`KubernetesBuilds.kube_config`,
-``$KUBECONFIG``).  Image mode (``mode = "image"``: the build pushes an image) is not
-built by this class.
+pods/log in its namespace; Secrets: create and delete only, never read), or a
+kubeconfig (:attr:`KubernetesBuilds.kube_config`, ``$KUBECONFIG``).  Image mode
+(``mode = "image"``: the build pushes an image) is not built by this class.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
+import json
 import os
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from traitlets import CaselessStrEnum, Float, Unicode, default
 
+from ..environments import ENV_PREFIX
 from ..errors import BuildError
 from .pods import PodBuilds, pod_lines
 
 Json = dict[str, Any]
 #: the label the Job controller puts on a Job's pods
 JOB_LABEL = "job-name"
+#: where the fetch init container sees the build's Secret, and its one key
+TOKENS_DIR = "/etc/binderbox/git-tokens"
+TOKENS_KEY = "tokens.json"
 
 
 def check_unprivileged(pod: Json) -> None:
@@ -66,7 +86,7 @@ def check_unprivileged(pod: Json) -> None:
             problems.append(f"{flag} is set")
     if any("hostPath" in volume for volume in pod.get("volumes") or []):
         problems.append("it mounts a host path")
-    for container in pod.get("containers") or []:
+    for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
         ctx = {**spec_ctx, **(container.get("securityContext") or {})}
         if ctx.get("privileged") or ctx.get("allowPrivilegeEscalation") is not False:
             problems.append(f"{container.get('name')} may gain privileges")
@@ -80,6 +100,51 @@ def check_unprivileged(pod: Json) -> None:
             hint="Ask the operator to fix helm/binderbox/templates/build-job.yaml.",
             reason="build_config",
         )
+
+
+def add_fetch(job: Json) -> None:
+    """Give ``job`` the ``fetch`` init container of a private repository (see the module
+    docstring), which alone mounts the Secret named as the Job."""
+    pod = job["spec"]["template"]["spec"]
+    build = pod["containers"][0]
+    fetch = copy.deepcopy(build)
+    fetch["name"] = "fetch"
+    fetch["args"] = [
+        build["args"][0],
+        "--json",
+        "--fetch-only",
+        "--in-pod",
+        f"--git-tokens={TOKENS_DIR}/{TOKENS_KEY}",
+    ]
+    mounts = [m for m in build.get("volumeMounts") or [] if m["mountPath"] != ENV_PREFIX]
+    fetch["volumeMounts"] = [
+        *mounts,
+        {"name": "binderbox-git-tokens", "mountPath": TOKENS_DIR, "readOnly": True},
+    ]
+    pod["initContainers"] = [*(pod.get("initContainers") or []), fetch]
+    secret = {"secretName": job["metadata"]["name"], "defaultMode": 0o440}
+    pod.setdefault("volumes", []).append({"name": "binderbox-git-tokens", "secret": secret})
+
+
+def tokens_secret(job: Json, uid: str, tokens: Mapping[str, str]) -> Json:
+    """The Secret of ``job`` (made, with the ``uid`` the API gave it): the visitor's
+    ``tokens`` as ``tokens.json``, owned by the Job (deleted with it), immutable."""
+    meta = job["metadata"]
+    data = base64.b64encode(json.dumps(dict(tokens)).encode()).decode()
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": uid}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "immutable": True,
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": dict(meta.get("labels") or {}),
+            "ownerReferences": [owner],
+        },
+        "data": {TOKENS_KEY: data},
+    }
 
 
 class KubernetesBuilds(PodBuilds):
@@ -155,27 +220,53 @@ class KubernetesBuilds(PodBuilds):
         async with client.ApiClient(configuration) as api:
             yield api
 
-    async def run_pod(self, args: list[str], prefix: Path, *, key: str) -> AsyncIterator[str]:
+    async def run_pod(
+        self,
+        args: list[str],
+        prefix: Path,
+        *,
+        key: str,
+        tokens: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[str]:
         job = self.job_for(args, prefix, key)
         name = job["metadata"]["name"]
+        if tokens:
+            add_fetch(job)
         async with self._api() as api:
             jobs = JobApi(api, self.namespace)
-            await jobs.create(job)
+            uid = await jobs.create(job)
             self.log.info("build of %s: Job %s", key, name)
             try:
-                pod = await jobs.started_pod(name, self.pod_start_timeout, self.poll_interval)
-                lines = jobs.log(pod)
+                if tokens:
+                    await jobs.create_secret(tokens_secret(job, uid, tokens))
+                lines = self._lines(jobs, name, ["fetch", "build"] if tokens else ["build"])
                 async with contextlib.aclosing(lines):
                     try:
                         async for line in pod_lines(lines, key, f"build Job {name}"):
                             yield line
                     except BuildError as err:
-                        why = await jobs.why_ended(name, pod)
+                        why = await jobs.why_ended(name)
                         if why and "without a result" in err.message:
                             raise BuildError(why, log_message=err.log_message) from None
                         raise
             finally:
-                await asyncio.shield(jobs.delete(name))
+                await asyncio.shield(jobs.delete(name, secret=bool(tokens)))
+
+    async def _lines(
+        self, jobs: JobApi, name: str, containers: list[str]
+    ) -> AsyncGenerator[str, None]:
+        """The log of each of the Job pod's ``containers`` in turn, once it started; the
+        Secret deleted once the fetch ended."""
+        for container in containers:
+            pod = await jobs.started_pod(
+                name, self.pod_start_timeout, self.poll_interval, container
+            )
+            lines = jobs.log(pod, container)
+            async with contextlib.aclosing(lines):
+                async for line in lines:
+                    yield line
+            if container == "fetch":
+                await jobs.delete_secret(name)
 
 
 class JobApi:
@@ -189,18 +280,42 @@ class JobApi:
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
 
-    async def create(self, job: Json) -> None:
+    async def create(self, job: Json) -> str:
+        """Create the Job; its uid."""
         from kubernetes_asyncio.client.exceptions import ApiException
 
         try:
             body: Any = copy.deepcopy(job)  # a plain object is sent as it is
-            await self.batch.create_namespaced_job(self.namespace, body)
+            made = await self.batch.create_namespaced_job(self.namespace, body)
         except ApiException as err:
             raise BuildError(
                 "The cluster refused the build's Job.",
                 hint="Ask the operator to look at the service's log.",
                 log_message=f"creating Job {job['metadata']['name']}: {err.status} {err.body!r}",
             ) from None
+        return str(made.metadata.uid)
+
+    async def create_secret(self, secret: Json) -> None:
+        """Create a build's Secret (the API's answer is never logged: it may echo it)."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            body: Any = secret
+            await self.core.create_namespaced_secret(self.namespace, body)
+        except ApiException as err:
+            raise BuildError(
+                "The cluster refused the build's Secret (for the repository's token).",
+                hint="Ask the operator to look at the service's log.",
+                log_message=f"creating Secret {secret['metadata']['name']}: {err.status}"
+                f" {err.reason}",
+            ) from None
+
+    async def delete_secret(self, name: str) -> None:
+        """Delete a build's Secret (one already gone is fine)."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        with contextlib.suppress(ApiException):
+            await self.core.delete_namespaced_secret(name, self.namespace)
 
     async def _pods(self, name: str) -> list[Any]:
         found = await self.core.list_namespaced_pod(
@@ -218,13 +333,20 @@ class JobApi:
                 return None
             raise
 
-    async def started_pod(self, name: str, limit: float, interval: float) -> str:
-        """The name of the Job's pod once it runs (or ended); plain failures when the
-        Job vanishes or its pod does not start within ``limit`` seconds."""
+    async def started_pod(
+        self, name: str, limit: float, interval: float, container: str = "build"
+    ) -> str:
+        """The name of the Job's pod once its ``container`` runs (an init container: or
+        ended; the pod: or ended); plain failures when the Job vanishes or its pod does
+        not start within ``limit`` seconds."""
         for _ in range(max(1, int(limit / interval))):
             for pod in await self._pods(name):
                 if (pod.status and pod.status.phase) in ("Running", "Succeeded", "Failed"):
                     return str(pod.metadata.name)
+                for status in (pod.status and pod.status.init_container_statuses) or []:
+                    state = status.state
+                    if status.name == container and state and (state.running or state.terminated):
+                        return str(pod.metadata.name)
             if await self._job(name) is None:
                 raise BuildError("The build's Job was deleted before its pod started.")
             await asyncio.sleep(interval)
@@ -233,18 +355,23 @@ class JobApi:
             hint="The cluster may be out of room for builds; try again later.",
         )
 
-    async def log(self, pod: str) -> AsyncGenerator[str, None]:
-        """The build container's log, followed to its end."""
-        response: Any = await self.core.read_namespaced_pod_log(
-            pod, self.namespace, container="build", follow=True, _preload_content=False
-        )
+    async def log(self, pod: str, container: str = "build") -> AsyncGenerator[str, None]:
+        """A container's log, followed to its end (none: a container that never ran)."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            response: Any = await self.core.read_namespaced_pod_log(
+                pod, self.namespace, container=container, follow=True, _preload_content=False
+            )
+        except ApiException:
+            return
         try:
             async for raw in response.content:
                 yield raw.decode(errors="replace").rstrip("\n")
         finally:
             response.release()
 
-    async def why_ended(self, name: str, pod: str) -> str:
+    async def why_ended(self, name: str) -> str:
         """Why a build pod ended without a verdict, in plain words ('' = unknown)."""
         job = await self._job(name)
         if job is None:
@@ -253,7 +380,11 @@ class JobApi:
             if condition.type == "Failed" and condition.reason == "DeadlineExceeded":
                 return "The build took longer than the cluster allows a build and was stopped."
         for found in await self._pods(name):
-            for status in (found.status and found.status.container_statuses) or []:
+            statuses = [
+                *((found.status and found.status.init_container_statuses) or []),
+                *((found.status and found.status.container_statuses) or []),
+            ]
+            for status in statuses:
                 ended = status.state and status.state.terminated
                 if ended and ended.reason == "OOMKilled":
                     return "The build ran out of memory (the build pod's limit)."
@@ -261,11 +392,14 @@ class JobApi:
                     return f"The build pod stopped with exit code {ended.exit_code}."
         return ""
 
-    async def delete(self, name: str) -> None:
-        """Delete the Job and its pod (a Job already gone is fine)."""
+    async def delete(self, name: str, *, secret: bool = False) -> None:
+        """Delete the Job and its pod, and its Secret if it has one (what is already gone
+        is fine)."""
         from kubernetes_asyncio.client.exceptions import ApiException
 
         with contextlib.suppress(ApiException):
             await self.batch.delete_namespaced_job(
                 name, self.namespace, propagation_policy="Background"
             )
+        if secret:
+            await self.delete_secret(name)

@@ -30,14 +30,15 @@ published environments -- is the local :class:`~binderbox.builders.registry.Buil
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
 
 from traitlets import Instance, default
 
 from ..environments import ENV_PREFIX, EnvSpec
-from ..errors import BuildError
+from ..errors import BuildError, UnsupportedEnvironment
 from ..providers.base import Resolved
+from ..providers.gitutil import redact
 from .base import Builder
 from .registry import Builders
 
@@ -91,6 +92,28 @@ async def pod_lines(lines: AsyncIterator[str], key: str, what: str) -> AsyncIter
     )
 
 
+def refuse_system_layer(spec: EnvSpec, packages: tuple[str, ...]) -> None:
+    """Refuse (``UnsupportedEnvironment``, a plain ``failed`` event) an environment that
+    needs a system layer: its packages must be shown at ``/usr``, which takes a mount
+    (an overlay) that an unprivileged pod can make neither in the build pod nor in the
+    session pod (README, "Builds on Kubernetes")."""
+    if not packages:
+        return
+    more = len(packages) - 5
+    shown = ", ".join(packages[:5]) + (f" and {more} more" if more > 0 else "")
+    source = " from apt.txt" if spec.apt_packages else ""
+    raise UnsupportedEnvironment(
+        f"This environment needs system packages{source} ({shown}), which this service"
+        " cannot install:"
+        " its builds and sessions run in unprivileged Kubernetes pods, which cannot mount"
+        " them at /usr.",
+        hint="Use conda packages instead (environment.yml: conda-forge has most system"
+        " libraries and tools, and R), or launch it on a binderbox that runs on one"
+        " machine, where system packages are built as layers.",
+        log_message=f"system layer refused in pods: {' '.join(packages)}",
+    )
+
+
 class PodBuilds(Builder):
     """The builder seam for builds in pods.  See the module docstring; a subclass
     runs the pod (:meth:`run_pod`)."""
@@ -120,16 +143,40 @@ class PodBuilds(Builder):
         raise BuildError("Builds in pods need the repository's version (build_for).")
 
     async def build_for(
-        self, spec: EnvSpec, content: Path | None, prefix: Path, *, key: str, source: Resolved
+        self,
+        spec: EnvSpec,
+        content: Path | None,
+        prefix: Path,
+        *,
+        key: str,
+        source: Resolved,
+        tokens: Mapping[str, str] | None = None,
     ) -> AsyncGenerator[str, None]:
-        self.local.for_spec(spec)  # a kind no builder takes: refused before a pod starts
-        async for line in self.run_pod(build_args(source), prefix, key=key):
+        # a kind no builder takes, or system packages: refused before a pod starts
+        refuse_system_layer(spec, self.local.for_spec(spec).system_packages(spec))
+        if source.clone_url and redact(source.clone_url) != source.clone_url:
+            raise BuildError(  # the pod's arguments would show them
+                "A repository URL with credentials in it cannot be built here.",
+                hint="Log in and launch it without them: your own token is used then.",
+                reason="spec",
+                status_code=400,
+            )
+        async for line in self.run_pod(build_args(source), prefix, key=key, tokens=tokens):
             yield line
 
-    def run_pod(self, args: list[str], prefix: Path, *, key: str) -> AsyncIterator[str]:
+    def run_pod(
+        self,
+        args: list[str],
+        prefix: Path,
+        *,
+        key: str,
+        tokens: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[str]:
         """Run ``binderbox build *args`` in a pod that sees ``prefix`` at ``/srv/env``;
         yields the build's log lines (:func:`pod_lines`), raises its failure.  Leaving
-        early (a timeout, a cancelled build) removes the pod."""
+        early (a timeout, a cancelled build) removes the pod.  ``tokens``: the visitor's
+        git tokens for a private repository (``{host[:port]: token}``), to reach the
+        pod's fetch without being shown to the build's code, nor in the pod's spec."""
         raise NotImplementedError
 
     def finished(self, path: Path) -> bool:

@@ -214,6 +214,12 @@ class RepoProvider(LoggingConfigurable):
         """Whether fetches carry the visitor's own credentials."""
         return False
 
+    def credentials(self) -> dict[str, str]:
+        """The visitor's tokens fetches carry, ``{host[:port]: token}`` (as
+        ``Visitor.tokens``): what a build that fetches elsewhere needs (a build Job's
+        Secret).  Never log it.  The default: none."""
+        return {}
+
     async def check_access(self) -> None:
         """Raise RepositoryNotFound unless the visitor may read the repository now.
 

@@ -195,6 +195,12 @@ class GitProvider(RepoProvider):
     def uses_credentials(self) -> bool:
         return self._token is not None
 
+    def credentials(self) -> dict[str, str]:
+        origin = self.token_origin()
+        if self._token is None or origin is None:
+            return {}
+        return {origin.split("://", 1)[1]: self._token}
+
     async def check_access(self) -> None:
         """Ask the server (with the visitor's credentials, if any) whether the visitor
         may read the repository, unless this resolve already did; RepositoryNotFound

@@ -27,9 +27,11 @@ the settings):
 * a NetworkPolicy of its own (made before the pod, deleted when it stops):
   zero-to-jupyterhub's singleuser defaults (:func:`.kubespec.network_policy`).
 
-Eviction: environments on the shared store are not use-locked by session pods
-(``hold_files`` are host locks); keep ``Store.budget`` well above what running sessions
-use.  Image mode sessions are not available yet: the spawner refuses them.
+* the launch's use locks (``hold_files``) held by a sidecar for the pod's lifetime
+  (:func:`.kubespec.hold_container`): an environment or dataset a session pod uses is
+  never evicted.
+
+Image mode sessions are not available yet: the spawner refuses them.
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ from ...runtime.sandbox import GID, UID
 from ..homes import home_policy
 from .kubespec import (
     CONTENT_INSIDE,
+    HOLDS_INSIDE,
     SESSION_LABEL,
     START_WRAPPER,
     KubernetesSessions,
     OutsideVolumes,
+    hold_container,
     home_init_container,
     mount,
     network_policy,
@@ -159,6 +163,22 @@ class BinderKubeSpawner(BinderSpawnerMixin, KubeSpawner):  # type: ignore[misc]
             mounts.append(mount(volume, f"{HOME}/data/{name}", sub_path, read_only=True))
         return [*mounts, mount("home", HOME)]
 
+    def _holds(self, options: LaunchOptions, security: dict[str, Any]) -> list[dict[str, Any]]:
+        """The sidecar holding the launch's use locks (none without any)."""
+        folders = sorted({str(path.parent) for path in options.hold_files})
+        if not folders:
+            return []
+        mounts, locks = [], []
+        for number, folder in enumerate(folders):
+            volume, sub_path = self._locate(folder)
+            mounts.append(mount(volume, f"{HOLDS_INSIDE}/{number}", sub_path, read_only=True))
+            locks += [
+                f"{HOLDS_INSIDE}/{number}/{path.name}"
+                for path in sorted(options.hold_files)
+                if str(path.parent) == folder
+            ]
+        return [hold_container(self.image, security, mounts, locks)]
+
     def _home_volume(self, persistent: bool) -> dict[str, Any]:
         if persistent:
             return {"name": "home", "persistentVolumeClaim": {"claimName": self.pvc_name}}
@@ -186,9 +206,10 @@ class BinderKubeSpawner(BinderSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         }
         security = {**SECURITY, "runAsUser": self.uid, "runAsGroup": self.gid}
         init = home_init_container(self.image, security, init_mounts, variables)
+        holds = self._holds(options, security)  # first: started before the others
         self.volumes = _merged(operator["volumes"], list(self._volumes.values()), "name")
         self.volume_mounts = _merged(operator["volume_mounts"], mounts, "mountPath")
-        self.init_containers = [*(operator["init_containers"] or []), init]
+        self.init_containers = [*holds, *(operator["init_containers"] or []), init]
         label = {SESSION_LABEL: session_label(self.pod_name)}
         self.extra_labels = {**operator["extra_labels"], **label}
         self.storage_pvc_ensure = persistent

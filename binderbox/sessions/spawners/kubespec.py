@@ -19,7 +19,18 @@ hub's config):
   content in ``~/<folder>`` the first time, a new version once in
   ``~/<folder>-<version[:7]>`` (recorded in ``~/.binderbox/placed``), never over the
   user's files.  It runs as uid 1000 in the pod, so a link in the home can only reach
-  what the session could reach anyway.
+  what the session could reach anyway;
+* the launch's **use locks** (``hold_files``: the environment's ``locks/<key>.use`` on
+  the store claim, each dataset's on the dataset claim) are held by a native sidecar,
+  ``binderbox-hold`` (:func:`hold_container`: an init container with ``restartPolicy:
+  Always``, started before the others, stopped with the pod): shared flock locks, taken
+  by util-linux's ``flock`` on each file (opened read-only, from the lock folders
+  mounted read-only in that container only), then ``sleep infinity``.  While the pod
+  runs, the store's and the dataset cache's eviction (``Store.gc``, wherever it runs)
+  find the use lock held and leave the environment and datasets alone, exactly as for
+  a local session; a pod that ends (or whose node dies: the file server's lock lease
+  ends) lets them go.  The session's own container sees no lock file, so its code can
+  neither release a lock nor take one that would stop a build or a launch.
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ from ...environments.spec import HOME
 Json = dict[str, Any]
 #: where the init container sees the content
 CONTENT_INSIDE = "/srv/content"
+#: where the hold sidecar sees the folders of the launch's use locks (one a number)
+HOLDS_INSIDE = "/srv/binderbox-holds"
 #: the label selecting one session's pod (its network policy's podSelector)
 SESSION_LABEL = "binderbox.org/session"
 #: the private ranges and the cloud metadata server (zero-to-jupyterhub's defaults)
@@ -209,6 +222,26 @@ def home_init_container(
         "resources": {
             "requests": {"cpu": "50m", "memory": "64Mi"},
             "limits": {"cpu": "1", "memory": "256Mi"},
+        },
+    }
+
+
+def hold_container(image: str, security: Json, mounts: list[Json], locks: list[str]) -> Json:
+    """The sidecar holding shared flocks on ``locks`` (paths in it) while the pod runs;
+    ``mounts``: their folders, read-only (see the module docstring)."""
+    command: list[str] = []
+    for path in locks:  # each flock holds its lock and runs the rest
+        command += ["flock", "--shared", path]
+    return {
+        "name": "binderbox-hold",
+        "image": image,
+        "restartPolicy": "Always",
+        "command": [*command, "sleep", "infinity"],
+        "securityContext": security,
+        "volumeMounts": mounts,
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "16Mi"},
+            "limits": {"cpu": "100m", "memory": "32Mi"},
         },
     }
 
