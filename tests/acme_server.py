@@ -13,8 +13,6 @@ Both processes are stopped by pid.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -26,46 +24,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certs import make_cert
 
 from binderbox.hub.children import free_port
-
-
-def self_signed(root: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (pebble's API listener) and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pebble test API")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = root / "api.pem", root / "api.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @dataclass
@@ -87,12 +48,12 @@ class Pebble:
 
     @property
     def ca_bundle(self) -> Path:
-        return self.root / "api.pem"
+        return self.root / "api.crt"  # make_cert's certificate of pebble's API
 
     def start(self) -> None:
         if not shutil.which("pebble"):
             raise RuntimeError("pebble is not installed: run scripts/setup --test")
-        cert, key = self_signed(self.root)
+        cert, key = make_cert(self.root, "api")
         config = {
             "pebble": {
                 "listenAddress": f"127.0.0.1:{self.port}",

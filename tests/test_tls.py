@@ -16,7 +16,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from acme_server import Pebble, self_signed
+from acme_server import Pebble
+from certs import make_cert
 from cryptography import x509
 from loopback import LoopbackServer
 from serve_helpers import running_serve
@@ -217,7 +218,7 @@ async def test_operators_own_certificate(
     pebble: Pebble, backend: LoopbackServer, tmp_path: Path
 ) -> None:
     """cert_file/key_file: no ACME; served as given."""
-    cert, key = self_signed(tmp_path)
+    cert, key = make_cert(tmp_path, "operator")
     https = HTTPS(
         cert_file=str(cert),
         key_file=str(key),
@@ -278,7 +279,7 @@ async def test_unusable_certificate_files_or_port_are_plain_errors(
     backend: LoopbackServer, tmp_path: Path
 ) -> None:
     """A missing key file, a port already taken: CertError with a message, no traceback."""
-    cert, _ = self_signed(tmp_path)
+    cert, _ = make_cert(tmp_path, "operator")
     https = HTTPS(
         cert_file=str(cert),
         key_file=str(tmp_path / "missing.key"),
