@@ -112,8 +112,20 @@ async def wait_answering(url: str, within: float) -> bool:
 
 def hub_client(data: Path, state: ServiceState) -> HubClient:
     """A client of the service's hub, with the service's token."""
-    token = (data / "hub" / "service_token").read_text().strip()
-    return HubClient(state.hub_api_url, token, timeout=10)
+    return HubClient(state.hub_api_url, read_token(data, "service_token"), timeout=10)
+
+
+def read_token(data: Path, name: str) -> str:
+    """The service's token ``<data>/hub/<name>``; a plain error when it cannot be read
+    (another user's service: its files are its own)."""
+    path = data / "hub" / name
+    try:
+        return path.read_text().strip()
+    except OSError as err:
+        raise BinderboxError(
+            f"Cannot read the service's token {path}: {err.strerror}.",
+            hint="Run this command as the user the service runs as.",
+        ) from err
 
 
 # -- sessions -------------------------------------------------------------------

@@ -18,6 +18,7 @@ from .operator import (
     find_session,
     hub_client,
     list_sessions,
+    read_token,
     require_service,
 )
 from .sessions import SessionLauncher
@@ -93,7 +94,7 @@ class StatusCommand(Command):
     async def _proxy_up(self, state: ServiceState) -> bool:
         if not state.proxy_api_url:  # an external hub's proxy: its public URL answers
             return await answers(state.url)
-        token = (self.data_path / "hub" / "proxy_token").read_text().strip()
+        token = read_token(self.data_path, "proxy_token")
         return await answers(state.proxy_api_url.rstrip("/") + "/routes", token)
 
     @staticmethod

@@ -9,6 +9,7 @@ what ``serve`` prints about its config file.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import subprocess
@@ -174,3 +175,22 @@ def test_no_service_is_a_plain_message(tmp_path: Path, args: list[str]) -> None:
         f"error: No binderbox service is running with the data directory {data}. "
         "Start one with `binderbox serve`, or name its directory with --data-dir.\n"
     )
+
+
+def test_a_token_that_cannot_be_read_is_a_plain_message(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    state = {"url": "http://127.0.0.1:9/", "hub_api_url": "http://127.0.0.1:9/hub/api/"}
+    state |= {"proxy_api_url": "", "pid": os.getpid(), "hub": "managed"}
+    (data / "service.json").write_text(json.dumps(state))
+    fd = os.open(data / "service.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held as a service holds it; no hub/ folder
+        result = binderbox(data, "sessions", "list")
+    finally:
+        os.close(fd)
+    assert result.returncode == 1
+    token = data / "hub" / "service_token"
+    assert result.stderr.startswith(f"error: Cannot read the service's token {token}: ")
+    assert "Run this command as the user the service runs as." in result.stderr
+    assert "Traceback" not in result.stderr
