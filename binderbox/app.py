@@ -62,6 +62,9 @@ class BinderboxApp(Application):
         "log-level": "Application.log_level",
     }
 
+    #: the config file :meth:`load_config_files` loaded (None: none was found)
+    loaded_config: Path | None = None
+
     @default("data_dir")
     def _default_data_dir(self) -> str:
         env = os.environ.get("BINDERBOX_DATA_DIR")
@@ -76,6 +79,7 @@ class BinderboxApp(Application):
         path = Path(self.config_file)
         if path.is_file():
             self.load_config_file(path.name, path=str(path.parent.resolve()))
+            self.loaded_config = path.resolve()
 
     @property
     def data_path(self) -> Path:

@@ -395,6 +395,11 @@ class ServeCommand(Command):
     def run(self) -> int:
         from .serve import serve
 
+        if self.loaded_config is not None:
+            print(f"config: {self.loaded_config}", flush=True)
+        else:
+            looked = Path(self.config_file).resolve()
+            print(f"config: none found (looked for {looked}); the defaults apply", flush=True)
         pipeline = self.make_pipeline(allow_local=False)
         asyncio.run(serve(self, pipeline))
         return 0
@@ -489,11 +494,15 @@ class Main(BinderboxApp):
         # an import string: binderbox.data.cli imports this module
         "data": ("binderbox.data.cli.DataCommand", "Fetch, list and remove datasets."),
         "homes": (HomesCommand, HomesCommand.description),
+        "status": ("binderbox.opscli.StatusCommand", "Show the running service and its sessions."),
+        "sessions": ("binderbox.opscli.SessionsCommand", "List or stop the service's sessions."),
         "serve": (ServeCommand, ServeCommand.description.splitlines()[0]),
         "generate-config": (GenerateConfigCommand, GenerateConfigCommand.description),
     }
 
     def start(self) -> None:
+        if self.subapp is None and self.extra_args:
+            _unknown_command(self.extra_args[0])
         if self.subapp is None:
             self.print_help()
             self.exit(2)
@@ -503,6 +512,15 @@ class Main(BinderboxApp):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``binderbox`` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and not args[0].startswith("-") and args[0] not in Main.subcommands:
+        _unknown_command(args[0])  # before its options are read as the top level's
     app = Main.instance()
     app.initialize(argv)
     app.start()
+
+
+def _unknown_command(name: str) -> None:
+    """Name an unknown subcommand in one line and exit 2 (not the whole help)."""
+    print(f"unknown command {name!r}; see binderbox --help", file=sys.stderr)
+    sys.exit(2)

@@ -42,6 +42,7 @@ from .events import Event
 from .hub import ManagedHub
 from .hub.children import free_port
 from .hub.external import ExternalHub
+from .operator import ServiceState, wait_answering
 from .pipeline import LaunchPipeline, LaunchRequest
 from .prebuilt import Prebuilt
 from .providers import offered_providers
@@ -264,8 +265,7 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
             background.append(asyncio.create_task(https.renewals()))
         if isinstance(hub, ManagedHub):
             print(f"hub database: {hub.database.shown}", flush=True)  # never its password
-        app.log.info("binderbox is running at %s", url)
-        print(f"binderbox is running at {url}", flush=True)
+        await _announce(app, hub, url, web_config)
         stop_sessions = await stopping
         server.stop()
         if isinstance(hub, ExternalHub):  # the cluster's sessions: never ended here
@@ -276,6 +276,7 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
             task.cancel()
         server.stop()
         await https.stop()
+        ServiceState.remove(app.data_path)
         await pipeline.launcher.aclose()  # abandoned launches: their users go first
         await hub.stop()
         with contextlib.suppress(Exception):
@@ -283,6 +284,22 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
             await pipeline.store.aclose()
             await pipeline.data.aclose()
         print("binderbox stopped", flush=True)
+
+
+async def _announce(app: Any, hub: ManagedHub | ExternalHub, url: str, web_config: WebApp) -> None:
+    """Once the root URL answers: record where the service is (``<data>/service.json``,
+    for ``binderbox status``) and print its URL."""
+    if isinstance(hub, ManagedHub):
+        local, proxy_api = hub.public_url, hub.proxy_api_url
+    else:  # the web app itself, as seen from this machine
+        host = hub.ip if hub.ip not in ("", "0.0.0.0") else "127.0.0.1"
+        local, proxy_api = f"http://{host}:{hub.port}{web_config.base_url}", ""
+    if not await wait_answering(local, within=60):
+        app.log.warning("%s does not answer yet", local)
+    state = ServiceState(url, hub.hub_api_url, proxy_api, os.getpid(), app.hub)
+    state.write(app.data_path)
+    app.log.info("binderbox is running at %s", url)
+    print(f"binderbox is running at {url}", flush=True)
 
 
 def _web_app(app: Any, service: Service, web_config: WebApp) -> Application:
@@ -326,15 +343,16 @@ def _background(
 
 
 async def _end_sessions(launcher: SessionLauncher, stop: bool, idle_timeout: int) -> None:
-    """Stop every session, or say that they are kept."""
+    """Stop every session, or say that they are kept (either way, how many)."""
+    running = await launcher.count_running()
     if stop:
         print("stopping: ending every session", flush=True)
-        left = await launcher.stop_all()
-        print(f"stopping: sessions ended{f' ({left} could not be)' if left else ''}", flush=True)
+        left = await launcher.stop_all() if running else 0
+        failed = f"; {left} could not be" if left > 0 else ""
+        print(f"stopping: stopped {running - max(left, 0)} session(s){failed}", flush=True)
         return
-    running = await launcher.count_running()
     print(
-        f"stopping: {running} session(s) keep running for the next start on this data "
+        f"stopping: kept {running} session(s) running for a restart on this data "
         f"directory; without one they end themselves after {idle_timeout} s",
         flush=True,
     )

@@ -19,7 +19,14 @@ import pytest
 from binderbox.cli import Main
 
 #: every command line that leads to a command (with an action for those that take one)
-COMMANDS = [[], *([name] for name in Main.subcommands), ["envs", "list"], ["data", "fetch", "x"]]
+COMMANDS = [
+    [],
+    *([name] for name in Main.subcommands),
+    ["envs", "list"],
+    ["data", "fetch", "x"],
+    ["sessions", "list"],
+    ["sessions", "stop", "x"],
+]
 
 #: what each command's --help shows: one of its own options
 OWN_OPTION = {
@@ -30,6 +37,8 @@ OWN_OPTION = {
     "data": "--ref=",
     "serve": "--port=<Int>",
     "generate-config": "--output=",
+    "status": "--json",
+    "sessions": "--all",
 }
 
 
@@ -75,3 +84,11 @@ def test_a_bad_setting_is_a_plain_error(setting: str, words: str, tmp_path: Path
     assert result.returncode == 1
     assert result.stderr.startswith("error: a setting is not valid: "), result.stderr
     assert words in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["frob"], ["frob", "--help"], ["statsu", "--json"]])
+def test_an_unknown_command_is_named(args: list[str], tmp_path: Path) -> None:
+    result = run(args, tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == f"unknown command {args[0]!r}; see binderbox --help\n"

@@ -470,6 +470,7 @@ async def test_sigterm_and_sigint_end_every_session_with_the_service(
         status = serve.stop(sig)
     assert status == 0, serve.output()[-3000:]
     assert "stopping: ending every session" in serve.output()
+    assert "stopping: stopped 1 session(s)" in serve.output()  # says what it did
     assert "binderbox stopped" in serve.output()
     assert not Path(f"/proc/{supervisor}").exists()  # its sandbox ended with the service
     assert not home.exists()
@@ -486,6 +487,7 @@ async def test_kept_sessions_end_themselves_when_no_service_comes_back(
     finally:
         status = serve.stop(signal.SIGHUP)  # the sessions are kept for a restart...
     assert status == 0, serve.output()[-3000:]
+    assert "stopping: kept 1 session(s) running for a restart" in serve.output()
     assert Path(f"/proc/{supervisor}").exists()
     for _ in range(600):  # ...that never comes: bounded wait, about 60 s at most
         if not Path(f"/proc/{supervisor}").exists():

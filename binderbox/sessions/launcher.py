@@ -524,13 +524,18 @@ class SessionLauncher(LoggingConfigurable):
 
         async def end(user: dict[str, Any], server: str) -> None:
             async with slots:
-                await self._forget(identity_of(user), user["name"], server)
+                await self.end_session(user, server)
 
         ends = [end(u, server) for u in users for server in u.get("servers") or {}]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within):
                 await asyncio.gather(*ends)
         return await self.count_running()
+
+    async def end_session(self, user: dict[str, Any], server: str) -> None:
+        """End the session ``server`` of the hub user model ``user``: a temporary user
+        is deleted, a logged-in user's server stopped (their home is kept)."""
+        await self._forget(identity_of(user), user["name"], server)
 
     # -- a logged-in user's sessions ------------------------------------------------
 
