@@ -83,7 +83,11 @@ class Pebble:
             log = (self.root / f"{name}.log").open("wb")
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
             self.pids.append(proc.pid)
-        self._wait()
+        try:
+            self._wait()
+        except BaseException:  # a pebble that never answered is not left running
+            self.stop()
+            raise
 
     def _get(self, url: str) -> bytes:
         context = ssl.create_default_context(cafile=self.ca_bundle)
