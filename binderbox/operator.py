@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import BinderboxError
+from .runtime.leases import lock_held
 from .sessions.hubclient import HubAPIError, HubClient
 from .sessions.identity import TEMPORARY_GROUP
 
@@ -48,24 +47,9 @@ class ServiceState:
             (data / STATE_FILE).unlink()
 
 
-def _lock_held(data: Path) -> bool:
-    """Whether a service holds ``<data>/service.lock`` (a shared lock is refused)."""
-    try:
-        fd = os.open(data / "service.lock", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def running_service(data: Path) -> ServiceState | None:
     """The service running on ``data``, or None (not running, or not started yet)."""
-    if not _lock_held(data):
+    if not lock_held(data / "service.lock"):  # held exclusively by a running serve
         return None
     try:
         return ServiceState(**json.loads((data / STATE_FILE).read_text()))
