@@ -37,6 +37,7 @@ from binderbox.errors import BinderboxError
 from binderbox.events import Building, Built
 from binderbox.images import ImageRegistry, RegistryAuthError
 from binderbox.images.layout import ImageLayout
+from binderbox.images.registry import RegistryClient, RegistryError
 from binderbox.images.target import image_layers
 from binderbox.pipeline import LaunchPipeline
 from binderbox.runtime.sandbox import bwrap_path
@@ -296,3 +297,19 @@ def test_an_environment_that_is_not_there_is_a_plain_error(
     images = ImageRegistry(url=registry.host, insecure=True, layout_dir=str(tmp_path / "l"))
     with pytest.raises(BinderboxError, match="could not be written"):
         images.publish(tmp_path / "no-such-env", "abc")
+
+
+def test_an_upload_location_over_plain_http_is_refused_before_anything_is_sent() -> None:
+    """An HTTPS registry that answers with an ``http://`` upload location on its own host
+    (a TLS-terminating balancer does) would have the credentials sent in clear: refused
+    before any connection (nothing is sent to the example host); the same host over HTTPS,
+    with or without its default port, is the registry."""
+    client = RegistryClient("registry.example.org", credentials=("pusher", "secret"))
+    with pytest.raises(RegistryError, match="sent an upload elsewhere"):
+        client.request(
+            "PUT", "http://registry.example.org/v2/x/blobs/uploads/1", scope="repository:x:push"
+        )
+    client._same_registry("https://registry.example.org:443/v2/x/blobs/uploads/1")
+    client._same_registry("https://registry.example.org/v2/x/blobs/uploads/1")
+    with pytest.raises(RegistryError):
+        client._same_registry("https://registry.example.org:8443/v2/x/blobs/uploads/1")

@@ -12,8 +12,10 @@ Bearer realm=...,service=...,scope=...`` gets a token from the realm (HTTP Basic
 credentials when there are some; anonymous otherwise) and the request is sent again
 with it; ``Basic`` sends the credentials.  Tokens are kept per scope for the client's
 life.  TLS is verified (the system's CAs, or ``ca_file``); plain HTTP only to a loopback
-registry (:func:`~binderbox.images.auth.is_loopback`), and a token realm or an upload
-location elsewhere than the registry itself is refused (credentials go nowhere else).
+registry (:func:`~binderbox.images.auth.is_loopback`); a token realm over plain HTTP is
+refused unless it is on loopback (the realm's host is the registry's choice, as Docker
+Hub's auth.docker.io); an upload location elsewhere than the registry itself, or over
+another scheme, is refused (the credentials never go there, nor in clear).
 
 Blocking (``http.client``): callers in an event loop run it in a thread.
 """
@@ -157,10 +159,16 @@ class RegistryClient:
         return status, answer, data
 
     def _same_registry(self, url: str) -> None:
+        """Refuse ``url`` unless it is this registry, over this registry's own scheme
+        (an ``http://`` upload location from an HTTPS registry would carry the
+        credentials in clear); ports compare by their effective value."""
         parts = urlsplit(url)
-        if (parts.hostname, parts.port) != (self.hostname, self.port):
+        scheme, default = ("https", 443) if self.secure else ("http", 80)
+        where = (parts.scheme, parts.hostname, parts.port or default)
+        if where != (scheme, self.hostname, self.port or default):
             raise RegistryError(
-                f"The registry {self.host} sent an upload elsewhere ({parts.netloc}): refused."
+                f"The registry {self.host} sent an upload elsewhere"
+                f" ({parts.scheme}://{parts.netloc}): refused."
             )
 
     def _authorize(self, challenge: str, scope: str) -> str:
