@@ -64,8 +64,6 @@ from .treewatch import CHECK_INTERVAL, DEFAULT_FILES, WatchedTree, over_limit
 #: the supervisor's command
 #: (-I: isolated; the working directory is not on its path, PYTHON* variables ignored)
 SUPERVISOR = [sys.executable, "-I", "-m", "binderbox.runtime.supervise"]
-#: the sandbox network settings this process set up last
-_ensured: dict[str, str] = {}
 #: numbers this process's sandboxed steps (their cgroups' names)
 _steps = itertools.count()
 #: seconds between two walks of a build's trees (besides the free-space checks)
@@ -255,14 +253,9 @@ class SandboxHost(LoggingConfigurable):
     # -- starting ---------------------------------------------------------------
 
     async def ensure_network(self) -> None:
-        """Set up the sandbox network (:meth:`SandboxNetwork.ensure`) once per process
-        and settings, and again whenever the rules on the host are not this process's
-        (the table is the machine's: another binderbox process, or the host's networks,
-        changed it since)."""
-        key = self.network.settings_key()
-        if _ensured.get("last") != key or not await asyncio.to_thread(self.network.current):
-            await asyncio.to_thread(self.network.ensure)
-            _ensured["last"] = key
+        """The sandbox network as these settings make it
+        (:meth:`SandboxNetwork.ensure_current`)."""
+        await asyncio.to_thread(self.network.ensure_current)
 
     def prepare(
         self,

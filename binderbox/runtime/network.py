@@ -342,12 +342,6 @@ class SandboxNetwork(LoggingConfigurable):
 
     # -- set-up ------------------------------------------------------------------
 
-    def settings_key(self) -> str:
-        """What the operator chose (the host's part of the rules is read by :meth:`ensure`)."""
-        chosen: list[object] = [self.subnet, self.bridge, self.egress, self.blocked_ports]
-        chosen += [self.max_connections, self.new_connections_per_second]
-        return repr([*chosen, list(self.destinations.allowed)])
-
     def ensure(self) -> None:
         """Make (or update) the bridge and the table; NetworkError when impossible."""
         why = self.unavailable()
@@ -380,6 +374,13 @@ class SandboxNetwork(LoggingConfigurable):
         """Whether the table on the host is the one these settings and the host's
         present state make (a look, not a lock: :meth:`ensure` decides under the lock)."""
         return self.enabled and _table_digest() == self._state().digest
+
+    def ensure_current(self) -> None:
+        """:meth:`ensure` unless the host's table is already the one these settings make:
+        before each sandbox starts, since the table is the machine's and another
+        binderbox process, or a change of the host's networks, may have rewritten it."""
+        if not self.current():
+            self.ensure()
 
     def _check_overlap(self) -> None:
         for line in json.loads(_run(["ip", "-j", "-4", "route", "show"]) or "[]"):

@@ -304,8 +304,7 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
             leases.append(lease)
         net = None
         if self.host.network.enabled:
-            if not self.host.network.current():  # another process's rules, or none
-                self.host.network.ensure()
+            self.host.network.ensure_current()
             net, address = self.host.network.claim("session")
             leases.append(address)
             self.host.network.allow_hub(net.address, self.hub_port)
