@@ -34,7 +34,7 @@ from typing import BinaryIO
 #: the mtime of every entry (2000-01-01 UTC, as Bazel's rules_oci)
 EPOCH = 946684800
 #: bump when what the writer produces for the same entries changes (part of cache keys)
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class Entry:
     data: bytes = b""
     #: (st_dev, st_ino) of a file with other links, else None
     inode: tuple[int, int] | None = None
+    #: (st_dev, st_ino) of the host file ``source`` when it was listed
+    ident: tuple[int, int] | None = None
     size: int = 0
     mtime_ns: int = 0
 
@@ -77,17 +79,17 @@ def host_entry(path: Path, name: str, *, uid: int = 0, gid: int = 0) -> Entry | 
         info = path.lstat()
     except FileNotFoundError:
         return None
-    mode = stat.S_IMODE(info.st_mode) & 0o777
+    mode = stat.S_IMODE(info.st_mode) & 0o755  # no set-id, sticky or group/other write bits
     if stat.S_ISDIR(info.st_mode):
         return Entry(name, "dir", mode, uid, gid, mtime_ns=0)
     if stat.S_ISLNK(info.st_mode):
         return Entry(name, "symlink", 0o777, uid, gid, target=str(path.readlink()))
     if not stat.S_ISREG(info.st_mode):
         return None
-    inode = (info.st_dev, info.st_ino) if info.st_nlink > 1 else None
+    ident = (info.st_dev, info.st_ino)
     return Entry(
-        name, "file", mode, uid, gid, source=path, inode=inode,
-        size=info.st_size, mtime_ns=info.st_mtime_ns,
+        name, "file", mode, uid, gid, source=path, inode=ident if info.st_nlink > 1 else None,
+        ident=ident, size=info.st_size, mtime_ns=info.st_mtime_ns,
     )  # fmt: skip
 
 
@@ -188,9 +190,23 @@ def _add(tar: tarfile.TarFile, entry: Entry, linked: dict[tuple[int, int], str])
         info.type, info.linkname = tarfile.LNKTYPE, linked[entry.inode]
         tar.addfile(info)
     else:
-        assert entry.source is not None
-        with entry.source.open("rb") as source:
+        with _open_listed(entry) as source:
             info.size = os.fstat(source.fileno()).st_size
             tar.addfile(info, source)
         if entry.inode is not None:
             linked[entry.inode] = entry.name
+
+
+def _open_listed(entry: Entry) -> BinaryIO:
+    """The host file of ``entry``, refused (OSError) unless it is the very regular file
+    that was listed: a tree's owner who swaps a file for a link to, or a hard link of,
+    another host file after the listing does not get that file into the layer."""
+    assert entry.source is not None
+    fd = os.open(entry.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or (
+        entry.ident is not None and (info.st_dev, info.st_ino) != entry.ident
+    ):
+        os.close(fd)
+        raise OSError(f"{entry.source} changed while the layer was written")
+    return os.fdopen(fd, "rb")
