@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import stat
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,9 +40,11 @@ class ServiceState:
 
     def write(self, data: Path) -> None:
         """Write ``<data>/service.json`` whole (a reader never sees half of it)."""
-        tmp = data / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(asdict(self)) + "\n")
-        tmp.rename(data / STATE_FILE)
+        fd, tmp = tempfile.mkstemp(prefix=STATE_FILE, dir=data)  # a name of its own
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(asdict(self)) + "\n")
+        Path(tmp).replace(data / STATE_FILE)
 
     @staticmethod
     def remove(data: Path) -> None:
@@ -51,10 +56,24 @@ def running_service(data: Path) -> ServiceState | None:
     """The service running on ``data``, or None (not running, or not started yet)."""
     if not lock_held(data / "service.lock"):  # held exclusively by a running serve
         return None
+    path = data / STATE_FILE
     try:
-        return ServiceState(**json.loads((data / STATE_FILE).read_text()))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd) as state:
+            _trusted(path, os.fstat(state.fileno()))
+            return ServiceState(**json.loads(state.read()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def _trusted(path: Path, info: os.stat_result) -> None:
+    """Refuse a state file another user could have written: its URLs get the
+    service's token."""
+    if info.st_uid not in (0, os.geteuid()) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise BinderboxError(
+            f"{path} is writable by other users than the service's: not used.",
+            hint="Only the user the service runs as (or root) may write its data directory.",
+        )
 
 
 def require_service(data: Path) -> ServiceState:

@@ -194,3 +194,24 @@ def test_a_token_that_cannot_be_read_is_a_plain_message(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"error: Cannot read the service's token {token}: ")
     assert "Run this command as the user the service runs as." in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_state_file_others_could_write_is_not_trusted(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "hub").mkdir(parents=True)
+    (data / "hub" / "service_token").write_text("the-service-token\n")
+    state = {"url": "http://127.0.0.1:9/", "hub_api_url": "http://127.0.0.1:9/hub/api/"}
+    state |= {"proxy_api_url": "", "pid": os.getpid(), "hub": "managed"}
+    (data / "service.json").write_text(json.dumps(state))
+    (data / "service.json").chmod(0o666)  # anyone could have pointed it elsewhere
+    fd = os.open(data / "service.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        result = binderbox(data, "sessions", "list")
+    finally:
+        os.close(fd)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"error: {data / 'service.json'} is writable by other users than the service's: not used."
+    )
+    assert "the-service-token" not in result.stdout + result.stderr
