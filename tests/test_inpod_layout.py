@@ -38,18 +38,15 @@ def test_a_mount_not_in_place_is_refused_plainly(tmp_path: Path) -> None:
         direct_command(layered, ["true"])
 
 
+BUILD = {
+    "name": "build",
+    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+}
+SECRET_KEY = {"secretKeyRef": {"name": "registry", "key": "password"}}
 UNPRIVILEGED = {
     "automountServiceAccountToken": False,
     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000},
-    "containers": [
-        {
-            "name": "build",
-            "securityContext": {
-                "allowPrivilegeEscalation": False,
-                "capabilities": {"drop": ["ALL"]},
-            },
-        }
-    ],
+    "containers": [BUILD],
     "volumes": [{"name": "tmp", "emptyDir": {}}],
 }
 
@@ -61,6 +58,16 @@ UNPRIVILEGED = {
         ({"hostNetwork": True}, "hostNetwork is set"),
         ({"volumes": [{"name": "d", "hostPath": {"path": "/var/run"}}]}, "host path"),
         ({"securityContext": {"runAsUser": 0}}, "may run as root"),
+        ({"volumes": [{"name": "s", "secret": {"secretName": "registry"}}]}, "mounts a Secret"),
+        ({"volumes": [{"name": "p", "projected": {"sources": []}}]}, "mounts a Secret"),
+        (
+            {"containers": [{**BUILD, "env": [{"name": "T", "valueFrom": SECRET_KEY}]}]},
+            "build reads a Secret",
+        ),
+        (
+            {"containers": [{**BUILD, "envFrom": [{"secretRef": {"name": "registry"}}]}]},
+            "build reads a Secret",
+        ),
     ],
 )
 def test_a_privileged_build_template_is_refused(

@@ -84,10 +84,15 @@ def check_unprivileged(pod: Json) -> None:
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
         if pod.get(flag):
             problems.append(f"{flag} is set")
-    if any("hostPath" in volume for volume in pod.get("volumes") or []):
+    volumes = pod.get("volumes") or []
+    if any("hostPath" in volume for volume in volumes):
         problems.append("it mounts a host path")
+    if any("secret" in volume or "projected" in volume for volume in volumes):
+        problems.append("it mounts a Secret")  # the build runs the repository's code
     for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
         ctx = {**spec_ctx, **(container.get("securityContext") or {})}
+        if _reads_secrets(container):
+            problems.append(f"{container.get('name')} reads a Secret into its environment")
         if ctx.get("privileged") or ctx.get("allowPrivilegeEscalation") is not False:
             problems.append(f"{container.get('name')} may gain privileges")
         if not ctx.get("runAsNonRoot") or not ctx.get("runAsUser"):
@@ -100,6 +105,13 @@ def check_unprivileged(pod: Json) -> None:
             hint="Ask the operator to fix helm/binderbox/templates/build-job.yaml.",
             reason="build_config",
         )
+
+
+def _reads_secrets(container: Json) -> bool:
+    """Whether ``container`` has a Secret in its environment (env or envFrom)."""
+    refs = [(var.get("valueFrom") or {}).get("secretKeyRef") for var in container.get("env") or []]
+    refs += [source.get("secretRef") for source in container.get("envFrom") or []]
+    return any(refs)
 
 
 def add_fetch(job: Json) -> None:
