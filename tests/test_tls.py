@@ -7,6 +7,7 @@ proxy; the last test runs the real ``binderbox serve`` (proxy, hub, web app) beh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import logging
 import socket
@@ -35,6 +36,9 @@ class _Backend(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
+        if self.headers.get("Upgrade"):
+            self._upgraded()
+            return
         body = f"proxy says hello at {self.path}".encode()
         if self.path == "/headers":
             seen = [f"{k}={self.headers.get_all(k)}" for k in ("X-Forwarded-For", "X-Real-IP")]
@@ -45,6 +49,20 @@ class _Backend(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     do_POST = do_GET
+
+    def _upgraded(self) -> None:
+        """101, then the forwarded address and an echo of raw bytes (a websocket's place)."""
+        self.send_response(101)
+        self.send_header("Upgrade", "echo")
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+        self.wfile.write(f"{self.headers.get_all('X-Forwarded-For')}\n".encode())
+        self.wfile.flush()
+        with contextlib.suppress(OSError):  # until the client goes
+            while line := self.rfile.readline():
+                self.wfile.write(line)
+                self.wfile.flush()
+        self.close_connection = True
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding") != "chunked":
@@ -392,6 +410,27 @@ async def test_front_forwards_the_client_address_and_sends_hsts(
             return data
 
         assert await asyncio.to_thread(smuggling) == b""  # closed, nothing answered
+
+        def upgraded() -> bytes:
+            conn = _connect(https, context, source="127.0.0.2")
+            sock = conn.sock
+            assert sock is not None
+            sock.sendall(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+            )
+            raw = b""
+            # after the upgrade, bytes pass as they are, even ones shaped like a request
+            sock.sendall(b"GET / HTTP/1.1\r\nX-Forwarded-For: 203.0.113.9\r\n")
+            while not raw.endswith(b"203.0.113.9\r\n") and (chunk := sock.recv(4096)):
+                raw += chunk
+            conn.close()
+            return raw
+
+        raw = await asyncio.to_thread(upgraded)
+        assert raw.startswith(b"HTTP/1.0 101 ") or raw.startswith(b"HTTP/1.1 101 ")
+        assert b"\r\nStrict-Transport-Security: max-age=600\r\n" in raw
+        tail = raw.split(b"\r\n\r\n", 1)[1]
+        assert tail == b"['127.0.0.2']\nGET / HTTP/1.1\r\nX-Forwarded-For: 203.0.113.9\r\n"
 
         def plain() -> tuple[int, str, http.client.HTTPMessage]:
             conn = http.client.HTTPConnection("127.0.0.1", https.http_port, timeout=10)
