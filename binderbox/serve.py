@@ -176,6 +176,7 @@ def _hub_for(
     )
     if https.enabled:
         hub.public_ip = "127.0.0.1"
+        hub.external_url = https.origin + web.base_url  # https: the hub's cookies are Secure
     hub.base_url = web.base_url
     assert pipeline.data is not None
     roots = [pipeline.store.root, pipeline.content.root, pipeline.data.root]
@@ -231,6 +232,7 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
             https.setup(app.data_path, hub.public_port)
             if not web_config.public_url:  # the proxy sees plain HTTP: links say https
                 web_config.public_url = https.origin + web_config.base_url
+            web_config.forwarded_hops = 2  # the front's entry, then the proxy's
     stopping: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def on_signal(sessions: bool) -> None:

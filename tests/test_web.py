@@ -84,6 +84,15 @@ async def test_build_request_carries_spec_launch_host_and_client() -> None:
     assert request.client_ip == "10.0.0.7"
 
 
+async def test_client_address_behind_two_proxies() -> None:
+    """Behind serve's TLS front and the proxy: the entry two from the end (the front's)."""
+    pipeline = ScriptedPipeline(launch_events())
+    async with serve(web(pipeline, forwarded_hops=2)) as base:
+        headers = {"X-Forwarded-For": "198.51.100.4, 203.0.113.9, 10.0.0.7"}
+        await (await SSEClient.open(base, "/build/gh/o/r/HEAD", headers)).events()
+    assert pipeline.requests[0].client_ip == "203.0.113.9"
+
+
 @pytest.mark.parametrize(
     ("path", "provider", "spec"),
     [

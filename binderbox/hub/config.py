@@ -116,6 +116,8 @@ class HubParams:
     proxy_api_port: int
     hub_ip: str = "127.0.0.1"
     base_url: str = "/"
+    #: the service's public URL when it is not the proxy's (HTTPS): JupyterHub.public_url
+    external_url: str = ""
     cull_timeout: int = 600
     cull_max_age: int = 0
     cull_every: int = 0
@@ -199,6 +201,7 @@ def render_config(params: HubParams) -> str:
         f"c.JupyterHub.hub_ip = {params.hub_ip!r}",
         f"c.JupyterHub.hub_port = {params.hub_port!r}",
         f"c.JupyterHub.hub_routespec = {base + 'hub/'!r}",
+        f"c.JupyterHub.public_url = {params.external_url!r}",
         "c.JupyterHub.cleanup_servers = False",
         "c.JupyterHub.cleanup_proxy = False",
         "# answer POST .../server at once (202) so launches relay the spawn progress",
@@ -221,6 +224,9 @@ def render_config(params: HubParams) -> str:
         f"c.JupyterHub.load_roles = json.loads({json.dumps(roles)!r})",
     ]
     lines.insert(1, "import json")
+    if params.external_url.startswith("https://"):  # every hub cookie Secure, _xsrf too
+        lines.append("c.JupyterHub.cookie_options = {'secure': True}")
+        lines.append("c.JupyterHub.tornado_settings['xsrf_cookie_kwargs'] = {'secure': True}")
     if params.login_config:
         access = f"access:services!service={SERVICE_NAME}"
         lines.append(f"c.JupyterHub.extra_user_scopes = {{{access!r}}}")

@@ -109,6 +109,12 @@ class ManagedHub(HubSecrets, ProxyRoutes, DatabaseSettings, LoggingConfigurable)
         config=True
     )
     public_port = Int(8000, help="Public port of the proxy (the service's URL).").tag(config=True)
+    external_url = Unicode(
+        "",
+        help="""The service's public URL when visitors do not reach the proxy directly
+        (``serve`` sets it to the HTTPS origin behind its TLS front): the hub's
+        ``JupyterHub.public_url``, so its links and cookies (``Secure``) follow it.""",
+    ).tag(config=True)
     hub_port = Int(
         8081,
         help="Port of the hub on hub_ip.  Keep it stable: running sessions know it "
@@ -309,6 +315,7 @@ class ManagedHub(HubSecrets, ProxyRoutes, DatabaseSettings, LoggingConfigurable)
             data_dir=self.root,
             public_ip=self.public_ip,
             public_port=self.public_port,
+            external_url=self.external_url,
             hub_port=self.hub_port,
             hub_ip=self.hub_ip,
             proxy_api_port=self.proxy_api_port,

@@ -11,10 +11,17 @@ renewal loads the new chain into that same context (``load_cert_chain``):
 new connections get the new certificate, open ones keep theirs, nothing
 restarts.  The relay is below HTTP, so websockets pass unchanged.
 
-Known limit: because the relay is below HTTP, the proxy sees every HTTPS
-visitor as ``127.0.0.1`` (its ``X-Forwarded-For``), so the per-address limits
-(``SessionLauncher.launches_per_address``, ``WebApp.rate_limit``) count all of
-them as one address.  An HTTP-aware front that adds the headers is the fix.
+The relay reads just enough HTTP (:mod:`binderbox.tls.relay`) to put the
+client's address in ``X-Forwarded-For`` (any a client sent is dropped), so the
+per-address limits (``SessionLauncher.launches_per_address``,
+``WebApp.rate_limit``) see visitors, not the front; ``serve`` tells the web app
+to trust one more hop (``WebApp.forwarded_hops``).  The first response of each
+connection carries ``Strict-Transport-Security`` (``HTTPS.hsts_max_age``).
+
+Slow clients: the front gives a TLS handshake ``handshake_timeout`` seconds
+and the first request head ``idle_timeout``; later idleness is the proxy's
+keep-alive timeout.  Both ports accept at most ``max_connections`` at once
+(the front counts relayed connections; handshakes are bounded by their timeout).
 
 :class:`HTTPListener` is the plain-HTTP port (80): it answers the ACME
 server's HTTP-01 challenges and redirects every other request to HTTPS.
@@ -33,15 +40,18 @@ import asyncio
 import contextlib
 import datetime
 import ssl
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream
 from tornado.web import Application, RequestHandler
 from traitlets import Float, Int, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .certs import CertError, CertStore, order_certificate
+from .relay import Refused, relay_requests, relay_responses
 
 #: Let's Encrypt's production directory, and its staging one (untrusted certificates)
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
@@ -73,17 +83,44 @@ class _RedirectHandler(RequestHandler):
         self.redirect(self.origin + self.request.uri, permanent=True)
 
 
-class HTTPListener:
-    """The plain-HTTP port: ACME challenges, and redirects to ``https_origin``."""
+class _CappedHTTPServer(HTTPServer):
+    """An :class:`HTTPServer` that closes connections beyond ``max_connections``."""
 
-    def __init__(self, https_origin: str, answers: dict[str, str]) -> None:
+    max_connections = 0
+
+    def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
+        if self.max_connections and len(self._connections) >= self.max_connections:
+            stream.close()
+            return
+        super().handle_stream(stream, address)
+
+
+class HTTPListener:
+    """The plain-HTTP port: ACME challenges, and redirects to ``https_origin``; a
+    connection idle for ``idle_timeout`` s is closed, at most ``max_connections``."""
+
+    def __init__(
+        self,
+        https_origin: str,
+        answers: dict[str, str],
+        idle_timeout: float = 30.0,
+        max_connections: int = 0,
+    ) -> None:
         app = Application(
             [
                 (r"/\.well-known/acme-challenge/([^/]+)", _ChallengeHandler, {"answers": answers}),
                 (r".*", _RedirectHandler, {"origin": https_origin}),
             ]
         )
-        self.server = HTTPServer(app, xheaders=False)
+        self.server = _CappedHTTPServer(
+            app,
+            xheaders=False,
+            idle_connection_timeout=idle_timeout,
+            body_timeout=idle_timeout,
+            max_body_size=65536,  # ACME and redirects take no bodies
+            max_header_size=65536,
+        )
+        self.server.max_connections = max_connections
 
     def listen(self, port: int, address: str) -> None:
         self.server.listen(port, address=address)
@@ -96,8 +133,21 @@ class TLSFront:
     """Terminates TLS on the public port and relays each connection to ``backend_port``
     on loopback (the proxy).  :meth:`reload` swaps the certificate for new connections."""
 
-    def __init__(self, backend_port: int) -> None:
+    def __init__(
+        self,
+        backend_port: int,
+        hsts_max_age: int = 0,
+        handshake_timeout: float = 30.0,
+        idle_timeout: float = 30.0,
+        max_connections: int = 0,
+    ) -> None:
         self.backend_port = backend_port
+        self.hsts = f"Strict-Transport-Security: max-age={hsts_max_age}".encode()
+        if hsts_max_age <= 0:
+            self.hsts = b""
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._server: asyncio.Server | None = None
         #: the open connections' writers (both sides), closed at stop
@@ -110,7 +160,11 @@ class TLSFront:
 
     async def listen(self, port: int, address: str) -> None:
         self._server = await asyncio.start_server(
-            self._relay, address or None, port, ssl=self.context, ssl_handshake_timeout=30
+            self._relay,
+            address or None,
+            port,
+            ssl=self.context,
+            ssl_handshake_timeout=self.handshake_timeout,
         )
 
     async def stop(self) -> None:
@@ -123,6 +177,9 @@ class TLSFront:
             await asyncio.wait(self._relays, timeout=5)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.max_connections and len(self._relays) >= self.max_connections:
+            writer.close()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.backend_port)
         except OSError:
@@ -132,21 +189,26 @@ class TLSFront:
         task = asyncio.current_task()
         if task is not None:
             self._relays.add(task)
+        peer = writer.get_extra_info("peername")
+        client_ip = str(peer[0]) if peer else ""
+        requests = relay_requests(reader, up_writer, client_ip, self.idle_timeout)
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(
+                _ending(requests, up_writer),
+                _ending(relay_responses(up_reader, writer, self.hsts), writer),
+            )
         finally:
             self._open -= {writer, up_writer}
             self._relays.discard(task)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until either side ends; then close ``writer`` (so the other pipe ends too)."""
+async def _ending(relay: Coroutine[Any, Any, None], writer: asyncio.StreamWriter) -> None:
+    """Run one direction; when it ends (or fails: a refusal, a timeout, a reset),
+    close ``writer``, so the other direction ends too."""
     try:
-        while chunk := await reader.read(65536):
-            writer.write(chunk)
-            await writer.drain()
-    except (OSError, ssl.SSLError):
-        pass
+        await relay
+    except (OSError, ssl.SSLError, Refused, TimeoutError, asyncio.LimitOverrunError):
+        pass  # LimitOverrunError: a request head or chunk line over the reader's limit
     finally:
         writer.close()
 
@@ -186,6 +248,22 @@ class HTTPS(LoggingConfigurable):
     check_interval = Float(
         12 * 3600.0, help="Seconds between checks of the certificate's expiry."
     ).tag(config=True)
+    hsts_max_age = Int(
+        86400,
+        help="""``Strict-Transport-Security: max-age`` (seconds) sent over HTTPS: browsers
+        then use only HTTPS for the host that long.  0: not sent.""",
+    ).tag(config=True)
+    handshake_timeout = Float(30.0, help="Seconds a client has to complete its TLS handshake.").tag(
+        config=True
+    )
+    idle_timeout = Float(
+        30.0,
+        help="""Seconds a connection may wait for its (first) request: on the HTTPS port
+        after the handshake, on the HTTP port between requests.""",
+    ).tag(config=True)
+    max_connections = Int(
+        2000, help="Connections each port (HTTPS, HTTP) holds at once; more are closed. 0: no cap."
+    ).tag(config=True)
 
     @property
     def enabled(self) -> bool:
@@ -197,8 +275,14 @@ class HTTPS(LoggingConfigurable):
             raise CertError("HTTPS.cert_file is set without HTTPS.key_file.")
         self.store = CertStore(data / "tls")
         self.answers: dict[str, str] = {}
-        self.front = TLSFront(backend_port)
-        self.http = HTTPListener(self.origin, self.answers)
+        self.front = TLSFront(
+            backend_port,
+            hsts_max_age=self.hsts_max_age,
+            handshake_timeout=self.handshake_timeout,
+            idle_timeout=self.idle_timeout,
+            max_connections=self.max_connections,
+        )
+        self.http = HTTPListener(self.origin, self.answers, self.idle_timeout, self.max_connections)
 
     @property
     def origin(self) -> str:

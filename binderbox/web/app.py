@@ -114,6 +114,12 @@ class WebApp(LoggingConfigurable):
         ``X-Forwarded-Proto`` (the configurable-http-proxy sets them).  Turn off when the
         app is reachable without the proxy.""",
     ).tag(config=True)
+    forwarded_hops = Integer(
+        1,
+        help="""How many proxies before the app append to ``X-Forwarded-For``: the client's
+        address is that many entries from its end (1: the configurable-http-proxy alone;
+        ``serve`` sets 2 behind its TLS front, which sends only its own entry).""",
+    ).tag(config=True)
     recent_sessions = Integer(
         10000,
         help="""How many launched sessions to remember (name -> repository) so that the page

@@ -271,14 +271,17 @@ class BaseHandler(RequestHandler):
 
     @property
     def client_ip(self) -> str:
-        """The requester's address: the proxy's ``X-Forwarded-For`` entry when trusted.
+        """The requester's address: the proxies' ``X-Forwarded-For`` entry when trusted.
 
-        The configurable-http-proxy appends the address it saw to the header, so
-        the *last* entry is the one a client cannot forge.
+        Each trusted proxy appends the address it saw to the header (the
+        configurable-http-proxy; before it the TLS front, which drops what a client
+        sent), so the entry ``forwarded_hops`` from the end is the one a client cannot
+        forge.
         """
         forwarded = self.request.headers.get("X-Forwarded-For", "")
         if self.config.trust_xheaders and forwarded.strip():
-            return forwarded.split(",")[-1].strip()
+            entries = forwarded.split(",")
+            return entries[-min(max(1, self.config.forwarded_hops), len(entries))].strip()
         return str(self.request.remote_ip or "")
 
     @property
