@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 KERNEL_SUBPROTOCOL = "v1.kernel.websocket.jupyter.org"
@@ -45,15 +46,18 @@ def ws_unpack(data: bytes) -> tuple[str, dict[str, Any]]:
     return channel, {name: json.loads(part) for name, part in zip(names, parts, strict=True)}
 
 
-async def start_kernel(base_url: str, token: str, name: str = "") -> str:
+async def start_kernel(
+    base_url: str, token: str, name: str = "", tls: ssl.SSLContext | None = None
+) -> str:
     """Start a kernel (of the kernel spec ``name``, else the default) on the server at
-    ``base_url``; its id."""
+    ``base_url`` (``tls``: how an https one is verified); its id."""
     response = await AsyncHTTPClient().fetch(
         f"{base_url}api/kernels",
         method="POST",
         body=json.dumps({"name": name} if name else {}),
         headers={"Authorization": f"token {token}"},
         request_timeout=60,
+        ssl_options=tls,
     )
     return str(json.loads(response.body)["id"])
 
@@ -107,7 +111,7 @@ async def _iopub_answers(conn: WebSocketClientConnection, session: str, seen: li
 
 
 async def connect(
-    base_url: str, token: str, kernel_id: str, session: str
+    base_url: str, token: str, kernel_id: str, session: str, tls: ssl.SSLContext | None = None
 ) -> WebSocketClientConnection:
     """A channels websocket to kernel ``kernel_id`` whose iopub channel answers
     (``session``: the client session of the requests).
@@ -122,7 +126,8 @@ async def connect(
     ws_url = base_url.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels?token={token}"
     seen: list[str] = []
     for _ in range(3):
-        conn = await websocket_connect(ws_url, subprotocols=[KERNEL_SUBPROTOCOL])
+        request = HTTPRequest(ws_url, ssl_options=tls)
+        conn = await websocket_connect(request, subprotocols=[KERNEL_SUBPROTOCOL])
         assert conn.selected_subprotocol == KERNEL_SUBPROTOCOL
         if await _iopub_answers(conn, session, seen):
             return conn
@@ -131,12 +136,14 @@ async def connect(
     raise AssertionError(f"the kernel's iopub channel never answered (received: {got})")
 
 
-async def execute(base_url: str, token: str, kernel_id: str, code: str) -> str:
+async def execute(
+    base_url: str, token: str, kernel_id: str, code: str, tls: ssl.SSLContext | None = None
+) -> str:
     """Run ``code`` in kernel ``kernel_id`` over the channels websocket (the
     ``v1.kernel.websocket.jupyter.org`` subprotocol JupyterLab uses); its stdout.
     An error in the code raises AssertionError with the traceback."""
     session = uuid.uuid4().hex
-    conn = await connect(base_url, token, kernel_id, session)
+    conn = await connect(base_url, token, kernel_id, session, tls)
     out: list[str] = []
     try:
         content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
@@ -158,16 +165,20 @@ async def execute(base_url: str, token: str, kernel_id: str, code: str) -> str:
         conn.close()
 
 
-async def run_code(base_url: str, token: str, code: str, kernel_name: str = "") -> str:
+async def run_code(
+    base_url: str, token: str, code: str, kernel_name: str = "", tls: ssl.SSLContext | None = None
+) -> str:
     """Start a kernel (``kernel_name``: its spec) on the server at ``base_url``, run
-    ``code``, delete the kernel; the code's stdout."""
-    kernel = await start_kernel(base_url, token, kernel_name)
+    ``code``, delete the kernel; the code's stdout.  ``tls``: how an https server is
+    verified (default: the system's trust)."""
+    kernel = await start_kernel(base_url, token, kernel_name, tls)
     try:
-        return await execute(base_url, token, kernel, code)
+        return await execute(base_url, token, kernel, code, tls)
     finally:
         await AsyncHTTPClient().fetch(
             f"{base_url}api/kernels/{kernel}",
             method="DELETE",
             headers={"Authorization": f"token {token}"},
             raise_error=False,
+            ssl_options=tls,
         )

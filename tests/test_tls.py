@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import json
 import logging
 import socket
 import ssl
@@ -20,8 +21,10 @@ import pytest
 from acme_server import Pebble
 from certs import make_cert
 from cryptography import x509
+from kernels import run_code
 from loopback import LoopbackServer
-from serve_helpers import escaped_file_url, running_serve
+from repos import make_repo, notebook
+from serve_helpers import escaped_file_url, git_spec, running_serve
 
 from binderbox.hub.children import free_port
 from binderbox.tls import HTTPS, CertError
@@ -344,6 +347,32 @@ def test_serve_with_domain_answers_over_https(
         assert status == 301
         assert headers["Location"] == f"https://{DOMAIN}:{https_port}/v2/gh/org/repo/HEAD"
         assert "Strict-Transport-Security" not in headers
+        # a session's REST API and kernel websocket through the front
+        repo = make_repo(tmp_path / "repos" / "over-tls", {"index.ipynb": notebook("1")})
+        ready = _launch(_connect(https_port, context, "127.0.0.4"), git_spec(repo))
+        assert ready["url"].startswith(f"https://{DOMAIN}:{https_port}/user/")
+        local = ready["url"].replace(f"//{DOMAIN}:", "//127.0.0.1:", 1)
+        loose = _client_context(pebble)
+        loose.check_hostname = False  # the URL names 127.0.0.1; the chain is still verified
+        code = "print(6 * 7)"
+        assert asyncio.run(run_code(local, ready["token"], code, tls=loose)) == "42\n"
+
+
+def _launch(conn: http.client.HTTPSConnection, spec: str) -> dict[str, object]:
+    """The ``ready`` event of a launch of ``spec`` over ``conn`` (the /build stream)."""
+    conn.request("GET", f"/build/git/{spec}", headers=SSE)
+    answer = conn.getresponse()
+    assert answer.status == 200
+    for _ in range(2000):  # bounded: a launch sends some dozens of events
+        line = answer.readline().decode()
+        assert line, "the event stream ended before ready"
+        if line.startswith("data:"):
+            event = json.loads(line[5:])
+            assert event.get("phase") != "failed", event
+            if event.get("phase") == "ready":
+                conn.close()
+                return dict(event)
+    raise AssertionError("no ready event")
 
 
 async def test_unusable_certificate_files_or_port_are_plain_errors(
