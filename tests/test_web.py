@@ -59,8 +59,10 @@ async def test_build_streams_events_in_order_as_sse_frames() -> None:
         assert client.headers["cache-control"] == "no-cache"
         raw = (await client.body()).decode()
     frames = [f for f in raw.split("\n\n") if f]
-    assert all(f.startswith("data: ") and "\n" not in f for f in frames), frames
-    events = [json.loads(f[len("data: ") :]) for f in frames]
+    assert all(f.startswith("data: ") and "\n" not in f for f in frames[:-1]), frames
+    _data_line, id_line = frames[-1].split("\n")  # the final event names the stream's end
+    assert id_line == "id: binderbox-launch-ended"
+    events = [json.loads(f.split("\n")[0][len("data: ") :]) for f in frames]
     assert [e["phase"] for e in events] == [
         "waiting", "fetching", "building", "building", "built", "launching", "ready",
     ]  # fmt: skip
@@ -154,6 +156,24 @@ async def test_stream_stays_open_after_ready_with_keepalives_then_ends() -> None
     async with serve(web(ScriptedPipeline(launch_events()), ready_linger_seconds=0.1)) as base:
         events = await (await SSEClient.open(base, "/build/gh/o/r/HEAD")).events()
     assert events[-1]["phase"] == "ready"
+
+
+async def test_stream_ends_after_ready_and_a_reconnect_does_not_launch_again() -> None:
+    pipeline = ScriptedPipeline(launch_events())
+    async with serve(web(pipeline, ready_linger_seconds=0)) as base:  # the default
+        client = await SSEClient.open(base, "/build/gh/o/r/HEAD")
+        frames = []
+        while (frame := await client.frame()) is not None:  # None: the server ended it
+            frames.append(frame)
+        assert frames[-1].data["phase"] == "ready"
+        assert [f.id for f in frames] == [""] * (len(frames) - 1) + ["binderbox-launch-ended"]
+        # what an EventSource does when the stream ends: reconnect with Last-Event-ID
+        again = await SSEClient.open(
+            base, "/build/gh/o/r/HEAD", {"Last-Event-ID": "binderbox-launch-ended"}
+        )
+        assert again.status == 204
+        assert await again.body() == b""
+    assert len(pipeline.requests) == 1
 
 
 async def test_keepalive_comments_while_waiting() -> None:

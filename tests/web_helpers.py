@@ -156,9 +156,16 @@ class Frame:
 
     @property
     def data(self) -> dict[str, Any]:
-        assert self.raw.startswith("data: "), self.raw
-        parsed: dict[str, Any] = json.loads(self.raw[len("data: ") :])
+        line = self.raw.split("\n")[0]
+        assert line.startswith("data: "), self.raw
+        parsed: dict[str, Any] = json.loads(line[len("data: ") :])
         return parsed
+
+    @property
+    def id(self) -> str:
+        """The frame's ``id:`` field ('' without one)."""
+        found = [line for line in self.raw.split("\n")[1:] if line.startswith("id: ")]
+        return found[-1][len("id: ") :] if found else ""
 
 
 class SSEClient:

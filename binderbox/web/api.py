@@ -37,14 +37,20 @@ from .base import (
 from .ratelimit import LaunchTokens, RateLimiter
 from .sse import ClientGone, EventStreamHandler
 
+#: the id of a launch stream's final event (see :class:`BuildHandler`)
+ENDED = "binderbox-launch-ended"
+
 
 class BuildHandler(EventStreamHandler):
     """``GET /build/<provider>/<spec>``: stream the pipeline's events.
 
     The handler only checks the request (Accept header, rate limit) and
-    relays: the flow lives in the pipeline.  After ``ready`` the stream
-    stays open ``WebApp.ready_linger_seconds``; after ``failed`` (or
-    ``built`` with ``?build_only=true``) it ends.  The pipeline's events are
+    relays: the flow lives in the pipeline.  After ``ready`` or ``failed`` (or
+    ``built`` with ``?build_only=true``) the stream ends (after ready, unless
+    ``WebApp.ready_linger_seconds`` keeps it open).  The final event carries the
+    id :data:`ENDED`: an EventSource that reconnects once the stream has ended sends
+    it back as ``Last-Event-ID`` and gets 204 No Content, which stops it, not a
+    second launch.  The pipeline's events are
     read to their end once ``ready`` is sent: that hands the session over.
     A client that leaves before (its connection closed) abandons the launch,
     and the pipeline removes what it had started.
@@ -65,6 +71,9 @@ class BuildHandler(EventStreamHandler):
         self.sessions = sessions
 
     async def get(self, provider: str, _spec: str) -> None:
+        if self.request.headers.get("Last-Event-ID") == ENDED:  # a reconnect after the end
+            self.set_status(204)
+            return
         spec = self.raw_spec("build")
         retry_after = self.over_rate_limit(f"{provider}/{spec}")
         if retry_after is not None:
@@ -126,7 +135,7 @@ class BuildHandler(EventStreamHandler):
         last = None
         try:
             async for event in events:  # to the end: the pipeline ends after its outcome
-                await self.send(event.to_wire())
+                await self.send(event.to_wire(), ENDED if event.terminal else "")
                 last = event
                 if isinstance(event, Ready):
                     self.sessions.record(event.url, event.binder_request)
@@ -135,18 +144,19 @@ class BuildHandler(EventStreamHandler):
         except BinderboxError as error:  # the pipeline's contract says it does not raise
             self.log.warning("pipeline raised %s: %s", type(error).__name__, error.log_message)
             last = error.to_event()
-            await self.send(last.to_wire())
+            await self.send(last.to_wire(), ENDED)
         except Exception:
             self.log.exception("launch of %s/%s failed", request.provider, redact(request.spec))
             last = Failed(message="Internal error: the launch failed.", status_code=500)
-            await self.send(last.to_wire())
+            await self.send(last.to_wire(), ENDED)
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
         if last is None or (not last.terminal and not request.build_only):
             await self.send(
-                Failed(message="The launch ended without a result.", status_code=500).to_wire()
+                Failed(message="The launch ended without a result.", status_code=500).to_wire(),
+                ENDED,
             )
         elif isinstance(last, Ready):
             await self.linger(float(self.config.ready_linger_seconds))

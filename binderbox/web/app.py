@@ -104,9 +104,10 @@ class WebApp(LoggingConfigurable):
         25.0, help="Seconds between ``:keepalive`` comments on event streams."
     ).tag(config=True)
     ready_linger_seconds = Float(
-        60.0,
-        help="""Seconds the event stream stays open after ``ready``, so that a client that
-        reconnects automatically (EventSource) does not start a second launch.""",
+        0.0,
+        help="""Seconds the event stream stays open after ``ready`` (BinderHub keeps it a
+        minute).  0: it ends at once; an EventSource that then reconnects sends the final
+        event's id back and is answered 204 No Content, which stops it.""",
     ).tag(config=True)
     trust_xheaders = Bool(
         True,

@@ -66,9 +66,12 @@ class EventStreamHandler(ApiHandler):
             self.on_connection_close()
             raise ClientGone() from None
 
-    async def send(self, data: dict[str, Any]) -> None:
-        """Send one event frame.  Raises :class:`ClientGone` after a disconnect."""
-        await self._write_frame(f"data: {json.dumps(data)}\n\n")
+    async def send(self, data: dict[str, Any], event_id: str = "") -> None:
+        """Send one event frame (with an ``id:`` line when ``event_id``: what an
+        EventSource sends back as ``Last-Event-ID`` when it reconnects).  Raises
+        :class:`ClientGone` after a disconnect."""
+        id_line = f"id: {event_id}\n" if event_id else ""
+        await self._write_frame(f"data: {json.dumps(data)}\n{id_line}\n")
 
     async def _keepalive(self) -> None:
         interval = float(self.config.sse_keepalive_interval)
