@@ -43,6 +43,7 @@ from serve_helpers import (
 )
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
+from binderbox.hub.children import free_port
 from binderbox.sessions.hubclient import HubClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -282,6 +283,30 @@ async def test_concurrent_launches_share_one_build(main: ServeProcess, repos: Pa
     lines = [line for line in stdout.decode().splitlines() if "crowded" in line]
     assert len(lines) == 1, stdout.decode()
     assert lines[0].split()[0] == images.pop()
+
+
+@module_loop
+async def test_a_session_whose_server_does_not_answer_shows_the_ended_page(
+    main: ServeProcess,
+) -> None:
+    # what the proxy holds between a server's death and the hub removing its route: a
+    # route to a port nothing answers on; the proxy's error target is the web app
+    token = (main.data_dir / "hub" / "proxy_token").read_text().strip()
+    proxy_api = HubClient(f"http://127.0.0.1:{main.ports['api']}/api/", token)
+    target = {"target": f"http://127.0.0.1:{free_port()}"}
+    await proxy_api.request("POST", "routes/user/gone-server", body=target)
+    try:
+        page = await fetch(f"{main.url}user/gone-server/lab", headers={"Accept": "text/html"})
+        hub = await fetch(f"{main.url}user/gone-server/api/status")
+    finally:
+        await proxy_api.request("DELETE", "routes/user/gone-server")
+    assert page.code == 503
+    assert "This session has ended" in page.body.decode()
+    assert "Your server appears to be down" not in page.body.decode()  # JupyterHub's page
+    assert hub.code == 503
+    gone = await fetch(f"{main.url}user/gone-server/lab", headers={"Accept": "text/html"})
+    assert gone.code == 404  # no route any more: the web app answers for it directly
+    assert "This session has ended" in gone.body.decode()
 
 
 def metric(text: str, name: str, **labels: str) -> float:

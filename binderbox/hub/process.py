@@ -400,13 +400,20 @@ class ManagedHub(HubSecrets, ProxyRoutes, DatabaseSettings, LoggingConfigurable)
             "--api-port",
             str(self.proxy_api_port),
             "--error-target",
-            f"http://{self.hub_ip}:{self.hub_port}{self.base_url}hub/error",
+            self._error_target(),
             "--log-level",
             "warn",
         ]
         # the guard: a path the proxy cannot decode gets 400, not 500 (see .proxy)
         env = {PROXY_TOKEN_ENV: self.proxy_token, "NODE_OPTIONS": guarded_node_options(os.environ)}
         await self._wait_ready(await self._spawn("proxy", cmd, env=env), self._proxy_answers)
+
+    def _error_target(self) -> str:
+        """Where the proxy gets its error pages: the web app's (a session that does not
+        answer gets "this session ended"), else the hub's."""
+        if self.web_port:
+            return f"http://127.0.0.1:{self.web_port}{self.base_url}_proxy-error/"
+        return f"http://{self.hub_ip}:{self.hub_port}{self.base_url}hub/error"
 
     async def _start_hub(self, config: Path) -> None:
         cmd = [sys.executable, "-m", "jupyterhub", "-f", str(config)]

@@ -228,6 +228,7 @@ def _routes(
         "tokens": tokens,
         "sessions": index,
     }
+    ended = {**common, "sessions": index}
     routes = [
         url(rf"{base}build/([^/]+)/(.+)", api.BuildHandler, build, name="build"),
         url(rf"{base}health", api.HealthHandler, {**common, "pipeline": pipeline}),
@@ -235,7 +236,8 @@ def _routes(
         url(rf"{base}metrics", api.MetricsHandler, common),
         url(rf"{base}api/repoproviders", api.RepoProvidersHandler, common),
         url(rf"{base}(badge_logo|badge)\.svg", pages.BadgeHandler, common),
-        url(rf"{base}user/([^/]+)(/.*)?", pages.EndedSessionHandler, {**common, "sessions": index}),
+        url(rf"{base}user/([^/]+)(/.*)?", pages.EndedSessionHandler, ended),
+        url(rf"{base}_proxy-error/(\d{{3}})", pages.ProxyErrorHandler, ended),
     ]
     mine = {**common, "sessions": visitor_sessions}
     if site.logins and visitor_sessions is not None:

@@ -6,6 +6,8 @@
 ``/v2/<provider>/<spec>``   launch page: follows ``/build`` live, then opens the session
 ``/repo/<user>/<repo>[/p]`` legacy Binder links: redirect to ``/v2/gh/...``
 ``/user/<name>/...``        a session that is not running: "this session ended"
+``/_proxy-error/<code>``    the proxy's error target: a session whose server does not
+                            answer gets "this session ended", anything else our page
 ``/about``                  about text and versions
 ``/badge.svg``, ``/badge_logo.svg``
 ``/static/...``             the pages' assets
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -182,12 +185,21 @@ class EndedSessionHandler(PageHandler):
         self.sessions = sessions
 
     def get(self, name: str, rest: str | None = None) -> None:
-        origin = self.sessions.lookup(name, rest or "")
+        accept = self.request.headers.get("Accept", "")
+        self.ended(name, rest or "", 404, html="text/html" in accept)
+
+    def ended(self, name: str, rest: str, status: int, *, html: bool) -> None:
+        """Answer ``status``: the ended page (or JSON) of the session ``name``."""
+        origin = self.sessions.lookup(name, rest)
         relaunch = f"{self.base_url}{origin}" if origin and not self.config.api_only else None
-        self.set_status(404)
-        if "text/html" not in self.request.headers.get("Accept", ""):
+        self.set_status(status)
+        if not html:
             self.set_header("Content-Type", "application/json; charset=utf-8")
-            body = {"status_code": 404, "message": "This session has ended.", "relaunch": relaunch}
+            body = {
+                "status_code": status,
+                "message": "This session has ended.",
+                "relaunch": relaunch,
+            }
             self.finish(json.dumps(body))
             return
         self.render_page(
@@ -198,6 +210,23 @@ class EndedSessionHandler(PageHandler):
         )
 
     post = put = patch = delete = get  # an API call from a dead session gets the same 404
+
+
+class ProxyErrorHandler(EndedSessionHandler):
+    """``/_proxy-error/<code>?url=<path>``: what the proxy shows when it cannot answer
+    (its ``--error-target``; the status stays the proxy's).  A session's URL whose
+    server does not answer (it ended; the hub has not removed its route yet) gets the
+    ended-session page, as after the route is gone; anything else our error page.
+    The proxy sends no Accept header of the visitor's: the answer is HTML."""
+
+    def get(self, code: str, rest: str | None = None) -> None:
+        status = int(code) if 400 <= int(code) <= 599 else 502
+        path = self.get_query_argument("url", "").split("?", 1)[0]
+        session = re.match(rf"{re.escape(self.base_url)}user/([^/]+)(/.*)?$", path)
+        if session is not None and status in (502, 503, 504):
+            self.ended(session[1], session[2] or "", status, html=True)
+            return
+        raise HTTPError(status)
 
 
 class NotFoundHandler(PageHandler):
