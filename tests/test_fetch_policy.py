@@ -321,8 +321,12 @@ async def test_repository_on_a_private_host(
     await enforce_policy(allowed)
     resolved = await allowed.resolve()
     assert resolved.version == sha
-    await allowed.fetch(resolved, tmp_path / "dest", lambda line: None)
+    lines: list[str] = []
+    await allowed.fetch(resolved, tmp_path / "dest", lines.append)
     assert (tmp_path / "dest" / "README.md").read_text() == "from the private host\n"
+    # dumb HTTP serves no shallow fetch: the visitor sees the fallback, not git's error
+    assert "The server does not serve that commit directly" in "\n".join(lines)
+    assert not [line for line in lines if "fatal:" in line or "dumb http" in line], lines
 
 
 async def test_repository_redirect_to_a_private_host(

@@ -380,7 +380,9 @@ class GitProvider(RepoProvider):
             if not result.ok:
                 raise FetchError("Could not prepare the checkout.", log_message=result.describe())
         shallow = await self._git(
-            dest, ["fetch", "--progress", "--no-tags", "--depth", "1", "origin", sha], log
+            dest,
+            ["fetch", "--progress", "--no-tags", "--depth", "1", "origin", sha],
+            _without_errors(log),  # a failure here is followed by the full fetch below
         )
         if not shallow.ok:
             self._raise_unreachable(shallow)
@@ -596,3 +598,16 @@ class HostedGitProvider(GitProvider):
 def make_spec(where: str, ref: str) -> str:
     """The ``git/`` (or ``local/``) spec of ``ref`` in the repository at ``where``."""
     return f"{quote(where, safe='')}/{quote(ref, safe='/')}"
+
+
+def _without_errors(log: LogFn) -> LogFn:
+    """``log`` minus git's ``fatal:``/``error:`` lines (progress goes on): those of a
+    shallow fetch the server cannot serve (dumb HTTP: "dumb http transport does not
+    support shallow capabilities") would read as the launch's failure before the
+    fallback that works; when that fails too, its own lines say why."""
+
+    def filtered(line: str) -> None:
+        if not line.lstrip().startswith(("fatal:", "error:")):
+            log(line)
+
+    return filtered
