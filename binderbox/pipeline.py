@@ -58,7 +58,7 @@ from .builders.base import Builder
 from .content import ContentCache
 from .data import DataCache, DataEntry, DatasetFolder, read_requirements
 from .environments import EnvSpec
-from .environments.detect import detect
+from .environments.detect import default_environment_notice, detect
 from .errors import BinderboxError, BuildError, BuildTimeout, DataError, LaunchError
 from .events import Building, Built, Event, Failed, Fetching, Ready, Waiting
 from .images import ImageTarget
@@ -318,6 +318,8 @@ class LaunchPipeline(LoggingConfigurable):
         assert state.content is not None and state.resolved is not None
         state.tree = await self._detect(state.content)
         spec = state.tree.spec
+        if not spec.sources and spec.kind == "python":  # nothing in the repository says
+            yield Fetching(message=default_environment_notice(spec.python))
         key = await self._key(spec)
         env = await asyncio.to_thread(self.store.get, key)  # SQLite and a lock
         if env is not None and not await asyncio.to_thread(_layers_present, env.path):
@@ -372,6 +374,8 @@ class LaunchPipeline(LoggingConfigurable):
         assert state.content is not None and state.resolved is not None
         state.tree = await self._detect(state.content)
         spec = state.tree.spec
+        if not spec.sources and spec.kind == "python":  # nothing in the repository says
+            yield Fetching(message=default_environment_notice(spec.python))
         key = await self._key(spec)
         if not output.is_dir() or any(output.iterdir()):
             raise BuildError(f"The build's output folder {output} is not an empty folder.")

@@ -204,8 +204,17 @@ async def test_no_configuration_gives_default_environment(
     pipeline: LaunchPipeline, tmp_path: Path
 ) -> None:
     repo = make_repo(tmp_path / "bare", {"README.md": "# nothing to see\n"})
-    env = built(await build_only(pipeline, str(repo)))
+    events = await build_only(pipeline, str(repo))
+    env = built(events)
     assert check(env, "import sys, ipykernel; print(sys.version_info[:2])") == "(3, 10)"
+    notices = [e.message for e in events if "default environment" in e.message]
+    assert notices == [
+        "No environment file found (requirements.txt, environment.yml, Pipfile, "
+        "pyproject.toml, ...): using the default environment, Python 3.10 with Jupyter"
+    ]
+    configured = make_repo(tmp_path / "configured", {"requirements.txt": "six==1.16.0\n"})
+    events = await build_only(pipeline, str(configured))
+    assert not [e for e in events if "default environment" in e.message]
 
 
 async def test_concurrent_builds_share_one_build(pipeline: LaunchPipeline, tmp_path: Path) -> None:

@@ -115,3 +115,11 @@ def detect(repo: Path, *, default_python: str = "3.10", allow_default: bool = Tr
         content_digest=digest,
         sources=tuple(dict.fromkeys(sources)),
     )
+
+
+def default_environment_notice(python: str) -> str:
+    """What a launch says when the repository names no environment at all."""
+    return (
+        "No environment file found (requirements.txt, environment.yml, Pipfile, "
+        f"pyproject.toml, ...): using the default environment, Python {python} with Jupyter"
+    )
