@@ -288,6 +288,8 @@ class LaunchPipeline(LoggingConfigurable):
         if self.content.may_be_private(resolved):  # e.g. a commit named in full: the
             await state.provider.check_access()  # resolve may not have asked the server
         yield Fetching(message=f"Resolved to {resolved.version}")
+        for notice in state.provider.notices():
+            yield Fetching(message=notice)
         async for event in self.content.ensure(state.provider, resolved):
             yield event
         state.content = self.content.path_for(resolved)

@@ -564,6 +564,20 @@ async def test_local_checkout_uses_the_commit_not_the_worktree(tmp_path: Path) -
     await provider.fetch(resolved, dest, lambda line: None)
     assert (dest / "a.txt").read_text() == "committed\n"
     assert not (dest / "new.txt").exists()
+    # the visitor is told what the build leaves out
+    assert provider.notices() == [
+        f"{repo} has 2 uncommitted change(s) (e.g. a.txt): they are not part of the build, "
+        f"which uses commit {sha[:12]}. Commit them to include them."
+    ]
+    by_sha = make_provider(str(repo), sha)  # a ref named: the worktree is not the point
+    await by_sha.resolve()
+    assert by_sha.notices() == []
+    clean = tmp_path / "clean"
+    git("init", "-q", str(clean))
+    commit_file(clean, "a.txt", "committed\n", "one")
+    provider = make_provider(str(clean))
+    await provider.resolve()
+    assert provider.notices() == []
     with pytest.raises(RefNotFound):
         await make_provider(str(repo), "nope").resolve()
 

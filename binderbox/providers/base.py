@@ -227,6 +227,12 @@ class RepoProvider(LoggingConfigurable):
         server (a full commit sha) and the content may be private; the default
         (content anyone may read) does nothing."""
 
+    def notices(self) -> list[str]:
+        """What the visitor should know about the resolved content, shown as the launch's
+        events after it resolved (e.g. a local checkout's uncommitted changes, not part
+        of the commit built).  Default: nothing."""
+        return []
+
     async def resolve(self) -> Resolved:
         """Resolve the spec to an immutable version (no content transfer)."""
         raise NotImplementedError

@@ -7,7 +7,8 @@ operator allows local repositories (see :func:`binderbox.providers.make_provider
   (default ``HEAD``; a branch, tag, full or abbreviated sha, anything
   ``git rev-parse`` understands) resolves to a commit, and the content is
   that commit, fetched like any git repository: uncommitted changes are not
-  part of it.  A directory *inside* a checkout counts as a plain folder.
+  part of it (a launch of HEAD says so when there are some).  A directory
+  *inside* a checkout counts as a plain folder.
 * A plain folder: the version is a SHA-256 content hash of the tree (paths,
   file contents, executable bits, symlink targets).  The ref must be empty,
   ``HEAD`` or that hash; fetching copies the folder and checks that the copy
@@ -92,6 +93,7 @@ class LocalProvider(GitProvider):
         self._local = True
         self.unresolved_ref = check_ref(unquote(ref) or "HEAD", self.expected_form)
         self.clone_url = self.path.as_uri()
+        self._notices: list[str] = []
 
     @property
     def repo_url(self) -> str:
@@ -120,7 +122,29 @@ class LocalProvider(GitProvider):
         if not result.ok:
             hint = "The repository has no commits yet." if ref == "HEAD" else ""
             raise self.ref_not_found(ref, result.describe(), hint=hint)
-        return self.resolved(result.stdout.strip())
+        sha = result.stdout.strip()
+        if ref == "HEAD":
+            await self._note_uncommitted(sha)
+        return self.resolved(sha)
+
+    async def _note_uncommitted(self, sha: str) -> None:
+        """A notice when the checkout has changes its HEAD commit does not hold (a bare
+        repository has none)."""
+        status = await run_git(
+            ["status", "--porcelain", "--no-renames"],
+            cwd=self.path,
+            time_limit=self.resolve_timeout,
+        )
+        changed = [line for line in status.stdout.splitlines() if line.strip()]
+        if status.ok and changed:
+            self._notices = [
+                f"{self.path} has {len(changed)} uncommitted change(s) (e.g. {changed[0][3:]}): "
+                f"they are not part of the build, which uses commit {sha[:12]}. "
+                "Commit them to include them."
+            ]
+
+    def notices(self) -> list[str]:
+        return list(self._notices)
 
     async def _resolve_folder(self) -> Resolved:
         ref = self.unresolved_ref
