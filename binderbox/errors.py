@@ -77,6 +77,14 @@ class RepositoryNotFound(BinderboxError):
     reason = "repo_not_found"
 
 
+class HostUnreachable(RepositoryNotFound):
+    """The repository's server could not be connected to (no name, refused, timed out):
+    not a missing repository."""
+
+    status_code = 503
+    reason = "host_unreachable"
+
+
 class RefNotFound(BinderboxError):
     """The repository exists but the ref does not."""
 

@@ -293,11 +293,11 @@ BAD_INPUTS = [
     ("nope/foo/bar", None, {}, "unknown_provider", "provider"),
     ("gh/only-owner", None, {}, "bad_spec", "gh/"),
     (
-        "git/https%3A%2F%2F127.0.0.1%3A9%2Fmissing.git/HEAD",
+        "git/https%3A%2F%2F127.0.0.1%3A9%2Fmissing.git/HEAD",  # nothing listens on port 9
         None,
         {},
-        "repo_not_found",
-        "Check the URL",
+        "host_unreachable",
+        "Could not connect to 127.0.0.1: the connection failed.",
     ),
     ("REPO", "no-such-branch", {"requirements.txt": "six\n"}, "ref_not_found", "no-such-branch"),
     (

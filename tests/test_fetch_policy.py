@@ -430,6 +430,10 @@ async def test_a_host_that_did_not_resolve_is_not_looked_up_again() -> None:
     with pytest.raises(RepositoryNotFound) as info:
         await p.resolve()
     assert "did not resolve when the policy checked it" in info.value.log_message
+    assert (
+        info.value.message
+        == "Could not connect to no-such-host.invalid: its name does not resolve."
+    )
 
 
 async def test_a_submodule_host_that_did_not_resolve_is_not_looked_up_again(

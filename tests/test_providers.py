@@ -14,6 +14,7 @@ from traitlets.config import Config, Configurable
 from binderbox.errors import (
     BinderboxError,
     FetchError,
+    HostUnreachable,
     RefNotFound,
     RepositoryNotFound,
     SpecError,
@@ -476,10 +477,16 @@ async def test_missing_repository(git_server: GitServer) -> None:
 async def test_unreachable_hosts_never_prompt() -> None:
     port = free_port()  # nothing listens there
     for url in (f"https://user:s3cret@127.0.0.1:{port}/x.git", f"git://127.0.0.1:{port}/x"):
-        with pytest.raises(RepositoryNotFound) as info:
+        with pytest.raises(HostUnreachable) as info:
             await make_provider(url).resolve()
         assert "s3cret" not in info.value.message + info.value.log_message
         assert_plain(info.value)
+        # said as it is: the server did not answer, not "repository not found"
+        assert info.value.message in (  # curl's words (https) or git's (git://)
+            "Could not connect to 127.0.0.1: the connection failed.",
+            "Could not connect to 127.0.0.1: the connection was refused.",
+        )
+        assert info.value.status_code == 503
 
 
 async def test_unknown_ref(git_server: GitServer) -> None:

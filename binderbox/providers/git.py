@@ -45,11 +45,18 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from traitlets import Float, Unicode, default
 
-from ..errors import FetchError, RefNotFound, RepositoryNotFound, SpecError, SpecNotAllowed
+from ..errors import (
+    FetchError,
+    HostUnreachable,
+    RefNotFound,
+    RepositoryNotFound,
+    SpecError,
+    SpecNotAllowed,
+)
 from ..logs import LogFn
 from .base import RepoProvider, Resolved
 from .gitutil import (
@@ -58,6 +65,7 @@ from .gitutil import (
     UrlKind,
     check_git_url,
     classify_failure,
+    connection_failure,
     ls_remote,
     redact,
     redirect_refused,
@@ -245,6 +253,14 @@ class GitProvider(RepoProvider):
     def unreachable(self, result: GitResult) -> RepositoryNotFound:
         """:meth:`not_reachable` for a failed git command; says so when the
         server redirected and redirects were off."""
+        why = connection_failure(result.stderr)
+        if why:
+            host = urlsplit(self.clone_url).hostname or redact(self.clone_url)
+            return HostUnreachable(
+                f"Could not connect to {host}: {why}.",
+                hint="Its server may be down or unreachable from this service; try again later.",
+                log_message=f"{self.prefix}: {redact(self.clone_url)}: {result.describe()}",
+            )
         if not redirect_refused(result.stderr):
             return self.not_reachable(result.describe())
         return RepositoryNotFound(
@@ -339,7 +355,13 @@ class GitProvider(RepoProvider):
         """RepositoryNotFound if the policy found that :attr:`clone_url`'s host does not
         resolve: git must not look it up again (it could answer differently now)."""
         if self.pins.unresolved(self.clone_url):
-            raise self.not_reachable("the host did not resolve when the policy checked it")
+            host = urlsplit(self.clone_url).hostname or redact(self.clone_url)
+            raise HostUnreachable(
+                f"Could not connect to {host}: its name does not resolve.",
+                hint="Check the host name in the URL.",
+                log_message=f"{self.prefix}: {redact(self.clone_url)}: "
+                "the host did not resolve when the policy checked it",
+            )
 
     def url_rules(self, url: str) -> UrlRules:
         """The policy for submodule URLs of the repository at ``url``."""

@@ -185,6 +185,26 @@ def classify_failure(stderr: str) -> Failure:
     return Failure.OTHER
 
 
+#: git's words for a server it could not connect to -> what we say
+_CONNECTION_FAILURES = (
+    ("could not resolve host", "its name does not resolve"),
+    ("name or service not known", "its name does not resolve"),
+    ("connection refused", "the connection was refused"),
+    ("timed out", "the connection timed out"),
+    ("network is unreachable", "there is no network route to it"),
+    ("no route to host", "there is no network route to it"),
+    ("connection reset", "the connection was reset"),
+    ("failed to connect", "the connection failed"),
+    ("couldn't connect", "the connection failed"),
+)
+
+
+def connection_failure(stderr: str) -> str:
+    """Why git could not connect to the server at all (its stderr), or ''."""
+    text = stderr.lower()
+    return next((why for words, why in _CONNECTION_FAILURES if words in text), "")
+
+
 def redirect_refused(stderr: str) -> bool:
     """True when git failed because the server redirected and redirects are off."""
     return bool(_REDIRECT_RE.search(stderr))
