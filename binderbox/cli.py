@@ -396,10 +396,10 @@ class ServeCommand(Command):
         from .serve import serve
 
         if self.loaded_config is not None:
-            print(f"config: {self.loaded_config}", flush=True)
+            self.notice(f"config: {self.loaded_config}")
         else:
             looked = Path(self.config_file).resolve()
-            print(f"config: none found (looked for {looked}); the defaults apply", flush=True)
+            self.notice(f"config: none found (looked for {looked}); the defaults apply")
         pipeline = self.make_pipeline(allow_local=False)
         asyncio.run(serve(self, pipeline))
         return 0
