@@ -23,6 +23,7 @@ from .environments import HOME
 from .errors import BinderboxError
 from .events import Building, Built, Event, Failed, Phase, Ready
 from .images import ImageRegistry
+from .logs import json_line
 from .pipeline import LaunchRequest
 from .runtime.inpod import refuse_root
 from .sessions.identity import Visitor
@@ -48,16 +49,21 @@ class Command(BinderboxApp):
         try:
             code = self.run()
         except BinderboxError as exc:
-            print(f"error: {exc.user_message}", file=sys.stderr)
+            self._error(f"error: {exc.user_message}")
             self.log.debug("details: %s", exc.log_message)
             code = 1
         except TraitError as exc:  # a setting of the config file or the command line
-            print(f"error: a setting is not valid: {exc}", file=sys.stderr)
+            self._error(f"error: a setting is not valid: {exc}")
             code = 1
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            self._error("interrupted")
             code = 130
         self.exit(code)
+
+    def _error(self, text: str) -> None:
+        """The line that ends a failed command, on stderr (JSON with --log-format json)."""
+        json_lines = self.log_style == "json"
+        print(json_line("ERROR", self.log.name, text) if json_lines else text, file=sys.stderr)
 
     def run(self) -> int:
         """Do the work; return the exit code."""
