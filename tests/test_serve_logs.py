@@ -3,7 +3,8 @@
 A real service (hub, proxy, builds, a session) started with JSON lines: every line
 it writes, on stdout and stderr, is one JSON object; each launch ends with one
 ``launch`` record with its outcome and timings; the session's token and the
-credentials of a repository URL appear in no log line, the children's logs included.
+credentials of a repository URL appear in no log line, the children's logs included;
+a refused URL's log line names the setting that would allow it.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ async def test_json_logs_have_one_record_per_launch_and_no_tokens(tmp_path: Path
     assert refused["outcome"] == "failed"
     assert refused["failure"] == failed.get("reason") and refused["failure"]
     assert refused["build_seconds"] is None and refused["launch_seconds"] is None
+
+    # the visitor's message stays plain; the operator's log names the setting
+    assert "allow_private_hosts" not in failed["message"], failed
+    said_why = [r["message"] for r in stderr if "failed: refused" in r["message"]]
+    assert len(said_why) == 1 and "c.GitProvider.allow_private_hosts = True" in said_why[0]
 
     for name, text in serve.logs().items():  # the service's output, the children's logs
         for secret in (ready["token"], SECRET_USER, SECRET_QUERY):
