@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from traitlets import Type, Unicode, default
+from traitlets import CaselessStrEnum, Type, Unicode, default, observe
 from traitlets.config import Application
 
 from . import __version__
@@ -24,6 +25,7 @@ from .content import ContentCache
 from .data import DataCache
 from .errors import BinderboxError
 from .images import ImageRegistry
+from .logs import notice, use_json
 from .pipeline import LaunchPipeline
 from .runtime.provision import make_reachable
 from .sessions.sizes import SessionSizes
@@ -56,8 +58,18 @@ class BinderboxApp(Application):
         Job; the Helm chart's choice).  `binderbox build` always builds here.""",
     ).tag(config=True)
 
+    log_style = CaselessStrEnum(
+        ["text", "json"],
+        "text",
+        help="""How log lines are written: 'text' for people, 'json' for log shippers
+        (one JSON object per line, on stderr: time, level, logger, message and the
+        record's fields, e.g. the per-launch summary's; the service's notices on stdout
+        are JSON objects too).  The command line's --log-format.""",
+    ).tag(config=True)
+
     aliases = {
         "data-dir": "BinderboxApp.data_dir",
+        "log-format": "BinderboxApp.log_style",
         "config": "BinderboxApp.config_file",
         "log-level": "Application.log_level",
     }
@@ -80,6 +92,19 @@ class BinderboxApp(Application):
         if path.is_file():
             self.load_config_file(path.name, path=str(path.parent.resolve()))
             self.loaded_config = path.resolve()
+
+    def get_default_logging_config(self) -> dict[str, Any]:
+        """traitlets' console handler, with JSON lines for every logger when asked."""
+        config: dict[str, Any] = super().get_default_logging_config()
+        return use_json(config) if self.log_style == "json" else config
+
+    @observe("log_style")
+    def _log_style_changed(self, change: Any) -> None:
+        self._configure_logging()
+
+    def notice(self, text: str) -> None:
+        """One line for the operator on stdout (a JSON object with --log-format json)."""
+        notice(text, json_lines=self.log_style == "json", logger=self.log.name)
 
     @property
     def data_path(self) -> Path:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from .environments import HOME
 from .errors import BinderboxError
 from .events import Building, Built, Event, Failed, Phase, Ready
 from .images import ImageRegistry
+from .logs import json_line
 from .pipeline import LaunchRequest
 from .runtime.inpod import refuse_root
 from .sessions.identity import Visitor
@@ -48,16 +51,21 @@ class Command(BinderboxApp):
         try:
             code = self.run()
         except BinderboxError as exc:
-            print(f"error: {exc.user_message}", file=sys.stderr)
+            self._error(f"error: {exc.user_message}")
             self.log.debug("details: %s", exc.log_message)
             code = 1
         except TraitError as exc:  # a setting of the config file or the command line
-            print(f"error: a setting is not valid: {exc}", file=sys.stderr)
+            self._error(f"error: a setting is not valid: {exc}")
             code = 1
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            self._error("interrupted")
             code = 130
         self.exit(code)
+
+    def _error(self, text: str) -> None:
+        """The line that ends a failed command, on stderr (JSON with --log-format json)."""
+        json_lines = self.log_style == "json"
+        print(json_line("ERROR", self.log.name, text) if json_lines else text, file=sys.stderr)
 
     def run(self) -> int:
         """Do the work; return the exit code."""
@@ -396,10 +404,10 @@ class ServeCommand(Command):
         from .serve import serve
 
         if self.loaded_config is not None:
-            print(f"config: {self.loaded_config}", flush=True)
+            self.notice(f"config: {self.loaded_config}")
         else:
             looked = Path(self.config_file).resolve()
-            print(f"config: none found (looked for {looked}); the defaults apply", flush=True)
+            self.notice(f"config: none found (looked for {looked}); the defaults apply")
         pipeline = self.make_pipeline(allow_local=False)
         asyncio.run(serve(self, pipeline))
         return 0
@@ -425,6 +433,45 @@ class GenerateConfigCommand(Command):
         path.write_text(self.generate_config_file())
         print(f"wrote {path}", file=sys.stderr)
         return 0
+
+    def generate_config_file(self, classes: Any = None) -> str:
+        """traitlets' commented file, with each inherited setting once, on the class that
+        defines it (``c.RepoProvider.allow_ssh`` applies to every provider): a subclass's
+        section names the ones it inherits instead of repeating them."""
+        return inherited_once(super().generate_config_file(classes))
+
+
+_SEE_ALSO_RE = re.compile(r"^#  See also: (\w+)\.(\w+)$", re.MULTILINE)
+_SETTING_RE = re.compile(r"^# c\.(\w+)\.\w+ = ", re.MULTILINE)
+
+
+def inherited_once(text: str) -> str:
+    """``text`` (a generated config file) without the blocks traitlets repeats for
+    inherited settings (``See also: Base.name``); in their place, at the first, one
+    note per class naming them by the class that defines them."""
+    blocks = text.split("\n\n")
+    inherited: dict[int, tuple[str, dict[str, list[str]]]] = {}  # at: class, base: names
+    first: dict[str, int] = {}
+    kept: list[int] = []
+    for i, block in enumerate(blocks):
+        also, setting = _SEE_ALSO_RE.search(block), _SETTING_RE.search(block)
+        if also is None or setting is None:
+            kept.append(i)
+            continue
+        at = first.setdefault(setting.group(1), i)
+        if at == i:
+            kept.append(i)
+            inherited[i] = (setting.group(1), {})
+        inherited[at][1].setdefault(also.group(1), []).append(also.group(2))
+    out = [blocks[i] if i not in inherited else _inherited_note(*inherited[i]) for i in kept]
+    return "\n\n".join(out)
+
+
+def _inherited_note(cls: str, names: dict[str, list[str]]) -> str:
+    """``## Also the settings of Base (a, b) ...``, commented and wrapped."""
+    of = "; ".join(f"c.{base}.* ({', '.join(listed)})" for base, listed in names.items())
+    note = f"## Also applies here: {of}. Set c.{cls}.<name> for this class only."
+    return textwrap.fill(note, 78, subsequent_indent="#  ", break_on_hyphens=False)
 
 
 def configurable_classes() -> list[type]:

@@ -65,7 +65,7 @@ from .images import ImageTarget
 from .images.stage import found_in_registry, push_built
 from .providers import make_provider
 from .providers.base import RepoProvider, Resolved
-from .providers.gitutil import redact
+from .providers.gitutil import loggable
 from .providers.policy import enforce_policy
 from .runtime.layout import env_layers, layer_use_lock
 from .sessions import SessionLauncher, SessionRequest
@@ -201,7 +201,7 @@ class LaunchPipeline(LoggingConfigurable):
             self.store, self.builder.finish, self.builder.finished, parent=self
         )
 
-    def launch(self, request: LaunchRequest) -> AsyncIterator[Event]:
+    def launch(self, request: LaunchRequest) -> AsyncGenerator[Event, None]:
         """Run the whole flow for ``request``; ends with ``built``/``ready`` or ``failed``."""
         return self._guarded(request, self._flow)
 
@@ -218,13 +218,13 @@ class LaunchPipeline(LoggingConfigurable):
             self.log.info(
                 "launch of %s/%s failed: %s",
                 request.provider,
-                redact(request.spec),
-                exc.log_message,
+                loggable(request.spec),
+                loggable(exc.log_message),
             )
             yield exc.to_event()
         except Exception:
             self.log.exception(
-                "unexpected error launching %s/%s", request.provider, redact(request.spec)
+                "unexpected error launching %s/%s", request.provider, loggable(request.spec)
             )
             yield Failed(
                 message="Internal error: the launch failed unexpectedly."

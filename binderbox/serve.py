@@ -29,7 +29,7 @@ import fcntl
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from .events import Event
 from .hub import ManagedHub
 from .hub.children import free_port
 from .hub.external import ExternalHub
+from .launchlog import logged
 from .operator import ServiceState, wait_answering
 from .pipeline import LaunchPipeline, LaunchRequest
 from .prebuilt import Prebuilt
@@ -74,7 +75,8 @@ class Service:
         self.prebuilt = prebuilt or Prebuilt()
 
     def launch(self, request: LaunchRequest) -> AsyncIterator[Event]:
-        return self.pipeline.launch(request)
+        """The pipeline's launch, with its record in the log at the end (:mod:`.launchlog`)."""
+        return logged(self.pipeline.launch(request), request, self.pipeline.log)
 
     def versions(self) -> dict[str, Any]:
         return self.pipeline.versions()
@@ -266,13 +268,13 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
         if https.enabled:
             background.append(asyncio.create_task(https.renewals()))
         if isinstance(hub, ManagedHub):
-            print(f"hub database: {hub.database.shown}", flush=True)  # never its password
+            app.notice(f"hub database: {hub.database.shown}")  # never its password
         await _announce(app, hub, url, web_config)
         stop_sessions = await stopping
         server.stop()
         if isinstance(hub, ExternalHub):  # the cluster's sessions: never ended here
             stop_sessions = False
-        await _end_sessions(pipeline.launcher, stop_sessions, hub.cull_timeout)
+        await _end_sessions(pipeline.launcher, stop_sessions, hub.cull_timeout, app.notice)
     finally:
         for task in background:
             task.cancel()
@@ -285,7 +287,7 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
             await pipeline.finisher.aclose()
             await pipeline.store.aclose()
             await pipeline.data.aclose()
-        print("binderbox stopped", flush=True)
+        app.notice("binderbox stopped")
 
 
 async def _announce(app: Any, hub: ManagedHub | ExternalHub, url: str, web_config: WebApp) -> None:
@@ -301,7 +303,7 @@ async def _announce(app: Any, hub: ManagedHub | ExternalHub, url: str, web_confi
     state = ServiceState(url, hub.hub_api_url, proxy_api, os.getpid(), app.hub)
     state.write(app.data_path)
     app.log.info("binderbox is running at %s", url)
-    print(f"binderbox is running at {url}", flush=True)
+    app.notice(f"binderbox is running at {url}")
 
 
 def _web_app(app: Any, service: Service, web_config: WebApp) -> Application:
@@ -344,17 +346,18 @@ def _background(
     return tasks
 
 
-async def _end_sessions(launcher: SessionLauncher, stop: bool, idle_timeout: int) -> None:
-    """Stop every session, or say that they are kept (either way, how many)."""
+async def _end_sessions(
+    launcher: SessionLauncher, stop: bool, idle_timeout: int, say: Callable[[str], None]
+) -> None:
+    """Stop every session, or ``say`` that they are kept (either way, how many)."""
     running = await launcher.count_running()
     if stop:
-        print("stopping: ending every session", flush=True)
+        say("stopping: ending every session")
         left = await launcher.stop_all() if running else 0
         failed = f"; {left} could not be" if left > 0 else ""
-        print(f"stopping: stopped {running - max(left, 0)} session(s){failed}", flush=True)
+        say(f"stopping: stopped {running - max(left, 0)} session(s){failed}")
         return
-    print(
+    say(
         f"stopping: kept {running} session(s) running for a restart on this data "
-        f"directory; without one they end themselves after {idle_timeout} s",
-        flush=True,
+        f"directory; without one they end themselves after {idle_timeout} s"
     )

@@ -46,6 +46,14 @@ UV_CACHE = TEST_CACHE / "uv"
 READY_LINE = "binderbox is running at"
 
 
+def notice_text(line: str) -> str:
+    """A line of the service's stdout as text (its ``message`` with --log-format json)."""
+    if line.startswith("{"):
+        with contextlib.suppress(ValueError):
+            return str(json.loads(line).get("message", line))
+    return line
+
+
 def escaped_file_url(repo: Path) -> str:
     """The ``git`` provider spec part for a local repository: its escaped file URL."""
     return quote(f"file://{repo}", safe="")
@@ -77,6 +85,8 @@ class ServeProcess:
     db_password: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
+    #: more arguments of ``binderbox serve`` (e.g. ``--log-format json``)
+    args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.ports:
@@ -140,7 +150,10 @@ class ServeProcess:
         start_at = self.stdout_path.stat().st_size
         with out, err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "binderbox", "serve", "--data-dir", str(self.data_dir)],
+                [
+                    *(sys.executable, "-m", "binderbox", "serve"),
+                    *("--data-dir", str(self.data_dir), *self.args),
+                ],
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -150,7 +163,7 @@ class ServeProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.stdout_path.read_bytes()[start_at:].decode(errors="replace")
-            for line in text.splitlines():
+            for line in map(notice_text, text.splitlines()):
                 if line.startswith(READY_LINE):
                     self.url = line[len(READY_LINE) :].strip()
                     return self.url
@@ -276,13 +289,19 @@ def running_serve(
     extra_config: str = "",
     env: dict[str, str] | None = None,
     ports: dict[str, int] | None = None,
+    args: list[str] | None = None,
 ) -> Iterator[ServeProcess]:
     """A started :class:`ServeProcess` (``env`` added to its environment, on ``ports``
-    when given: ``public``, ``hub``, ``api``); on exit its
+    when given: ``public``, ``hub``, ``api``; ``args`` more arguments); on exit its
     sessions are ended, then it gets SIGTERM and must exit with status 0, having
     printed no traceback."""
     serve = ServeProcess(
-        workdir, data_dir or workdir / "data", extra_config, ports=ports or {}, env=env or {}
+        workdir,
+        data_dir or workdir / "data",
+        extra_config,
+        ports=ports or {},
+        env=env or {},
+        args=args or [],
     )
     serve.start()
     status: int | None = None

@@ -251,16 +251,23 @@ def test_generate_config_lists_every_setting(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     text = (tmp_path / "binderbox_config.py").read_text()
     for setting in (
-        "c.PythonBuilder.seed",
+        "c.PythonChoices.seed",  # PythonBuilder's section names it, not repeats it
         "c.Store.budget",
         "c.ChildWatcher.max_restarts",
         "c.WebApp.recent_sessions",
-        "c.GitHubProvider.allow_private_hosts",
+        "c.RepoProvider.allow_private_hosts",
         "c.Store.concurrent_builds",
         "c.SandboxHost.env_size_limit",
         "c.SandboxHost.build_pids_limit",
     ):
         assert f"# {setting} =" in text, setting
+    # settings every provider inherits are listed once, and each provider names them
+    assert text.count("allow_private_hosts = ") == 2  # c.RepoProvider's and c.DataCache's
+    github = text[text.index("# GitHubProvider(") :]
+    github = github[: github.index("configuration", 40)]
+    assert "c.RepoProvider.* (allow_private_hosts, allow_ssh" in github
+    assert "Set c.GitHubProvider.<name> for this class only." in github
+    compile(text, "binderbox_config.py", "exec")
 
 
 def test_build_killed_leaves_nothing_usable(tmp_path: Path) -> None:

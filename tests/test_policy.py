@@ -206,6 +206,9 @@ async def test_private_hosts_are_refused(url: str) -> None:
     assert err.message == f"The repository URL is not allowed: {host} is on a private network."
     assert err.hint == "This service only launches repositories from public hosts."
     assert "tok3n" not in err.user_message and "tok3n" not in err.log_message
+    # the operator's log names the setting that would allow it; the visitor's message not
+    assert "c.GitProvider.allow_private_hosts = True" in err.log_message
+    assert "allow_private_hosts" not in err.user_message
 
 
 @pytest.mark.parametrize(
@@ -288,6 +291,8 @@ async def test_ssh_is_refused(url: str) -> None:
     err = await refused(provider(git_spec(url)))
     assert err.message == "The repository URL is not allowed: this service does not fetch over ssh."
     assert "https://" in err.hint
+    assert "c.GitProvider.allow_ssh = True" in err.log_message
+    assert "allow_ssh" not in err.user_message
 
 
 async def test_ssh_allowed_by_the_operator() -> None:

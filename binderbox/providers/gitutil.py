@@ -46,6 +46,8 @@ _HELPER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
 SCP_RE = re.compile(r"^(?:[^@/\s]+@)?(\[[^\]/]+\]|[^/:\s]{2,}):(?!//).")
 #: the user-info part of a URL, plain (``//user:tok@``) or URL-escaped (``%2F%2F...%40``)
 _USERINFO_RE = re.compile(r"(?i)(//|%2F%2F)((?:(?!%2F)[^/?#@\s])+)(@|%40)")
+#: a URL's query (``?`` or URL-escaped ``%3F``) up to the next path separator or space
+_QUERY_RE = re.compile(r"(?i)(\?|%3F)[^/\s]*")
 _PROGRESS_RE = re.compile(r"^(?:remote:\s*)?(?P<what>[^:]+):\s+(?P<pct>\d+)%")
 #: what git says when the server answers with a redirect it may not follow
 _REDIRECT_RE = re.compile(r"returned error: 30[12378]\b")
@@ -138,6 +140,13 @@ def redact(text: str) -> str:
     ``git@`` (the usual ssh user, never a secret) is kept.
     """
     return _USERINFO_RE.sub(_mask, text)
+
+
+def loggable(text: str) -> str:
+    """:func:`redact`, and every URL's query masked too (``?***``, also URL-escaped):
+    for the operator's log, where a token in ``?access_token=`` must not land either.
+    (Visitors' messages keep their query: it is theirs.)"""
+    return _QUERY_RE.sub(lambda m: f"{m.group(1)}***", redact(text))
 
 
 def _mask(match: re.Match[str]) -> str:

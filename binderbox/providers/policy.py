@@ -136,10 +136,13 @@ async def check_host(provider: RepoProvider) -> None:
         pins=provider.pins,
     )
     if refusal is not None:
+        setting = f"c.{type(provider).__name__}.{refusal.setting} = True"
         raise SpecNotAllowed(
             f"The repository URL is not allowed: {refusal.reason}.",
-            hint=refusal.hint,
-            log_message=f"refused {redact(url)!r}: {refusal.detail}",
+            hint=refusal.hint,  # the visitor's message: no operator settings in it
+            log_message=f"refused {redact(url)!r}: {refusal.detail}; the operator's "
+            f"setting {setting} (every provider: c.RepoProvider.{refusal.setting}) "
+            "would allow it",
         )
 
 
@@ -151,12 +154,14 @@ class Refusal:
     that ends every message of the family ``"<what> is not allowed: <reason>."``
     (the visitor's repository URL here, a submodule in
     :class:`~binderbox.providers.git.GitProvider`); ``hint`` says what to do
-    instead; ``detail`` is for the log only.
+    instead; ``detail`` is for the log only, as is ``setting``: the provider
+    setting that would allow the URL (``allow_ssh`` or ``allow_private_hosts``).
     """
 
     reason: str
     hint: str
     detail: str
+    setting: str = "allow_private_hosts"
 
 
 async def host_refusal(
@@ -180,7 +185,7 @@ async def host_refusal(
     """
     scheme, host = url_host(url)
     if scheme in _SSH_SCHEMES and not allow_ssh:
-        return Refusal(_SSH_REFUSED, _SSH_HINT, "ssh URL")
+        return Refusal(_SSH_REFUSED, _SSH_HINT, "ssh URL", setting="allow_ssh")
     if allow_private_hosts or not host:
         return None
     if not (_PLAIN_HOST_RE.fullmatch(host) or is_address(host)):

@@ -26,7 +26,7 @@ from .. import __version__, metrics
 from ..errors import BinderboxError
 from ..events import Failed, Ready
 from ..pipeline import LaunchRequest
-from ..providers.gitutil import redact
+from ..providers.gitutil import loggable
 from .base import (
     ApiHandler,
     LaunchPipelineProtocol,
@@ -104,7 +104,7 @@ class BuildHandler(EventStreamHandler):
         self.log.info(
             "build %s/%s for %s%s%s",
             provider,
-            redact(spec),
+            loggable(spec),
             request.client_ip,
             f" ({visitor.name})" if visitor.logged_in else "",
             " (build only)" if build_only else "",
@@ -146,7 +146,7 @@ class BuildHandler(EventStreamHandler):
             last = error.to_event()
             await self.send(last.to_wire(), ENDED)
         except Exception:
-            self.log.exception("launch of %s/%s failed", request.provider, redact(request.spec))
+            self.log.exception("launch of %s/%s failed", request.provider, loggable(request.spec))
             last = Failed(message="Internal error: the launch failed.", status_code=500)
             await self.send(last.to_wire(), ENDED)
         finally:

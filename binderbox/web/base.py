@@ -27,7 +27,7 @@ from ..events import Event
 from ..pipeline import LaunchRequest
 from ..providers import offered_providers, repoprovider_configs
 from ..providers.base import RepoProvider
-from ..providers.gitutil import redact
+from ..providers.gitutil import loggable
 from ..sessions.identity import ANONYMOUS, Visitor
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def log_request(handler: RequestHandler) -> None:
 
 def _summary(request: HTTPServerRequest) -> str:
     """``METHOD uri (ip)`` with credentials in the URI masked."""
-    return f"{request.method} {redact(request.uri or '')} ({request.remote_ip})"
+    return f"{request.method} {loggable(request.uri or '')} ({request.remote_ip})"
 
 
 @dataclass
