@@ -72,20 +72,46 @@ class Command(BinderboxApp):
         raise NotImplementedError
 
 
-class ProgressPrinter:
-    """Renders pipeline events for a person (or as JSON lines with ``json_lines``)."""
+#: a build log's line of one package installed (+) or removed (-), as uv prints them
+_PACKAGE_LINE = re.compile(r"^\s*([+-]) \S+")
 
-    def __init__(self, out: TextIO, *, json_lines: bool) -> None:
+
+class ProgressPrinter:
+    """Renders pipeline events for a person (or as JSON lines with ``json_lines``).
+    Runs of package lines (``+ six==1.16.0``) are folded to a count unless ``verbose``."""
+
+    def __init__(self, out: TextIO, *, json_lines: bool, verbose: bool = False) -> None:
         self.out = out
         self.json_lines = json_lines
+        self.verbose = verbose
         self.phase: Phase | None = None
         self.started = time.monotonic()
+        self.folded = {"+": 0, "-": 0}
+
+    def flush_folded(self) -> None:
+        """Write the count of the package lines folded since the last one written."""
+        for sign, what in (("-", "removed"), ("+", "installed")):
+            if self.folded[sign]:
+                count = self.folded[sign]
+                self.out.write(f"  {sign} {count} package{'s' * (count != 1)} {what}\n")
+                self.folded[sign] = 0
+        self.out.flush()
+
+    def _line(self, line: str) -> None:
+        package = _PACKAGE_LINE.match(line)
+        if package and not self.verbose:
+            self.folded[package[1]] += 1
+            return
+        self.flush_folded()
+        self.out.write(f"  {line}\n")
 
     def show(self, event: Event) -> None:
         if self.json_lines:
             self.out.write(json.dumps(event.to_wire()) + "\n")
             self.out.flush()
             return
+        if not (event.message and event.phase == self.phase and not isinstance(event, Built)):
+            self.flush_folded()
         if event.phase != self.phase and event.phase != Phase.FAILED:
             self.phase = event.phase
             elapsed = time.monotonic() - self.started
@@ -99,7 +125,7 @@ class ProgressPrinter:
             self.out.write(f"  {event.url}?token={event.token}\n")
         elif event.message:
             for line in event.message.rstrip("\n").splitlines():
-                self.out.write(f"  {line}\n")
+                self._line(line)
         self.out.flush()
 
 
@@ -108,6 +134,7 @@ async def _consume(events: AsyncIterator[Event], printer: ProgressPrinter) -> Ev
     async for event in events:
         printer.show(event)
         last = event
+    printer.flush_folded()
     return last
 
 
@@ -127,6 +154,9 @@ class BuildCommand(Command):
     ).tag(config=True)
     json_lines = Bool(
         False, help="Print one JSON event a line (the /build event-stream schema)."
+    ).tag(config=True)
+    verbose = Bool(
+        False, help="Show every package line of the build log (else they are counted)."
     ).tag(config=True)
     in_pod = Bool(
         False,
@@ -167,6 +197,7 @@ class BuildCommand(Command):
     }
     flags = {
         "json": ({"BuildCommand": {"json_lines": True}}, "Print JSON events, one a line."),
+        "verbose": ({"BuildCommand": {"verbose": True}}, "Show every package line."),
         "in-pod": ({"BuildCommand": {"in_pod": True}}, "Build in a pod, without bubblewrap."),
         "insecure": (
             {"ImageRegistry": {"insecure": True}},
@@ -178,8 +209,9 @@ class BuildCommand(Command):
     def run(self) -> int:
         if len(self.extra_args) != 1:
             print(
-                "usage: binderbox build SPEC [--ref REF] [--json] [--in-pod] [--output DIR]"
-                " [--push REGISTRY/PREFIX [--insecure]] [--fetch-only] [--git-tokens FILE]",
+                "usage: binderbox build SPEC [--ref REF] [--json] [--verbose] [--in-pod]"
+                " [--output DIR] [--push REGISTRY/PREFIX [--insecure]] [--fetch-only]"
+                " [--git-tokens FILE]",
                 file=sys.stderr,
             )
             return 2
@@ -205,7 +237,9 @@ class BuildCommand(Command):
             visitor=Visitor(tokens=read_tokens(self.git_tokens)),
         )
         printer = ProgressPrinter(
-            sys.stdout if self.json_lines else sys.stderr, json_lines=self.json_lines
+            sys.stdout if self.json_lines else sys.stderr,
+            json_lines=self.json_lines,
+            verbose=self.verbose,
         )
         output = Path(self.output) if self.output else None
 
@@ -230,6 +264,8 @@ class BuildCommand(Command):
             return 1
         if self.push:
             return _push(images, pipeline.store if output is None else None, last, printer)
+        if not self.json_lines and last.path:  # the result on stdout; progress: stderr
+            print(last.path)
         return 0
 
 

@@ -136,6 +136,8 @@ class LaunchState:
     env: Env | None = None
     data_mounts: dict[str, Path] = field(default_factory=dict)
     data_folders: tuple[DatasetFolder, ...] = ()
+    #: a session follows the build (not ``build_only``): what ``built`` says next
+    launching: bool = True
 
     @property
     def spec(self) -> EnvSpec | None:
@@ -234,7 +236,7 @@ class LaunchPipeline(LoggingConfigurable):
             )
 
     async def _flow(self, request: LaunchRequest) -> AsyncGenerator[Event, None]:
-        state = LaunchState(provider=self.provider_for(request))
+        state = LaunchState(provider=self.provider_for(request), launching=not request.build_only)
         if self.launcher is not None:  # their own git tokens: private repositories
             visitor = await with_git_tokens(self.launcher.hub, request.visitor, self.git_tokens)
             request = dataclasses.replace(request, visitor=visitor)
@@ -332,7 +334,7 @@ class LaunchPipeline(LoggingConfigurable):
             state.env = env
             self.finisher.ensure(env)  # when a crash or shutdown stopped it
             yield Built(
-                message="Found built environment, launching...",
+                message="Found built environment" + (", launching..." if state.launching else "."),
                 image_name=key,
                 path=str(env.path),
                 cached=True,
@@ -414,9 +416,8 @@ class LaunchPipeline(LoggingConfigurable):
         assert state.env is not None
         async for event in push_built(self.images, self.finisher, self.store, state.env):
             yield event
-        yield Built(
-            message="Built environment, launching...", image_name=key, path=str(state.env.path)
-        )
+        then = ", launching..." if state.launching else "."
+        yield Built(message=f"Built environment{then}", image_name=key, path=str(state.env.path))
 
     def _queue_message(self, ahead: int) -> str:
         builds = "build" if ahead == 1 else "builds"

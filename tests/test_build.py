@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,6 +235,7 @@ def test_cli_json_events_and_envs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[-1]["phase"] == "built" and Path(events[-1]["path"]).is_dir()
+    assert events[-1]["message"] == "Built environment."  # no session follows
     key = events[-1]["imageName"]
     # the command exits once the environment has its bytecode too
     assert "Compiling bytecode" in result.stderr
@@ -244,6 +246,22 @@ def test_cli_json_events_and_envs(tmp_path: Path) -> None:
     assert shown["key"] == key and "six==1.16.0" in json.dumps(shown["spec"])
     assert cli(data, "envs", "rm", key).returncode == 0
     assert key not in cli(data, "envs", "list").stdout
+
+
+def test_cli_prints_progress_on_stderr_and_the_environment_on_stdout(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "clirepo", {"requirements.txt": "six==1.16.0\n"})
+    result = cli(tmp_path / "data", "build", str(repo))
+    assert result.returncode == 0, result.stderr
+    (path,) = result.stdout.splitlines()  # the result alone: $(binderbox build ...) works
+    assert Path(path).is_dir()
+    assert "launching" not in result.stderr  # no session follows a CLI build
+    # the package list is a count, unless --verbose
+    assert "+ six==1.16.0" not in result.stderr
+    assert re.search(r"^  \+ \d+ packages installed$", result.stderr, re.M), result.stderr
+    verbose = cli(tmp_path / "data-verbose", "build", str(repo), "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    assert re.search(r"^ +\+ six==1\.16\.0$", verbose.stderr, re.M), verbose.stderr
+    assert verbose.stdout.strip() != "" and "packages installed" not in verbose.stderr
 
 
 def test_generate_config_lists_every_setting(tmp_path: Path) -> None:
