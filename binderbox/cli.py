@@ -466,7 +466,7 @@ class GenerateConfigCommand(Command):
         if path.exists() and not self.force:
             raise BinderboxError(f"{path} exists.", hint="Use --force to overwrite it.")
         self.classes = configurable_classes()
-        path.write_text(self.generate_config_file())
+        path.write_text(self.grouped_config_file(configurable_groups()))
         print(f"wrote {path}", file=sys.stderr)
         return 0
 
@@ -475,6 +475,21 @@ class GenerateConfigCommand(Command):
         defines it (``c.RepoProvider.allow_ssh`` applies to every provider): a subclass's
         section names the ones it inherits instead of repeating them."""
         return inherited_once(super().generate_config_file(classes))
+
+    def grouped_config_file(self, groups: list[tuple[str, list[type]]]) -> str:
+        """:meth:`generate_config_file` with its sections under the headings of
+        ``groups`` (what an operator wants to do); a base class comes with the first
+        group that has a subclass of it."""
+        every = list(self._classes_with_config_traits([c for _, cs in groups for c in cs]))
+        lines = [f"# Configuration file for {self.name}.", "", "c = get_config()  #noqa", ""]
+        placed: set[type] = set()
+        for title, members in groups:
+            ours = [c for c in every if c not in placed and any(issubclass(m, c) for m in members)]
+            placed.update(ours)
+            rule = "#" * 78
+            lines += [rule, f"# {title}", rule, ""]
+            lines += [cls.class_config_section(every) for cls in ours]
+        return inherited_once("\n".join(lines))
 
 
 _SEE_ALSO_RE = re.compile(r"^#  See also: (\w+)\.(\w+)$", re.MULTILINE)
@@ -511,7 +526,13 @@ def _inherited_note(cls: str, names: dict[str, list[str]]) -> str:
 
 
 def configurable_classes() -> list[type]:
-    """Every class whose settings a config file may set (for generate-config)."""
+    """Every class whose settings a config file may set."""
+    return [cls for _, classes in configurable_groups() for cls in classes]
+
+
+def configurable_groups() -> list[tuple[str, list[type]]]:
+    """:func:`configurable_classes` by what an operator wants to do (generate-config's
+    headings)."""
     from .builders.aptlayer import AptLayers
     from .builders.conda import CondaBuilder
     from .builders.kube import KubernetesBuilds
@@ -539,32 +560,30 @@ def configurable_classes() -> list[type]:
     from .web import WebApp
 
     return [
-        BinderboxApp,
-        LaunchPipeline,
-        Builders,
-        PythonBuilder,
-        CondaBuilder,
-        RBuilder,
-        AptLayers,
-        Store,
-        ContentCache,
-        DataCache,
-        *default_fetcher_classes(),
-        Destinations,
-        SandboxHost,
-        SandboxNetwork,
-        ManagedHub,
-        ExternalHub,
-        KubernetesBuilds,
-        ImageRegistry,
-        ImageLayout,
-        Logins,
-        ChildWatcher,
-        SessionLauncher,
-        WebApp,
-        HTTPS,
-        Maintenance,
-        *PROVIDERS.values(),
+        ("Access: what may be launched, from where", [*PROVIDERS.values(), LaunchPipeline]),
+        ("Limits: sessions, quotas, sandboxes", [SessionLauncher, SandboxHost, ChildWatcher]),
+        (
+            "Storage: environments, content, datasets, images",
+            [Store, ContentCache, DataCache, *default_fetcher_classes(), ImageLayout, Maintenance],
+        ),
+        ("Login: who the visitors are", [Logins]),
+        ("Network: what sandboxes reach; HTTPS", [SandboxNetwork, Destinations, HTTPS]),
+        (
+            "Builds: Python, conda, R, apt; on Kubernetes; images",
+            [
+                Builders,
+                PythonBuilder,
+                CondaBuilder,
+                RBuilder,
+                AptLayers,
+                KubernetesBuilds,
+                ImageRegistry,
+            ],
+        ),
+        (
+            "Service: the command, the hub, the web app",
+            [BinderboxApp, ManagedHub, ExternalHub, WebApp],
+        ),
     ]
 
 

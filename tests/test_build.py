@@ -285,6 +285,12 @@ def test_generate_config_lists_every_setting(tmp_path: Path) -> None:
     github = github[: github.index("configuration", 40)]
     assert "c.RepoProvider.* (allow_private_hosts, allow_ssh" in github
     assert "Set c.GitHubProvider.<name> for this class only." in github
+    # grouped by what an operator wants to do, each setting under its group's heading
+    headings = re.findall(r"^# (\w+): ", text, re.M)
+    assert headings == ["Access", "Limits", "Storage", "Login", "Network", "Builds", "Service"]
+    for setting, group in (("c.RepoProvider.banned_specs", "Access"), ("c.Logins.", "Login")):
+        before = text[: text.index(f"# {setting}")]
+        assert re.findall(r"^# (\w+): ", before, re.M)[-1] == group, setting
     compile(text, "binderbox_config.py", "exec")
 
 
