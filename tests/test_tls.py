@@ -28,6 +28,7 @@ from serve_helpers import escaped_file_url, git_spec, running_serve
 
 from binderbox.hub.children import free_port
 from binderbox.tls import HTTPS, CertError
+from binderbox.tls.relay import RequestHead
 
 DOMAIN = "binder.example.org"
 SSE = {"Accept": "text/event-stream"}
@@ -515,3 +516,20 @@ async def test_silent_clients_are_closed_and_connections_capped(
         assert await asyncio.to_thread(over_the_cap) == (True, True, 200)
     finally:
         await capped.stop()
+
+
+@pytest.mark.parametrize(
+    ("headers", "upgrade"),
+    [
+        (b"Upgrade: websocket\r\nConnection: keep-alive, Upgrade", True),
+        (b"Upgrade: websocket", False),  # Node reads an ordinary request: so do we
+        (b"Connection: upgrade", False),
+    ],
+)
+def test_only_a_real_upgrade_request_ends_the_rewriting(headers: bytes, upgrade: bool) -> None:
+    """After an upgrade the relay copies bytes as they come; a request Node does not
+    upgrade must not switch it off, or the next request's forged X-Forwarded-For would
+    reach the proxy."""
+    head = RequestHead(b"GET /x HTTP/1.1\r\nHost: h\r\n" + headers + b"\r\n\r\n")
+    assert head.upgrade is upgrade
+    assert b"X-Forwarded-For: 127.0.0.2" in head.rewritten("127.0.0.2")

@@ -207,8 +207,15 @@ async def _ending(relay: Coroutine[Any, Any, None], writer: asyncio.StreamWriter
     close ``writer``, so the other direction ends too."""
     try:
         await relay
-    except (OSError, ssl.SSLError, Refused, TimeoutError, asyncio.LimitOverrunError):
-        pass  # LimitOverrunError: a request head or chunk line over the reader's limit
+    except (
+        OSError,
+        ssl.SSLError,
+        Refused,
+        TimeoutError,
+        asyncio.LimitOverrunError,  # a request head or chunk line over the reader's limit
+        asyncio.IncompleteReadError,  # the client left inside a chunk or its CRLF
+    ):
+        pass
     finally:
         writer.close()
 

@@ -7,9 +7,11 @@ and the front's own ``X-Forwarded-For: <client address>`` and
 (``Content-Length`` or chunked).  Framing that could be read two ways (both
 headers, two lengths, another transfer coding, bare CR or LF, folded lines)
 ends the connection: the proxy must never see a request the front did not
-rewrite.  After a request with ``Upgrade`` (websockets) the rest is copied as
-it comes; the configurable-http-proxy parses nothing after an upgrade request
-either (a refused upgrade ends its connection).
+rewrite.  After an upgrade request (``Upgrade`` and ``Connection: upgrade``, as
+Node's parser reads it: websockets) the rest is copied as it comes; the
+configurable-http-proxy parses nothing after one either (a refused upgrade ends
+its connection).  An ``Upgrade`` header without ``Connection: upgrade`` is an
+ordinary request to Node, so the requests after it are rewritten as well.
 
 Responses (proxy -> client) are copied as they come; the first one of a
 connection gets ``Strict-Transport-Security`` after its status line (a browser
@@ -48,7 +50,7 @@ class RequestHead:
         self.headers: list[bytes] = []
         self.length = 0
         self.chunked = self.upgrade = False
-        seen_length = False
+        seen_length = asks_upgrade = False
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
@@ -65,10 +67,14 @@ class RequestHead:
                     raise Refused("a transfer coding other than one 'chunked'")
                 self.chunked = True
             elif key == b"upgrade":
-                self.upgrade = True
+                asks_upgrade = True
+            elif key == b"connection":
+                tokens = {token.strip().lower() for token in value.split(b",")}
+                self.upgrade = self.upgrade or b"upgrade" in tokens
             self.headers.append(line)
         if self.chunked and seen_length:
             raise Refused("both Content-Length and Transfer-Encoding")
+        self.upgrade = self.upgrade and asks_upgrade
 
     def rewritten(self, client_ip: str) -> bytes:
         ours = [b"X-Forwarded-For: " + client_ip.encode(), b"X-Forwarded-Proto: https"]
