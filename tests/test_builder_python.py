@@ -205,7 +205,7 @@ def test_user_pins_win_over_session_packages() -> None:
         "JupyterLab==3.6.3",
         "numpy",
         "notebook",
-        "ipykernel",
+        "ipykernel<7",
         "jupyter-server",
         "jupyterhub==6.1.1",
         "pip",  # what `uv venv --seed` adds, resolved with the rest
@@ -214,6 +214,8 @@ def test_user_pins_win_over_session_packages() -> None:
         ".",
     ]
     assert "jupyterhub" in builder.requirement_lines(spec, old)  # unpinned for 3.8
+    newer_kernel = python_spec(requirements=("IPyKernel>=7",))
+    assert "ipykernel<7" not in builder.requirement_lines(newer_kernel, new)  # theirs wins
     newest = Interpreter(Path("/x"), "cpython", "3.12.1", "linux-x86_64", Path("/"), Path("/"))
     old_tools = python_spec(requirements=("setuptools<60",))
     seeds = {"pip", "setuptools", "wheel", "setuptools<60"}

@@ -89,9 +89,12 @@ class PythonChoices(Builder):
 
     session_packages = List(
         Unicode(),
-        ["jupyterlab", "notebook", "ipykernel", "jupyter-server"],
-        help="""Packages every environment gets besides jupyterhub, resolved together with
-        the repository's requirements (a user's pin on one of them wins).""",
+        ["jupyterlab", "notebook", "ipykernel<7", "jupyter-server"],
+        help="""Requirements every environment gets besides jupyterhub, resolved together
+        with the repository's requirements (a user's requirement naming one of them wins).
+        ipykernel stays below 7 by default: ipykernel 7 can leave a request on a fresh
+        connection unread until the next connection (ipython/ipykernel#1554, open), which a
+        visitor sees as a first cell that never runs; CI saw it with 7.4.""",
     ).tag(config=True)
 
     jupyterhub_version = Unicode(
@@ -188,7 +191,7 @@ class PythonChoices(Builder):
         if server_env.kernel_only(interp, self.kernel_only_below):  # the server is beside
             lines += [] if "ipykernel" in named else ["ipykernel"]
         else:
-            lines += [p for p in self.session_packages if canonicalize_name(p) not in named]
+            lines += [p for p in self.session_packages if requirement_name(p) not in named]
             if self.jupyterhub_version and "jupyterhub" not in named:
                 lines.append(self._jupyterhub_line(interp))
         if self.seed:  # what ``uv venv --seed`` adds, resolved and fetched with the rest
