@@ -134,6 +134,10 @@ class LaunchState:
     content: Path | None = None
     tree: TreeFacts | None = None
     env: Env | None = None
+    #: the environment's key, once known (``env`` may stay None: image sessions)
+    env_key: str = ""
+    #: image sessions: the environment's image in the registry, which the session runs
+    image: str = ""
     data_mounts: dict[str, Path] = field(default_factory=dict)
     data_folders: tuple[DatasetFolder, ...] = ()
     #: a session follows the build (not ``build_only``): what ``built`` says next
@@ -186,6 +190,13 @@ class LaunchPipeline(LoggingConfigurable):
     data = Instance(DataCache, allow_none=True)
     launcher = Instance(SessionLauncher, allow_none=True)
     images = Instance(ImageTarget, allow_none=True, help="Image mode's registry, if any.")
+    image_sessions = Bool(
+        False,
+        help="""Sessions run each environment's image from the registry (``images``), not
+        its folder of the store: the registry is asked first, and an environment only the
+        store has is pushed before its launch.  binderbox serve sets it from
+        c.KubernetesSessions.mode.""",
+    )
     sizes = Instance(SessionSizes, help="The session sizes the operator offers.")
     git_tokens = Dict(
         Unicode(), help="{git host: auth_state key} of logins (binderbox serve sets it)."
@@ -251,7 +262,7 @@ class LaunchPipeline(LoggingConfigurable):
                 yield event
         if request.build_only:
             return
-        if state.env is None:  # image mode: found in the registry, not in the store
+        if state.env is None and not state.image:  # found in the registry, not in the store
             raise LaunchError("Sessions from registry images need a backend that runs images.")
         async for event in self._datasets(state):
             yield event
@@ -324,7 +335,14 @@ class LaunchPipeline(LoggingConfigurable):
         spec = state.tree.spec
         if not spec.sources and spec.kind == "python":  # nothing in the repository says
             yield Fetching(message=default_environment_notice(spec.python))
-        key = await self._key(spec)
+        state.env_key = key = await self._key(spec)
+        if self.image_sessions:
+            assert self.images is not None
+            state.image = self.images.image_name(key)
+        found = await found_in_registry(self.images, key) if self.image_sessions else None
+        if found is not None:  # what the session runs: no need of the store's folder
+            yield found
+            return
         env = await asyncio.to_thread(self.store.get, key)  # SQLite and a lock
         if env is not None and not await asyncio.to_thread(_layers_present, env.path):
             await self._without_layers(key)
@@ -333,6 +351,9 @@ class LaunchPipeline(LoggingConfigurable):
             metrics.CACHE_HITS.inc()
             state.env = env
             self.finisher.ensure(env)  # when a crash or shutdown stopped it
+            if self.image_sessions:  # built before: the registry lacks its image
+                async for event in push_built(self.images, self.finisher, self.store, env):
+                    yield event
             yield Built(
                 message="Found built environment" + (", launching..." if state.launching else "."),
                 image_name=key,
@@ -340,7 +361,8 @@ class LaunchPipeline(LoggingConfigurable):
                 cached=True,
             )
             return
-        found = await found_in_registry(self.images, key)
+        if not self.image_sessions:
+            found = await found_in_registry(self.images, key)
         if found is not None:  # image mode: the registry has it (state.env stays None)
             yield found
             return
@@ -492,7 +514,7 @@ class LaunchPipeline(LoggingConfigurable):
 
     async def _datasets(self, state: LaunchState) -> AsyncIterator[Event]:
         """Fetch the repository's ``data_requirement.json`` datasets (once, cached)."""
-        assert state.content is not None and state.env is not None and state.tree is not None
+        assert state.content is not None and state.tree is not None
         entries = await self._requirements(state.content, state.tree)
         if not entries:
             return
@@ -501,11 +523,12 @@ class LaunchPipeline(LoggingConfigurable):
                 "This repository asks for datasets (data_requirement.json),"
                 " but this service does not provide datasets."
             )
-        folders = state.tree.folders.get(state.env.key)
+        folders = state.tree.folders.get(state.env_key)
         if folders is None:  # keyed once per tree and environment (the keys include it)
-            folders = self.data.folders(entries, env_key=state.env.key)
-            state.tree.folders[state.env.key] = folders
-        async for event in self.data.ensure(folders, env_path=state.env.path):
+            folders = self.data.folders(entries, env_key=state.env_key)
+            state.tree.folders[state.env_key] = folders
+        env_path = state.env.path if state.env is not None else None  # code sources run there
+        async for event in self.data.ensure(folders, env_path=env_path):
             yield event
         state.data_mounts = self.data.mounts(folders)
         state.data_folders = folders
@@ -529,18 +552,21 @@ class LaunchPipeline(LoggingConfigurable):
         the same locks for the session's lifetime; holding them here too
         closes the window between the data step and the session's start.
         """
-        assert state.env is not None
         holds: list[FileLock] = []
-        env_hold = self.store.hold(state.env.key)
-        if env_hold is None:
-            raise LaunchError(
-                "The environment was removed before the session could start.",
-                hint="Launch again: it will be rebuilt.",
-                log_message=f"environment {state.env.key} evicted before the launch",
-            )
-        holds.append(env_hold)
+        if not state.image:  # the session mounts the store's folder and its layers
+            assert state.env is not None
+            env_hold = self.store.hold(state.env.key)
+            if env_hold is None:
+                raise LaunchError(
+                    "The environment was removed before the session could start.",
+                    hint="Launch again: it will be rebuilt.",
+                    log_message=f"environment {state.env.key} evicted before the launch",
+                )
+            holds.append(env_hold)
         try:
-            holds += _hold_layers(state.env.path)
+            if not state.image:
+                assert state.env is not None
+                holds += _hold_layers(state.env.path)
             if self.data is not None and state.data_folders:
                 holds += self.data.hold(state.data_folders)
         except BaseException:
@@ -553,7 +579,7 @@ class LaunchPipeline(LoggingConfigurable):
         self, state: LaunchState, request: LaunchRequest
     ) -> AsyncGenerator[Event, None]:
         """Start a session on the built environment; ends with ``ready``."""
-        assert state.resolved is not None and state.env is not None and state.content
+        assert state.resolved is not None and state.content
         if self.launcher is None:
             raise LaunchError(
                 "This service builds environments but does not launch them (no hub).",
@@ -561,8 +587,9 @@ class LaunchPipeline(LoggingConfigurable):
             )
         holds = await asyncio.to_thread(self._hold, state)
         session = SessionRequest(
-            env_key=state.env.key,
-            env_path=state.env.path,
+            env_key=state.env_key,
+            env_path=None if state.image or state.env is None else state.env.path,
+            image=state.image,
             content_path=state.content,
             resolved=state.resolved,
             start_script=state.spec.start if state.spec else None,

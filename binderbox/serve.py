@@ -50,6 +50,7 @@ from .providers import offered_providers
 from .runtime.host import SandboxHost
 from .sessions import SessionLauncher
 from .sessions.persistent import homes_status
+from .sessions.spawners.kubespec import KubernetesSessions
 from .sessions.untracked import UntrackedSessions
 from .tls import HTTPS
 from .web import SessionIndex, WebApp, make_app
@@ -193,6 +194,30 @@ def _hub_for(
     return hub
 
 
+def _image_sessions(app: Any, pipeline: LaunchPipeline, hub: ManagedHub | ExternalHub) -> None:
+    """Sessions from environments' images (``c.KubernetesSessions.mode = 'image'``): the
+    pipeline launches the registry's images, and a managed hub's spawner accepts
+    images from that registry repository only.  Refused where nothing runs images."""
+    if KubernetesSessions(parent=app).mode != "image":
+        return
+    if isinstance(hub, ManagedHub) and hub.backend != "kubernetes":
+        raise BinderboxError(
+            "Sessions from images (c.KubernetesSessions.mode = 'image') run as pods.",
+            hint="Set c.ManagedHub.backend = 'kubernetes', or mode = 'store'.",
+        )
+    images = pipeline.images
+    if images is None or not images.enabled:
+        raise BinderboxError(
+            "Sessions from images (c.KubernetesSessions.mode = 'image') need a registry.",
+            hint="Set c.ImageRegistry.url and c.ImageRegistry.prefix.",
+        )
+    pipeline.image_sessions = True
+    if isinstance(hub, ManagedHub):
+        repository = images.image_name("x").rsplit(":", 1)[0]  # <registry>/<prefix>
+        section = hub.sandbox_config.setdefault("KubernetesSessions", {})
+        section.setdefault("image_prefix", repository)
+
+
 async def serve(app: Any, pipeline: LaunchPipeline) -> None:
     """Run the service until a signal of :data:`STOP_SIGNALS`.  ``app`` is the
     configuring application; its ``hub`` is ``managed`` (started here) or ``external``
@@ -235,6 +260,7 @@ async def _serve(app: Any, pipeline: LaunchPipeline, host: SandboxHost) -> None:
             if not web_config.public_url:  # the proxy sees plain HTTP: links say https
                 web_config.public_url = https.origin + web_config.base_url
             web_config.forwarded_hops = 2  # the front's entry, then the proxy's
+    _image_sessions(app, pipeline, hub)
     stopping: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def on_signal(sessions: bool) -> None:

@@ -23,9 +23,15 @@ against this module, and say so in their names (``test_..._emulated_api``).  Wha
   loopback (127.x.y.z), which is what ``0.0.0.0`` in ``JUPYTERHUB_SERVICE_URL`` and
   ``--ip`` is turned into (the host network is shared).  The "image" is the host's
   system folders plus the interpreter folders of an environment mounted at
-  ``/srv/env`` (what store mode's base image provides).  Status is PATCHed back
-  through the API (``Running`` with ``podIP`` and ready container statuses, then
-  ``Succeeded``/``Failed`` with the exit code); a deleted pod's processes are killed.
+  ``/srv/env`` (what store mode's base image provides) -- unless the container's image
+  is in :attr:`EmulatedCluster.registry` (a real loopback registry: image mode): that
+  image is pulled (``skopeo copy``) and unpacked (``umoci unpack``) once, as a kubelet
+  pulls it, and the container runs with its root filesystem as ``/`` (read-only: a
+  real runtime adds a writable layer of the container's own), the mount points made
+  in it as a runtime makes them, the image's variables under the container's own.
+  Status is PATCHed back through the API (``Running`` with ``podIP`` and ready
+  container statuses, then ``Succeeded``/``Failed`` with the exit code); a deleted
+  pod's processes are killed.
 
 Use (any thread; the emulator runs its own event loop in a thread)::
 
@@ -54,6 +60,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,7 +73,7 @@ import yaml
 
 from binderbox.environments.spec import ENV_PREFIX
 from binderbox.runtime.layout import base_sandbox, env_interpreter_mounts, env_layers
-from binderbox.runtime.sandbox import Sandbox
+from binderbox.runtime.sandbox import Sandbox, bwrap_path
 
 Json = dict[str, Any]
 PodRunner = Callable[["EmulatedCluster", Json], Awaitable[None]]
@@ -163,6 +170,12 @@ class EmulatedCluster:
         self.url = ""
         #: exceptions of pod runs (a test's failure message shows them)
         self.errors: list[BaseException] = []
+        #: image mode: a plain-HTTP loopback registry (host:port) whose images are pulled
+        self.registry = ""
+        self._images: dict[str, asyncio.Future[Path]] = {}
+        #: seconds each image's (last) pull and unpack took; every pull's, in order
+        self.pull_seconds: dict[str, float] = {}
+        self.pulls: list[float] = []
 
     # -- lifecycle (from any thread) ----------------------------------------------
 
@@ -231,6 +244,45 @@ class EmulatedCluster:
     def pod_address(self) -> str:
         """A fresh loopback address for a pod."""
         return next(self._addresses)
+
+    async def image_bundle(self, image: str) -> Path | None:
+        """The unpacked bundle (``rootfs/``, ``config.json``) of ``image`` when it is in
+        :attr:`registry`, pulled once; None for any other image (the host's folders)."""
+        if not self.registry or not image.startswith(f"{self.registry}/"):
+            return None
+        if image not in self._images:
+            self._images[image] = asyncio.ensure_future(self._pull(image))
+        return await asyncio.shield(self._images[image])
+
+    async def _pull(self, image: str) -> Path:
+        folder = Path(tempfile.mkdtemp(prefix="image-", dir=self.root))
+        started = time.monotonic()
+        steps = [
+            ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{image}",
+             f"oci:{folder / 'oci'}:pulled"],
+            ["umoci", "unpack", "--image", f"{folder / 'oci'}:pulled", str(folder / "bundle")],
+        ]  # fmt: skip
+        for argv in steps:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=300)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{argv[0]} of {image}: {out.decode(errors='replace')}")
+        self.pull_seconds[image] = seconds = time.monotonic() - started
+        self.pulls.append(seconds)
+        return folder / "bundle"
+
+    def forget_images(self) -> None:
+        """Drop the unpacked images (the next pod pulls again, as on a fresh node); call
+        it while no pod runs."""
+        self._call(self._forget_images())
+
+    async def _forget_images(self) -> None:
+        for pulled in self._images.values():
+            with contextlib.suppress(Exception):
+                shutil.rmtree((await pulled).parent, ignore_errors=True)
+        self._images.clear()
 
     # -- inside the loop --------------------------------------------------------------
 
@@ -334,18 +386,53 @@ def _container_box(container: Json, volumes: dict[str, Path], address: str) -> S
     return box
 
 
+def _image_argv(container: Json, volumes: dict[str, Path], address: str, bundle: Path) -> list[str]:
+    """bubblewrap's command line of ``container`` in an unpacked image: its root
+    filesystem read-only as ``/``, the pod's volumes over it, uid 1000, the image's
+    variables (umoci's runtime config) under the container's."""
+    runtime = json.loads((bundle / "config.json").read_text())["process"]
+    env = dict(var.split("=", 1) for var in runtime["env"])
+    env.update({item["name"]: item.get("value", "") for item in container.get("env") or []})
+    if "JUPYTERHUB_SERVICE_URL" in env:
+        env["JUPYTERHUB_SERVICE_URL"] = env["JUPYTERHUB_SERVICE_URL"].replace("0.0.0.0", address)
+    argv = [
+        bwrap_path(), "--ro-bind", str(bundle / "rootfs"), "/", "--proc", "/proc",
+        "--dev", "/dev", "--tmpfs", "/tmp", "--unshare-user", "--uid", "1000", "--gid", "1000",
+        "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
+    ]  # fmt: skip
+    for mount in sorted(container.get("volumeMounts") or [], key=lambda m: m["mountPath"]):
+        host = volumes[mount["name"]] / mount.get("subPath", "")
+        host.mkdir(parents=True, exist_ok=True)
+        # the mount point, made in the unpacked image as a container runtime makes it
+        (bundle / "rootfs" / mount["mountPath"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+        argv += ["--ro-bind" if mount.get("readOnly") else "--bind", str(host), mount["mountPath"]]
+    argv += ["--chdir", container.get("workingDir") or runtime.get("cwd") or "/", "--clearenv"]
+    for name, value in sorted(env.items()):
+        argv += ["--setenv", name, value]
+    return [*argv, "--", *_argv(container, address)]
+
+
 def _argv(container: Json, address: str) -> list[str]:
     argv = [*(container.get("command") or []), *(container.get("args") or [])]
     return [arg.replace("=0.0.0.0", f"={address}") for arg in argv]
 
 
 async def _run_container(
-    container: Json, volumes: dict[str, Path], address: str, log: Path, started: Callable[[], Any]
+    cluster: EmulatedCluster,
+    container: Json,
+    volumes: dict[str, Path],
+    address: str,
+    log: Path,
+    started: Callable[[], Any],
 ) -> int:
-    box = _container_box(container, volumes, address)
+    bundle = await cluster.image_bundle(container.get("image", ""))
+    if bundle is not None:
+        argv = _image_argv(container, volumes, address, bundle)
+    else:
+        argv = _container_box(container, volumes, address).argv(_argv(container, address))
     with log.open("ab") as out:
         proc = await asyncio.create_subprocess_exec(
-            *box.argv(_argv(container, address)),
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -383,16 +470,15 @@ async def run_in_bubblewrap(cluster: EmulatedCluster, pod: Json) -> None:
         volumes = _volume_dirs(cluster, pod, scratch)
         for init in pod["spec"].get("initContainers") or []:
             if init.get("restartPolicy") == "Always":  # a sidecar: runs beside the rest
-                sidecars.append(
-                    asyncio.ensure_future(_run_container(init, volumes, address, log, nothing))
-                )
+                sidecar = _run_container(cluster, init, volumes, address, log, nothing)
+                sidecars.append(asyncio.ensure_future(sidecar))
                 continue
-            code = await _run_container(init, volumes, address, log, nothing)
+            code = await _run_container(cluster, init, volumes, address, log, nothing)
             if code != 0:
                 await _finished(cluster, path, pod, code)
                 return
         main = pod["spec"]["containers"][0]
-        code = await _run_container(main, volumes, address, log, running)
+        code = await _run_container(cluster, main, volumes, address, log, running)
         await _finished(cluster, path, pod, code)
     finally:
         for sidecar in sidecars:  # their processes are killed

@@ -346,6 +346,14 @@ def test_config_file_sets_cluster_mode(
     named = ImageRegistry(config=image).image_name("0123abcd")
     assert named == "registry.example.org/binder/envs:0123abcd"
     assert image.KubernetesBuilds.mode == "image"
+    assert image.KubernetesSessions.mode == "image"  # the pipeline launches the images
+    hub = hub_values(documents(rendered["image", KUBE_VERSIONS[-1]]))["hub"]["config"]
+    assert hub["KubernetesSessions"] == {  # and the hub's spawner runs them, no other
+        "store_claim": "binderbox-store",
+        "datasets_claim": "binderbox-datasets",
+        "mode": "image",
+        "image_prefix": named.rsplit(":", 1)[0],
+    }
     # no store.budget: 80% of the volume, never binderbox's unlimited default
     assert image.Store.budget == int(0.8 * 100 * 2**30)  # examples/image.yaml: 100Gi
 
@@ -379,6 +387,10 @@ def test_ingress_and_gateway_route_to_the_proxy(rendered: dict[tuple[str, str], 
     ("sets", "message"),
     [
         (("mode=image",), "/registry/url"),
+        (
+            ("mode=image", "registry.url=registry.example.org", "registry.prefix=binder/envs"),
+            "KubernetesSessions.mode to image and its image_prefix to registry.example.org/b",
+        ),
         (("registry.prefix=Binder/Envs",), "/registry/prefix"),
         (("containerSecurityContext.privileged=true",), "privileged"),
         (("podSecurityContext.runAsNonRoot=false",), "runAsNonRoot"),

@@ -227,6 +227,36 @@ async def test_the_pipeline_skips_a_build_the_registry_has(
     await pipeline.finisher.aclose()
 
 
+async def test_image_sessions_push_an_environment_only_the_store_has(
+    registry: LocalRegistry, tmp_path: Path
+) -> None:
+    """Built before sessions ran images: the store has it, the registry not; a launch
+    that runs images pushes it first (and asks the registry before the store)."""
+    repo = make_repo(tmp_path / "repo", {"requirements.txt": "packaging==23.2\n", "x": "1"})
+    app = BinderboxApp(data_dir=str(tmp_path / "data"))
+    app.config.PythonBuilder.cache_dir = str(UV_CACHE)
+    plain: LaunchPipeline = app.make_pipeline(allow_local=True)  # no registry: store only
+    built = (await build_only(plain, str(repo)))[-1]
+    assert isinstance(built, Built) and not built.cached
+    await plain.finisher.aclose()
+    app.config.ImageRegistry.url = registry.host
+    app.config.ImageRegistry.prefix = f"{REPOSITORY}-sessions"
+    app.config.ImageRegistry.insecure = True
+    pipeline: LaunchPipeline = app.make_pipeline(allow_local=True)
+    pipeline.image_sessions = True
+    events = await build_only(pipeline, str(repo))
+    pushed = [e.message for e in events if isinstance(e, Building) and "Pushed" in e.message]
+    assert len(pushed) == 1, [e.message for e in events]
+    assert isinstance(events[-1], Built) and events[-1].cached
+    image = f"docker://{registry.host}/{REPOSITORY}-sessions:{built.image_name}"
+    assert skopeo(registry, "inspect", image).returncode == 0
+    again = await build_only(pipeline, str(repo))  # now the registry's image is found
+    assert [e.message for e in again if isinstance(e, Built)] == [
+        f"Found image {image.removeprefix('docker://')} in the registry."
+    ]
+    await pipeline.finisher.aclose()
+
+
 @pytest.mark.parametrize("auth", ["htpasswd", "token"])
 def test_pushes_over_tls_with_credentials(
     auth: str, pushed: dict[str, str], tmp_path: Path

@@ -106,10 +106,16 @@ def nowhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig))
 
 
-def _spawner(home: str = "ephemeral") -> BinderKubeSpawner:
+IMAGES = "registry.example.org/binder/envs"
+
+
+def _spawner(home: str = "ephemeral", image: bool = False) -> BinderKubeSpawner:
     from traitlets.config import Config
 
     config = Config()
+    if image:
+        config.KubernetesSessions.mode = "image"
+        config.KubernetesSessions.image_prefix = IMAGES
     config.KubernetesSessions.datasets_claim = "binderbox-datasets"
     config.BinderKubeSpawner.sizes = SIZES
     config.KubeSpawner.image = "binderbox-session:0.1.0"
@@ -125,13 +131,19 @@ def _spawner(home: str = "ephemeral") -> BinderKubeSpawner:
         "content_version": "a" * 40,
         "hold_files": [f"{STORE}/locks/abc.use", f"{DATA}/locks/atlas.use"],
     }
+    if image:  # the environment is the image: no folder of the store, no lock on it
+        spawner.user_options.pop("env_path")
+        spawner.user_options["image"] = f"{IMAGES}:abc"
+        spawner.user_options["hold_files"] = [f"{DATA}/locks/atlas.use"]
     return spawner
 
 
-async def _objects(home: str = "ephemeral") -> tuple[BinderKubeSpawner, dict[str, Any]]:
+async def _objects(
+    home: str = "ephemeral", image: bool = False
+) -> tuple[BinderKubeSpawner, dict[str, Any]]:
     from kubernetes_asyncio.client import ApiClient
 
-    spawner = _spawner(home)
+    spawner = _spawner(home, image)
     options = spawner.launch_options
     spawner.apply_size(options)
     spawner.configure_pod(options)
@@ -167,8 +179,58 @@ def test_session_objects_are_valid_and_confined() -> None:
     assert sorted(Path(lock).name for lock in locks) == ["abc.use", "atlas.use"]
     assert all(str(Path(lock).parent) in holds for lock in locks)
     assert hold["command"][-2:] == ["sleep", "infinity"]
+    assert {c["image"] for c in [hold, init, *pod["spec"]["containers"]]} == {
+        "binderbox-session:0.1.0"  # store mode: the operator's session image
+    }
     for container in [init, *pod["spec"]["containers"]]:  # nobody else sees a lock file
         assert all(m.get("subPath") != "locks" for m in container["volumeMounts"])
+
+
+def test_image_mode_pod_runs_the_launchs_image_and_mounts_no_store() -> None:
+    _, made = asyncio.run(_objects(image=True))
+    pod = made["pod"]
+    valid(pod)
+    spec = pod["spec"]
+    hold, init = spec["initContainers"]
+    main = spec["containers"][0]
+    assert {c["image"] for c in [hold, init, main]} == {f"{IMAGES}:abc"}
+    for container in [hold, init, main]:
+        assert all(m["mountPath"] != "/srv/env" for m in container["volumeMounts"])
+        assert container["securityContext"]["runAsNonRoot"] is True
+    # the session sees no claim but the datasets' (the content, on the store claim by
+    # default, reaches the home through the init container, read-only there)
+    assert {m["name"] for m in main["volumeMounts"]} == {"binderbox-datasets", "home"}
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    assert mounts["/home/jovyan/data/atlas"]["readOnly"] is True
+    content = next(m for m in init["volumeMounts"] if m["mountPath"] == "/srv/content")
+    assert content["readOnly"] is True
+    # the image has Python, not util-linux: its interpreter takes the dataset's lock
+    assert hold["command"][:3] == ["/srv/env/bin/python", "-I", "-c"]
+    assert [Path(arg).name for arg in hold["command"][4:]] == ["atlas.use"]
+    policy_checks(made["policy"], pod)
+
+
+@pytest.mark.parametrize(
+    ("image", "options", "status"),
+    [
+        (True, {"image": "evil.example.org/miner:latest"}, 403),  # not this binder's
+        (True, {"image": f"{IMAGES}-other:abc"}, 403),
+        (True, {"image": "not an image"}, 400),
+        (True, {"image": None}, 400),  # a store launch to a hub that runs images
+        (False, {"image": f"{IMAGES}:abc", "env_path": None}, 400),  # and the reverse
+        (True, {"env_path": f"{STORE}/envs/abc"}, 400),  # both at once
+    ],
+)
+async def test_image_launch_options_are_checked(
+    image: bool, options: dict[str, Any], status: int
+) -> None:
+    from tornado import web
+
+    spawner = _spawner(image=image)
+    spawner.user_options = {**spawner.user_options, **options}
+    with pytest.raises(web.HTTPError) as refused:
+        spawner.configure_pod(spawner.launch_options)
+    assert refused.value.status_code == status
 
 
 def test_persistent_home_gets_the_users_claim() -> None:
@@ -306,6 +368,86 @@ async def test_store_mode_launch_runs_code_emulated_api(
         assert evicting.get(key, touch=False) is None
 
 
+IMAGE_PROBE = """
+import json, os, sys
+open(os.path.expanduser("~/hello.txt")).read()
+print(json.dumps({"uid": os.getuid(), "prefix": sys.prefix, "six": __import__("six").__version__,
+                  "store": os.path.exists("/srv/binderbox")}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_image_mode_launch_runs_the_registrys_image_emulated_api(
+    tmp_path: Path, cluster: EmulatedCluster
+) -> None:
+    """Image mode with a real registry: the first service builds, pushes and launches the
+    image; a second one, its store empty, finds the image in the registry, builds nothing
+    and launches it too."""
+    from registry_helpers import REPOSITORY, LocalRegistry
+
+    repo = make_repo(
+        tmp_path / "repos" / "analysis",
+        {"requirements.txt": "six==1.16.0\n", "hello.txt": "from the repository\n"},
+    )
+    registry = LocalRegistry(tmp_path / "registry")
+    cluster.registry = registry.host
+    images = (
+        "c.KubernetesSessions.mode = 'image'\n"
+        f"c.ImageRegistry.url = {registry.host!r}\n"
+        f"c.ImageRegistry.prefix = {REPOSITORY!r}\n"
+        "c.ImageRegistry.insecure = True\n"
+    )
+    env = {"KUBECONFIG": str(cluster.kubeconfig)}
+    try:
+        for run in ("built", "from the registry"):
+            data = tmp_path / f"serve-{len(cluster.sent('Pod'))}" / "data"
+            cluster.claims.update(
+                {"binderbox-store": data / "store", "binderbox-content": data / "content"}
+            )
+            config = serve_config(data) + images
+            with running_serve(data.parent, data, config, env=env) as serve:
+                stream = await build_events(serve.url, "git", git_spec(repo))
+                pods = cluster.sent("Pod")
+                assert stream.last.get("phase") == "ready", (
+                    f"{stream.events[-4:]}\n{pod_log(cluster, pods[-1]['metadata']['name'])}"
+                    f"\n{cluster.errors}\n{serve.logs().get('hub', '')[-3000:]}"
+                    if pods
+                    else f"{stream.events[-4:]}"
+                )
+                messages = [e.get("message", "") for e in stream.events]
+                if run == "built":
+                    assert "building" in stream.phases
+                    assert any(m.startswith("Pushed ") for m in messages), messages
+                else:  # BinderHub's check: the registry has the image, nothing is built
+                    assert "building" not in stream.phases
+                    assert any(m.startswith("Found image ") for m in messages), messages
+                    assert not (data / "store" / "envs").exists() or not any(
+                        (data / "store" / "envs").iterdir()
+                    )
+                ready = stream.last
+                spawn = stream.time_of("ready") - stream.time_of("launching")
+                image = pods[-1]["spec"]["containers"][0]["image"]
+                pull = cluster.pull_seconds.get(image, 0.0)
+                print(f"image mode ({run}), emulated API: launching -> ready {spawn:.1f} s")
+                out = json.loads(await run_code(ready["url"], ready["token"], IMAGE_PROBE))
+                assert out == {"uid": 1000, "prefix": "/srv/env", "six": "1.16.0", "store": False}
+                await end_session(serve, ready)
+        print(f"image pull and unpack by the stand-in kubelet: {pull:.1f} s (first launch)")
+        first, second = cluster.sent("Pod")
+        for pod in (first, second):
+            valid(pod)
+            main = pod["spec"]["containers"][0]
+            assert main["image"].startswith(f"{registry.host}/{REPOSITORY}:")
+            assert all(m["mountPath"] != "/srv/env" for m in main["volumeMounts"])
+            assert main["securityContext"]["runAsNonRoot"] is True
+        assert first["spec"]["containers"][0]["image"] == second["spec"]["containers"][0]["image"]
+        for policy in cluster.sent("NetworkPolicy"):
+            valid(policy)
+    finally:
+        registry.close()
+
+
 HOME_PROBE = """
 import json, os, pathlib
 home = pathlib.Path.home()
@@ -389,3 +531,38 @@ async def test_persistent_home_gets_a_claim_per_user_emulated_api(
         valid(pod)
         home = next(v for v in pod["spec"]["volumes"] if v["name"] == "home")
         assert home["persistentVolumeClaim"]["claimName"] == "claim-alice"
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({"ManagedHub": {"backend": "local"}}, "run as pods"),
+        ({"ManagedHub": {"backend": "kubernetes"}}, "need a registry"),
+        ({"ManagedHub": {"backend": "kubernetes"}, "ImageRegistry": {"url": "r.example.org"}}, ""),
+    ],
+)
+def test_image_sessions_need_pods_and_a_registry(
+    settings: dict[str, dict[str, str]], refused: str, tmp_path: Path
+) -> None:
+    from traitlets.config import Config
+
+    from binderbox.app import BinderboxApp
+    from binderbox.errors import BinderboxError
+    from binderbox.hub import ManagedHub
+    from binderbox.serve import _image_sessions
+
+    config = Config({"KubernetesSessions": {"mode": "image"}, **settings})
+    config.ImageRegistry.prefix = "binder/envs"
+    app = BinderboxApp(config=config, data_dir=str(tmp_path / "data"))
+    pipeline = app.make_pipeline(allow_local=False)
+    hub = ManagedHub(parent=app, data_dir=str(tmp_path / "data"))
+    if refused:
+        with pytest.raises(BinderboxError, match=refused):
+            _image_sessions(app, pipeline, hub)
+        assert pipeline.image_sessions is False
+    else:  # the hub's spawner accepts this registry repository's images only
+        _image_sessions(app, pipeline, hub)
+        assert pipeline.image_sessions is True
+        assert hub.sandbox_config["KubernetesSessions"]["image_prefix"] == (
+            "r.example.org/binder/envs"
+        )

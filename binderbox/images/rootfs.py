@@ -8,7 +8,8 @@
    ``/etc`` (``passwd`` and ``group`` with ``jovyan``, uid 1000; the host's CA bundle
    in ``/etc/ssl/certs``; ``nsswitch.conf``), ``/home/jovyan`` owned by 1000, ``/tmp``.
    The package set is the C and C++ runtime, the libraries CPython's standard modules
-   link to, a shell with coreutils, and CA certificates: what environments built here
+   link to, a shell with coreutils and grep (the home init container of a Kubernetes
+   session uses them), and CA certificates: what environments built here
    use from the host's ``/usr`` (manylinux wheels bring every other library they need).
    An environment whose programs need more of the host's ``/usr`` names it in
    ``apt.txt``, which is a layer of its own.
@@ -43,7 +44,7 @@ BASE_PACKAGES = (
     "base-files", "libc6", "libgcc-s1", "libstdc++6", "zlib1g", "libbz2-1.0", "liblzma5",
     "libzstd1", "libexpat1", "libffi8", "libssl3", "libsqlite3-0", "libuuid1",
     "libreadline8", "libncursesw6", "libtinfo6", "libgdbm6", "libcrypt1", "libtirpc3",
-    "libnsl2", "libmpdec3", "bash", "dash", "coreutils", "ca-certificates", "netbase",
+    "libnsl2", "libmpdec3", "bash", "dash", "coreutils", "grep", "ca-certificates", "netbase",
 )  # fmt: skip
 #: dpkg-listed paths left out of the base layer
 SKIPPED = ("/usr/share/doc/", "/usr/share/man/", "/usr/share/info/", "/usr/share/locale/",

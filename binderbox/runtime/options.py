@@ -16,9 +16,11 @@ the HTTP status the hub should answer.
 
 The fields:
 
-``env_key``, ``env_path``
-    the built environment: its store key, and its host directory, bound
-    read-only at ``/srv/env`` (it was built *at* that path)
+``env_key``, ``env_path``, ``image``
+    the built environment: its store key, and either its host directory, bound
+    read-only at ``/srv/env`` (it was built *at* that path), or (image mode, a backend
+    that runs images) its image in the registry, ``<registry>/<prefix>:<tag>``, which
+    holds it at ``/srv/env``; exactly one of the two
 ``content_path``
     the repository content copied into the session's home (None: an empty home)
 ``start_script``
@@ -59,6 +61,11 @@ from typing import Any
 HOME_KINDS = ("ephemeral", "persistent")
 #: a content folder or version: a plain name, no leading dot
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+#: an image reference: a registry host, a repository path, a tag and/or a digest
+_IMAGE = re.compile(
+    r"[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)+"
+    r"(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?"
+)
 
 
 class BadOptions(ValueError):
@@ -105,7 +112,7 @@ class LaunchOptions:
     """One launch, as the session side needs it.  See the module docstring."""
 
     env_key: str
-    env_path: Path
+    env_path: Path | None
     content_path: Path | None = None
     start_script: str | None = None
     data_mounts: Mapping[str, Path] = field(default_factory=dict)
@@ -116,12 +123,22 @@ class LaunchOptions:
     home: str = "ephemeral"
     content_folder: str | None = None
     content_version: str = ""
+    image: str = ""
+
+    @property
+    def env_dir(self) -> Path:
+        """``env_path``, for a backend that mounts the environment's folder (BadOptions
+        when the launch names an image instead)."""
+        if self.env_path is None:
+            raise BadOptions("this launch names an image, not an environment's folder")
+        return self.env_path
 
     def to_user_options(self) -> dict[str, Any]:
         """The JSON the launcher sends as ``user_options``."""
         return {
             "env_key": self.env_key,
-            "env_path": str(self.env_path),
+            "env_path": str(self.env_path) if self.env_path else None,
+            "image": self.image or None,
             "content_path": str(self.content_path) if self.content_path else None,
             "start_script": self.start_script,
             "data_mounts": {name: str(path) for name, path in self.data_mounts.items()},
@@ -147,10 +164,13 @@ class LaunchOptions:
             paths = _PathRules(tuple(root.resolve() for root in roots))
         else:
             paths = _PathRules(tuple(roots), on_this_host=False)
-        content = raw.get("content_path")
+        content, image = raw.get("content_path"), _image(raw.get("image"))
+        if image and raw.get("env_path"):
+            raise BadOptions("user_options names both an env_path and an image")
         return cls(
             env_key=_text(raw, "env_key"),
-            env_path=paths.directory(raw.get("env_path"), "env_path"),
+            env_path=None if image else paths.directory(raw.get("env_path"), "env_path"),
+            image=image,
             content_path=paths.directory(content, "content_path") if content else None,
             start_script=_start_script(raw.get("start_script")),
             data_mounts=_mounts(raw.get("data_mounts"), paths),
@@ -227,6 +247,16 @@ def _mounts(value: object, paths: _PathRules) -> dict[str, Path]:
             raise BadOptions(f"bad data mount name {name!r}")
         mounts[name] = paths.directory(host, f"data_mounts.{name}")
     return mounts
+
+
+def _image(value: object) -> str:
+    """An image reference, ``host[:port]/path[:tag][@sha256:...]`` ('' if unset); which
+    registry and repository are allowed is the spawner's to check."""
+    if not value:
+        return ""
+    if not isinstance(value, str) or not _IMAGE.fullmatch(value):
+        raise BadOptions("user_options.image must be an image reference (registry/name:tag)")
+    return value
 
 
 def _home(value: object) -> str:

@@ -112,9 +112,7 @@ class EphemeralHome(HomePolicy):
         return (lease.value if lease else None), lease
 
     def prepare(self, home: Path, options: LaunchOptions, uid: int | None) -> HomeSetup:
-        start = prepare_home(
-            home, options.env_path, options.content_path, options.start_script, uid
-        )
+        start = prepare_home(home, options.env_dir, options.content_path, options.start_script, uid)
         return HomeSetup([f"{HOME}/{start}"] if start else [])
 
     def release(self, home: Path) -> None:

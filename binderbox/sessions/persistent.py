@@ -206,7 +206,7 @@ class PersistentHome(HomePolicy):
                     check=True,
                     capture_output=True,
                 )
-            apply_home_overlay(options.env_path, stage)
+            apply_home_overlay(options.env_dir, stage)
             if options.start_script:
                 make_executable(stage, options.start_script)
             if uid is not None:

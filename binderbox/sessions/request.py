@@ -35,11 +35,12 @@ class SessionRequest:
     (``per_repo_quota_higher`` applies);
     ``client_ip``: the requester's address (``launches_per_address``);
     ``visitor``: who asks (:mod:`binderbox.sessions.identity`);
-    ``size``: the operator's size the session gets, by name ('' = the default).
+    ``size``: the operator's size the session gets, by name ('' = the default);
+    ``image``: image sessions (``env_path`` None): the environment's image in the registry.
     """
 
     env_key: str
-    env_path: Path
+    env_path: Path | None
     content_path: Path
     resolved: Resolved
     start_script: str | None = None
@@ -50,6 +51,7 @@ class SessionRequest:
     client_ip: str = ""
     visitor: Visitor = ANONYMOUS
     size: str = ""
+    image: str = ""
 
 
 def binder_info(req: SessionRequest) -> BinderInfo:
@@ -71,6 +73,7 @@ def session_options(req: SessionRequest, token: str, policy: IdentityPolicy) -> 
     return LaunchOptions(
         env_key=req.env_key,
         env_path=req.env_path,
+        image=req.image,
         content_path=req.content_path,
         start_script=req.start_script,
         data_mounts=req.data_mounts,

@@ -8,13 +8,19 @@ and the launch pipeline are the same as with the local sandbox: they send the sa
 :class:`~binderbox.sessions.spawners.mixin.BinderSpawnerMixin` (sizes, the
 ``BINDER_*`` and login variables, kernels on Unix sockets, progress).
 
-A launch's pod (store mode; :mod:`.kubespec` has the parts and ``c.KubernetesSessions``
-the settings):
+A launch's pod (:mod:`.kubespec` has the parts and ``c.KubernetesSessions`` the
+settings):
 
-* the environment: the store claim mounted read-only at ``/srv/env`` at the subPath of
-  the launch's ``env_path``, into the session image (``c.KubeSpawner.image``: a small
-  image with the interpreters environments link to, the same for every launch:
-  nothing is pulled per environment);
+* the environment, in one of two modes (``c.KubernetesSessions.mode``):
+
+  - **store**: the store claim mounted read-only at ``/srv/env`` at the subPath of the
+    launch's ``env_path``, into the session image (``c.KubeSpawner.image``: a small image
+    with the interpreters environments link to, the same for every launch: nothing is
+    pulled per environment);
+  - **image**: the launch's ``image``, the environment's own image in the registry
+    (:mod:`binderbox.images`: the environment at ``/srv/env`` over a base, as
+    ``binderbox build --push`` writes it), which must lie under ``image_prefix``; its
+    init container and hold sidecar run the same image (its Python takes the locks);
 * datasets: the dataset claim read-only at ``~/data/<name>`` (NeuroLibre's layout);
 * the home: an emptyDir (``home_size``) for temporary users; a PersistentVolumeClaim
   per user (``claim-{username}``, made when missing, never deleted by binderbox) when
@@ -30,8 +36,6 @@ the settings):
 * the launch's use locks (``hold_files``) held by a sidecar for the pod's lifetime
   (:func:`.kubespec.hold_container`): an environment or dataset a session pod uses is
   never evicted.
-
-Image mode sessions are not available yet: the spawner refuses them.
 """
 
 from __future__ import annotations
@@ -88,6 +92,10 @@ class BinderKubeSpawner(BinderSpawnerMixin, KubeSpawner):  # type: ignore[misc]
 
     options_on_this_host = False  # the paths are on the shared volumes, not the hub's
 
+    @property
+    def runs_images(self) -> bool:
+        return bool(self.sessions.mode == "image")
+
     @default("uid")
     def _default_uid(self) -> int:
         return UID
@@ -138,6 +146,7 @@ class BinderKubeSpawner(BinderSpawnerMixin, KubeSpawner):  # type: ignore[misc]
                     "init_containers",
                     "extra_labels",
                     "cmd",
+                    "image",
                     "mem_guarantee",
                     "cpu_guarantee",
                     "default_url",
@@ -154,14 +163,29 @@ class BinderKubeSpawner(BinderSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         self._volumes[volume.volume] = volume.spec()
         return volume.volume, sub_path
 
-    def _mounts(self, options: LaunchOptions) -> list[dict[str, Any]]:
-        """The session container's mounts: the environment, the datasets, the home."""
+    def _env_mounts(self, options: LaunchOptions) -> list[dict[str, Any]]:
+        """The environment's mount: none in image mode (the image holds it)."""
+        if options.env_path is None:
+            return []
         volume, sub_path = self._locate(options.env_path)
-        mounts = [mount(volume, ENV_PREFIX, sub_path, read_only=True)]
+        return [mount(volume, ENV_PREFIX, sub_path, read_only=True)]
+
+    def _data_mounts(self, options: LaunchOptions) -> list[dict[str, Any]]:
+        mounts = []
         for name, host in sorted(options.data_mounts.items()):
             volume, sub_path = self._locate(host)
             mounts.append(mount(volume, f"{HOME}/data/{name}", sub_path, read_only=True))
-        return [*mounts, mount("home", HOME)]
+        return mounts
+
+    def _image(self, options: LaunchOptions, operator: dict[str, Any]) -> str:
+        """The pod's image: the launch's own in image mode (under ``image_prefix``),
+        else the operator's session image."""
+        if not options.image:
+            return str(operator["image"])
+        prefix = self.sessions.image_prefix.rstrip("/")
+        if not prefix or not options.image.startswith((f"{prefix}:", f"{prefix}@")):
+            raise web.HTTPError(403, f"the image {options.image} is not one of this binder's")
+        return options.image
 
     def _holds(self, options: LaunchOptions, security: dict[str, Any]) -> list[dict[str, Any]]:
         """The sidecar holding the launch's use locks (none without any)."""
@@ -177,7 +201,8 @@ class BinderKubeSpawner(BinderSpawnerMixin, KubeSpawner):  # type: ignore[misc]
                 for path in sorted(options.hold_files)
                 if str(path.parent) == folder
             ]
-        return [hold_container(self.image, security, mounts, locks)]
+        python = f"{ENV_PREFIX}/bin/python" if options.image else ""
+        return [hold_container(self.image, security, mounts, locks, python)]
 
     def _home_volume(self, persistent: bool) -> dict[str, Any]:
         if persistent:
@@ -191,11 +216,13 @@ class BinderKubeSpawner(BinderSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         policy = home_policy(options.home)
         persistent = policy.kind == "persistent"
         self._volumes: dict[str, Any] = {"home": self._home_volume(persistent)}
-        mounts = self._mounts(options)
-        init_mounts = [mounts[0], mounts[-1]]
+        self.image = self._image(options, operator)
+        env_mounts, home = self._env_mounts(options), mount("home", HOME)
+        mounts = [*env_mounts, *self._data_mounts(options), home]
+        init_mounts = [*env_mounts, home]
         if options.content_path is not None:
             volume, sub_path = self._locate(options.content_path)
-            init_mounts.insert(1, mount(volume, CONTENT_INSIDE, sub_path, read_only=True))
+            init_mounts.insert(-1, mount(volume, CONTENT_INSIDE, sub_path, read_only=True))
         folder = policy.repo_dir(options.content_folder or "") if persistent else ""
         variables = {
             "KIND": policy.kind,
@@ -242,8 +269,6 @@ class BinderKubeSpawner(BinderSpawnerMixin, KubeSpawner):  # type: ignore[misc]
         KubeSpawner's start (PVC, pod, wait for it to run)."""
         self._messages = []
         options = self.launch_options
-        if self.sessions.mode != "store":
-            raise web.HTTPError(501, "sessions in image mode are not available yet")
         self.apply_size(options)
         self.configure_pod(options)
         if self.sessions.network_policy:

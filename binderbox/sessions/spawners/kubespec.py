@@ -40,7 +40,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from traitlets import Bool, Dict, Unicode
+from traitlets import Bool, CaselessStrEnum, Dict, Unicode
 from traitlets.config import Configurable
 
 from ...environments.spec import HOME
@@ -77,10 +77,17 @@ class SharedVolume:
 class KubernetesSessions(Configurable):
     """Sessions on Kubernetes: the shared volumes and the pods' network policy."""
 
-    mode = Unicode(
+    mode = CaselessStrEnum(
+        ["store", "image"],
         "store",
-        help="store: environments mounted from the store claim (the only mode sessions "
-        "have yet); image: each environment's image (not available yet).",
+        help="""store: environments mounted read-only from the store claim into the
+        session image (c.KubeSpawner.image); image: each session runs its environment's
+        own image from the registry (c.ImageRegistry; image_prefix), as BinderHub's do.""",
+    ).tag(config=True)
+    image_prefix = Unicode(
+        help="""Image mode: the registry repository session images come from
+        (``<registry>/<prefix>``, c.ImageRegistry's; binderbox serve passes it on).  A
+        launch naming any other image is refused.""",
     ).tag(config=True)
     store_claim = Unicode("binderbox-store", help="The store's PersistentVolumeClaim.").tag(
         config=True
@@ -226,17 +233,37 @@ def home_init_container(
     }
 
 
-def hold_container(image: str, security: Json, mounts: list[Json], locks: list[str]) -> Json:
+#: the hold sidecar's program in an environment's image, which has Python but not
+#: util-linux: the same shared flock(2) locks as ``flock --shared``, then a wait
+HOLD_SCRIPT = """import fcntl, signal, sys
+held = [open(path, "rb") for path in sys.argv[1:]]
+for lock in held:
+    fcntl.flock(lock, fcntl.LOCK_SH)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    signal.pause()
+"""
+
+
+def hold_container(
+    image: str, security: Json, mounts: list[Json], locks: list[str], python: str = ""
+) -> Json:
     """The sidecar holding shared flocks on ``locks`` (paths in it) while the pod runs;
-    ``mounts``: their folders, read-only (see the module docstring)."""
-    command: list[str] = []
-    for path in locks:  # each flock holds its lock and runs the rest
-        command += ["flock", "--shared", path]
+    ``mounts``: their folders, read-only (see the module docstring).  ``python``: the
+    image's interpreter to take them with (an environment's image), else util-linux's
+    ``flock`` in the session image."""
+    if python:
+        command = [python, "-I", "-c", HOLD_SCRIPT, *locks]
+    else:
+        command = []
+        for path in locks:  # each flock holds its lock and runs the rest
+            command += ["flock", "--shared", path]
+        command += ["sleep", "infinity"]
     return {
         "name": "binderbox-hold",
         "image": image,
         "restartPolicy": "Always",
-        "command": [*command, "sleep", "infinity"],
+        "command": command,
         "securityContext": security,
         "volumeMounts": mounts,
         "resources": {

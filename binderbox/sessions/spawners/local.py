@@ -240,7 +240,7 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
     # -- lifecycle ----------------------------------------------------------------
 
     def _sandbox(self, options: LaunchOptions, setup: HomeSetup) -> Sandbox:
-        box = env_sandbox(options.env_path, self.home_path)  # the layout run_in_env uses too
+        box = env_sandbox(options.env_dir, self.home_path)  # the layout run_in_env uses too
         for name, host in sorted(options.data_mounts.items()):
             box.ro_bind(host, f"{HOME}/data/{name}")
         box.ro_bind(serverext.install(Path(self.data_dir)), serverext.INSIDE)
@@ -279,7 +279,7 @@ class SandboxSpawner(BinderSpawnerMixin, LocalProcessSpawner):  # type: ignore[m
         self._messages = []
         options = self.launch_options
         self.apply_size(options)
-        if not (options.env_path / "bin" / "jupyterhub-singleuser").exists():
+        if not (options.env_dir / "bin" / "jupyterhub-singleuser").exists():
             raise web.HTTPError(400, "the environment has no jupyterhub-singleuser")
         holds: list[FileLock] = []
         leases: list[Lease] = []

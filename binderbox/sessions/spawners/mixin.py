@@ -104,14 +104,25 @@ class BinderSpawnerMixin(Configurable):
         return [Path(root) for root in self.allowed_roots]
 
     @property
+    def runs_images(self) -> bool:
+        """Whether this backend's sessions run environments' images (image mode), not
+        folders of the store: launch options must name one or the other."""
+        return False
+
+    @property
     def launch_options(self) -> LaunchOptions:
         """``user_options`` as checked :class:`LaunchOptions` (HTTP 400/403 if bad)."""
         try:
-            return LaunchOptions.from_user_options(
+            options = LaunchOptions.from_user_options(
                 self.user_options or {}, self.option_roots(), self.options_on_this_host
             )
         except BadOptions as err:
             raise web.HTTPError(err.status, str(err)) from None
+        if self.runs_images and not options.image:
+            raise web.HTTPError(400, "this hub runs sessions from images: name an image")
+        if options.image and not self.runs_images:
+            raise web.HTTPError(400, "this hub runs sessions from the store, not from images")
+        return options
 
     def apply_size(self, options: LaunchOptions) -> None:
         """Set ``mem_limit``/``cpu_limit`` from the size ``options`` names (HTTP 403 when

@@ -75,6 +75,13 @@ imagePullSecrets:
 {{- if and (eq .Values.mode "store") (not (has "ReadWriteMany" .Values.store.accessModes)) (not .Values.store.existingClaim) }}
 {{- fail "mode: store needs store.accessModes to include ReadWriteMany (builds and sessions on any node mount the store)" }}
 {{- end }}
+{{- if eq .Values.mode "image" }}
+{{- $sessions := dig "hub" "config" "KubernetesSessions" dict (.Values.jupyterhub | toYaml | fromYaml) }}
+{{- $repository := printf "%s/%s" (.Values.registry.url | trimPrefix "https://" | trimPrefix "http://" | trimSuffix "/") .Values.registry.prefix }}
+{{- if or (ne (get $sessions "mode" | default "store") "image") (ne (get $sessions "image_prefix" | default "") $repository) }}
+{{- fail (printf "mode: image needs the hub's sessions to run images from the registry: set jupyterhub.hub.config.KubernetesSessions.mode to image and its image_prefix to %s" $repository) }}
+{{- end }}
+{{- end }}
 {{- if not (hasKey .Values.jupyterhub.hub.services "binderbox") }}
 {{- fail "jupyterhub.hub.services.binderbox is binderbox's service in the hub: keep it" }}
 {{- end }}
