@@ -119,12 +119,20 @@ class Maintenance(LoggingConfigurable):
     async def run(self, pipeline: LaunchPipeline) -> None:
         """Forever: evict environments and datasets over budget, delete old content.
 
-        First, finish the environments a stop left unfinished (their bytecode).
+        First, finish the environments a stop left unfinished (their bytecode), and
+        remove builds an earlier run left running (build Jobs nobody follows).
         """
         try:
             await pipeline.finisher.resume()
         except Exception:
             self.log.exception("resuming unfinished environments failed")
+        try:
+            left = await pipeline.builder.recover()
+        except Exception:
+            self.log.exception("looking for builds an earlier run left failed")
+        else:
+            if left:
+                self.log.info("removed builds an earlier run left: %s", ", ".join(left))
         while True:
             await asyncio.sleep(self.interval)
             try:

@@ -241,6 +241,10 @@ class EmulatedCluster:
         async with self._session.post(f"{self.url}{path}", json=body) as response:
             response.raise_for_status()
 
+    def post(self, path: str, body: Json) -> None:
+        """:meth:`create`, from any thread (as a test or another client would)."""
+        self._call(self.create(path, body))
+
     def pod_address(self) -> str:
         """A fresh loopback address for a pod."""
         return next(self._addresses)

@@ -372,3 +372,40 @@ async def test_private_repository_refused_in_its_job_is_a_plain_failed_event_emu
     assert "Traceback" not in last.message and TOKEN not in last.message
     assert private_pipeline.store.list() == []
     assert await gone(cluster, "jobs") == [] and await gone(cluster, "secrets") == []
+
+
+async def test_build_jobs_an_earlier_run_left_are_removed_at_start_emulated_api(
+    tmp_path: Path, cluster: JobCluster, job_template: Path
+) -> None:
+    """A service stopped mid-build leaves its Job; the next start deletes it (and its
+    Secret), not another release's Jobs nor one it made itself."""
+    earlier = kube_app(tmp_path, cluster, job_template).make_pipeline(allow_local=True)
+    assert isinstance(earlier.builder, KubernetesBuilds)
+    path = f"/apis/batch/v1/namespaces/{cluster.namespace}/jobs"
+    left = earlier.builder.job_for(["--version"], tmp_path / "tmp" / "k.1", "a" * 64)
+    other = earlier.builder.job_for(["--version"], tmp_path / "tmp" / "k.2", "b" * 64)
+    other["metadata"]["labels"]["app.kubernetes.io/instance"] = "another-release"
+    for job in (left, other):
+        cluster.post(path, job)
+    secret = {"metadata": {"name": left["metadata"]["name"]}, "stringData": {"t": "x"}}
+    cluster.post(f"/api/v1/namespaces/{cluster.namespace}/secrets", secret)
+    await asyncio.sleep(1.1)  # the API's timestamps are to the second
+    upgraded = yaml.safe_load(job_template.read_text())  # a chart upgrade: a new version
+    upgraded["metadata"]["labels"]["app.kubernetes.io/version"] = "9.9.9"
+    (tmp_path / "upgraded.yaml").write_text(yaml.safe_dump(upgraded))
+    app = kube_app(tmp_path, cluster, tmp_path / "upgraded.yaml")
+    restarted = app.make_pipeline(allow_local=True).builder
+    assert isinstance(restarted, KubernetesBuilds)
+    mine = restarted.job_for(["--version"], tmp_path / "tmp" / "k.3", "c" * 64)
+    restarted._made.add(mine["metadata"]["name"])  # as run_pod records it
+    cluster.post(path, mine)
+    assert await restarted.recover() == [left["metadata"]["name"]]
+    for _ in range(100):
+        names = {job["metadata"]["name"] for job in cluster.objects("jobs")}
+        if left["metadata"]["name"] not in names:
+            break
+        await asyncio.sleep(0.1)
+    assert names == {other["metadata"]["name"], mine["metadata"]["name"]}
+    assert cluster.objects("secrets") == []
+    assert await restarted.recover() == []  # nothing left the second time
+    await earlier.finisher.aclose()

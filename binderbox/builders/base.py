@@ -94,5 +94,11 @@ class Builder(LoggingConfigurable):
         """Finish the published environment at ``path``; returns a summary for the log."""
         return "nothing to do"
 
+    async def recover(self) -> list[str]:
+        """At the service's start: remove what builds of an earlier run of it left where
+        this builder runs them (a build nobody follows any more); names of what was
+        removed, for the log.  Default: nothing (a local build ends with its service)."""
+        return []
+
     def gc(self) -> None:
         """Drop cache entries no environment needs any more (default: nothing)."""

@@ -42,7 +42,10 @@ the launch's.
 
 The API is reached with the pod's service account (the chart's Role: Jobs, pods,
 pods/log in its namespace; Secrets: create and delete only, never read), or a
-kubeconfig (:attr:`KubernetesBuilds.kube_config`, ``$KUBECONFIG``).  Image mode
+kubeconfig (:attr:`KubernetesBuilds.kube_config`, ``$KUBECONFIG``).  A service that
+stopped while its builds ran leaves their Jobs: at its next start,
+:meth:`KubernetesBuilds.recover` deletes this release's build Jobs made before it
+started (with their pods and Secrets), whose output nobody would publish.  Image mode
 (``mode = "image"``: the build pushes an image) is not built by this class.
 """
 
@@ -52,6 +55,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import datetime
 import json
 import os
 import secrets
@@ -69,6 +73,10 @@ from .pods import PodBuilds, pod_lines
 Json = dict[str, Any]
 #: the label the Job controller puts on a Job's pods
 JOB_LABEL = "job-name"
+#: the label naming a build Job's environment key
+KEY_LABEL = "binderbox.org/build-key"
+#: template labels an upgrade of the chart changes (not used to find a release's Jobs)
+UPGRADE_LABELS = ("app.kubernetes.io/version", "helm.sh/chart")
 #: where the fetch init container sees the build's Secret, and its one key
 TOKENS_DIR = "/etc/binderbox/git-tokens"
 TOKENS_KEY = "tokens.json"
@@ -185,14 +193,16 @@ class KubernetesBuilds(PodBuilds):
         "build fails.",
     ).tag(config=True)
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._started = datetime.datetime.now(datetime.UTC)
+        self._made: set[str] = set()  # the Jobs of this run
+
     @default("namespace")
     def _default_namespace(self) -> str:
         return os.environ.get("BINDERBOX_NAMESPACE") or "default"
 
-    def job_for(self, args: list[str], prefix: Path, key: str) -> Json:
-        """The Job of one build, from the template (see the module docstring)."""
-        if self.mode != "store":
-            raise BuildError("Image-mode builds are not made by KubernetesBuilds here.")
+    def _template(self) -> Json:
         try:
             job = yaml.safe_load(Path(self.job_template).read_text())
         except (OSError, yaml.YAMLError) as err:
@@ -205,19 +215,48 @@ class KubernetesBuilds(PodBuilds):
                 "This service cannot start builds: its build Job template is not a Job.",
                 log_message=f"{self.job_template}: not a Job object",
             )
+        return job
+
+    def job_for(self, args: list[str], prefix: Path, key: str) -> Json:
+        """The Job of one build, from the template (see the module docstring)."""
+        if self.mode != "store":
+            raise BuildError("Image-mode builds are not made by KubernetesBuilds here.")
+        job = self._template()
         pod = job["spec"]["template"]["spec"]
         check_unprivileged(pod)
         meta = job["metadata"]
         meta.pop("generateName", None)
         meta["name"] = f"binderbox-build-{key[:12].lower()}-{secrets.token_hex(3)}"
         meta["namespace"] = self.namespace
-        meta.setdefault("labels", {})["binderbox.org/build-key"] = key[:63]
+        meta.setdefault("labels", {})[KEY_LABEL] = key[:63]
         container = pod["containers"][0]
         container["args"] = list(args)
         for mount in container.get("volumeMounts") or []:
             if "subPath" in mount:
                 mount["subPath"] = mount["subPath"].replace("{build_id}", prefix.name)
         return job
+
+    async def recover(self) -> list[str]:
+        """Build Jobs an earlier run of this service left running (it stopped while they
+        built: nobody follows them, their output is never published), deleted with
+        their pods and Secrets.  Only this release's (the template's labels but those
+        an upgrade changes) made before this service started, never one of its own."""
+        labels = self._template()["metadata"].get("labels") or {}
+        terms = [f"{k}={v}" for k, v in sorted(labels.items()) if k not in UPGRADE_LABELS]
+        async with self._api() as api:
+            jobs = JobApi(api, self.namespace)
+            found = await jobs.batch.list_namespaced_job(
+                self.namespace, label_selector=",".join([KEY_LABEL, *terms])
+            )
+            left = [
+                str(job.metadata.name)
+                for job in found.items
+                if job.metadata.name not in self._made
+                and (job.metadata.creation_timestamp or self._started) < self._started
+            ]
+            for name in left:
+                await jobs.delete(name, secret=True)
+        return left
 
     @contextlib.asynccontextmanager
     async def _api(self) -> AsyncIterator[Any]:
@@ -246,6 +285,7 @@ class KubernetesBuilds(PodBuilds):
             add_fetch(job)
         async with self._api() as api:
             jobs = JobApi(api, self.namespace)
+            self._made.add(name)
             uid = await jobs.create(job)
             self.log.info("build of %s: Job %s", key, name)
             try:
