@@ -36,20 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from figures import percentile  # noqa: E402
 from kube_emulator import EmulatedCluster  # noqa: E402
 from registry_helpers import REPOSITORY, LocalRegistry  # noqa: E402
 from repos import make_repo  # noqa: E402
 from serve_helpers import Stream, build_events, end_session, git_spec, running_serve  # noqa: E402
 from test_kube_sessions import serve_config  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between closest ranks."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 async def launch(url: str, repo: Path) -> tuple[Stream, float]:

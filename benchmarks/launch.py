@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from figures import percentile  # noqa: E402
 from kernels import execute, start_kernel  # noqa: E402
 from repos import make_repo, notebook  # noqa: E402
 from serve_helpers import (  # noqa: E402
@@ -56,17 +57,6 @@ from serve_helpers import (  # noqa: E402
 )
 
 from binderbox.sessions.hubclient import HubClient  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between closest ranks."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def message_time(stream: Stream, text: str) -> float | None:

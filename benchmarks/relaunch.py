@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from figures import percentile  # noqa: E402
 from session_helpers import launch, launcher_for, make_hub, resolved, session_env  # noqa: E402
 
 from binderbox.hub.children import free_port  # noqa: E402
@@ -45,15 +46,6 @@ from binderbox.sessions import SessionLauncher, SessionRequest  # noqa: E402
 from binderbox.sessions.hubclient import HubClient  # noqa: E402
 from binderbox.sessions.identity import Visitor  # noqa: E402
 from binderbox.sessions.persistent import users_dir  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between closest ranks."""
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def fill(home: Path, files: int) -> None:
