@@ -425,6 +425,7 @@ class LaunchPipeline(LoggingConfigurable):
             ),
             spec=spec.to_json(),
             source=state.resolved.binder_persistent_request,
+            publish=not self.builder.pushes_images,
         )
         try:
             if shared.joined:
@@ -435,11 +436,12 @@ class LaunchPipeline(LoggingConfigurable):
                 yield event
         finally:
             shared.leave()  # a build still queued whose visitors all left gives up its place
-        assert state.env is not None
-        async for event in push_built(self.images, self.finisher, self.store, state.env):
-            yield event
+        if state.env is not None:  # else the build pushed its image itself
+            async for event in push_built(self.images, self.finisher, self.store, state.env):
+                yield event
         then = ", launching..." if state.launching else "."
-        yield Built(message=f"Built environment{then}", image_name=key, path=str(state.env.path))
+        path = str(state.env.path) if state.env is not None else ""
+        yield Built(message=f"Built environment{then}", image_name=key, path=path)
 
     def _queue_message(self, ahead: int) -> str:
         builds = "build" if ahead == 1 else "builds"
@@ -459,7 +461,8 @@ class LaunchPipeline(LoggingConfigurable):
             async for line in shared.follow():
                 yield Building(message=line)
             state.env = env = await shared.wait()
-            self.finisher.ensure(env)
+            if env is not None:
+                self.finisher.ensure(env)
             status = "success"
         finally:
             metrics.BUILDS_INPROGRESS.dec()

@@ -62,10 +62,10 @@ _LOG_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 LOG_LIMIT = 1800
 
 
-def render_build_job(tmp: Path) -> Path:
-    """The chart's build Job template rendered by helm (examples/store.yaml's values), as
-    the chart's ConfigMap gives it to binderbox: ``job.yaml`` under ``tmp``."""
-    docs = documents(render(VALUE_SETS["store"], "1.30.0"))
+def render_build_job(tmp: Path, values: str = "store", sets: tuple[str, ...] = ()) -> Path:
+    """The chart's build Job template rendered by helm (examples/<values>.yaml, and
+    ``sets``), as the chart's ConfigMap gives it to binderbox: ``job.yaml`` under ``tmp``."""
+    docs = documents(render(VALUE_SETS[values], "1.30.0", sets))
     config_map = find(docs, "ConfigMap", "binderbox-build-job")
     path = tmp / "job.yaml"
     path.write_text(config_map["data"]["job.yaml"])

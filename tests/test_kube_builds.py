@@ -409,3 +409,49 @@ async def test_build_jobs_an_earlier_run_left_are_removed_at_start_emulated_api(
     assert cluster.objects("secrets") == []
     assert await restarted.recover() == []  # nothing left the second time
     await earlier.finisher.aclose()
+
+
+async def test_image_mode_build_job_pushes_the_image_emulated_api(tmp_path: Path) -> None:
+    """mode: image: the Job builds into an emptyDir and pushes to a real registry (Debian's
+    docker-registry on loopback); the store keeps nothing; the next launch finds the image
+    and starts no Job."""
+    from registry_helpers import REPOSITORY, LocalRegistry, skopeo
+
+    (tmp_path / "render").mkdir()
+    template = render_build_job(tmp_path / "render", "image", ("registry.username=",))
+    registry = LocalRegistry(tmp_path / "registry")
+    repo = make_repo(tmp_path / "repo", {"requirements.txt": "six==1.16.0\n"})
+    try:
+        with JobCluster(tmp_path / "cluster", StandInPods(tmp_path / "pods")) as cluster:
+            app = kube_app(tmp_path, cluster, template)
+            app.config.KubernetesBuilds.mode = "image"
+            app.config.ImageRegistry.update(url=registry.host, prefix=REPOSITORY, insecure=True)
+            pipeline = app.make_pipeline(allow_local=True)
+            events = await build(pipeline, repo)
+            last = events[-1]
+            assert isinstance(last, Built), [e.message for e in events]
+            assert not last.cached and last.path == ""
+            pushed = [e.message for e in events if e.message.startswith("Pushed ")]
+            assert len(pushed) == 1, [e.message for e in events]
+            assert pipeline.store.list() == []
+            assert not any((tmp_path / "data" / "store" / "tmp").glob("*"))
+            (job,) = cluster.sent("Job")
+            check_unprivileged_job(job)
+            spec = job["spec"]["template"]["spec"]
+            output = next(v for v in spec["volumes"] if v["name"] == "output")
+            assert "emptyDir" in output  # nothing of the store in the build pod
+            args = spec["containers"][0]["args"]
+            assert f"--push={registry.host}/{REPOSITORY}" in args and "--insecure" in args
+            image = f"{registry.host}/{REPOSITORY}:{last.image_name}"
+            inspected = skopeo(registry, "inspect", f"docker://{image}")
+            assert inspected.returncode == 0, inspected.stderr
+            digest = json.loads(inspected.stdout)["Digest"]
+            assert pushed[0].startswith(f"Pushed {image}@{digest} ")
+            again = await build(pipeline, repo)
+            assert [e.message for e in again if isinstance(e, Built)] == [
+                f"Found image {image} in the registry."
+            ]
+            assert len(cluster.sent("Job")) == 1
+            await pipeline.finisher.aclose()
+    finally:
+        registry.close()

@@ -256,6 +256,22 @@ async def test_concurrent_callers_share_one_build(store: Store, workdir: Path) -
     assert logs == [expected] * 5  # the late joiner got the tail, then the live lines
 
 
+async def test_a_build_that_publishes_elsewhere_is_shared_and_leaves_nothing(
+    store: Store, root: Path, workdir: Path
+) -> None:
+    """publish=False (a build Job that pushes its image): queued and shared as any build,
+    then nothing of it in the store, and no state that would stop the next build."""
+    builds = [
+        store.build(KEY, gated_build(workdir), spec={}, source="x", publish=False) for _ in range(2)
+    ]
+    assert [b.joined for b in builds] == [False, True]
+    (workdir / "release").touch()
+    assert await asyncio.gather(*(b.wait() for b in builds)) == [None, None]
+    assert runs(workdir) == 1
+    assert leftovers(root) == {"envs": [], "tmp": []}
+    assert store.get(KEY) is None and store.metadata.status(KEY) is None
+
+
 async def next_place(places: AsyncIterator[int]) -> int:
     async with asyncio.timeout(PATIENCE):
         return await anext(places)

@@ -94,6 +94,12 @@ class Builder(LoggingConfigurable):
         """Finish the published environment at ``path``; returns a summary for the log."""
         return "nothing to do"
 
+    @property
+    def pushes_images(self) -> bool:
+        """Whether a build's result is an image this builder pushes to the registry
+        itself, not the folder it was given (which the store then does not publish)."""
+        return False
+
     async def recover(self) -> list[str]:
         """At the service's start: remove what builds of an earlier run of it left where
         this builder runs them (a build nobody follows any more); names of what was

@@ -1,4 +1,4 @@
-"""Builds as Kubernetes Jobs (store mode): ``c.BinderboxApp.builder_class = KubernetesBuilds``.
+"""Builds as Kubernetes Jobs: ``c.BinderboxApp.builder_class = KubernetesBuilds``.
 
 Each build the pipeline starts (:class:`~binderbox.builders.pods.PodBuilds`: one per
 environment key, at most ``Store.concurrent_builds`` at once -- the store's queue
@@ -45,8 +45,15 @@ pods/log in its namespace; Secrets: create and delete only, never read), or a
 kubeconfig (:attr:`KubernetesBuilds.kube_config`, ``$KUBECONFIG``).  A service that
 stopped while its builds ran leaves their Jobs: at its next start,
 :meth:`KubernetesBuilds.recover` deletes this release's build Jobs made before it
-started (with their pods and Secrets), whose output nobody would publish.  Image mode
-(``mode = "image"``: the build pushes an image) is not built by this class.
+started (with their pods and Secrets), whose output nobody would publish.
+
+Image mode (``mode = "image"``, the chart's ``mode: image``): the template's ``/srv/env``
+is an emptyDir, and the build container also gets ``--push=<registry>/<prefix>`` (and
+``--insecure`` when ``c.ImageRegistry.insecure``): the pod writes the environment's image
+and pushes it itself, with the registry's credentials the template mounts
+(``REGISTRY_AUTH_FILE``).  The store queues and shares the build as any other and keeps
+nothing of it (:attr:`pushes_images`); a pod whose log ends without its ``Pushed`` line
+fails the build.
 """
 
 from __future__ import annotations
@@ -178,7 +185,11 @@ class KubernetesBuilds(PodBuilds):
         help="The build Job's template (the Helm chart's build-job ConfigMap).",
     ).tag(config=True)
     mode = CaselessStrEnum(
-        ["store", "image"], "store", help="'store': builds write the shared store volume."
+        ["store", "image"],
+        "store",
+        help="""'store': builds write the shared store volume; 'image': each build pushes its
+        environment's image to c.ImageRegistry (binderbox build --push) and the store
+        keeps nothing of it.""",
     ).tag(config=True)
     kube_config = Unicode(
         "",
@@ -217,10 +228,27 @@ class KubernetesBuilds(PodBuilds):
             )
         return job
 
+    @property
+    def pushes_images(self) -> bool:
+        return bool(self.mode == "image")
+
+    def _push_args(self) -> list[str]:
+        """Image mode: ``--push`` to the service's registry (``--insecure`` with it)."""
+        if self.mode != "image":
+            return []
+        from ..images import ImageRegistry  # the registry's settings, as the service's
+
+        registry = ImageRegistry(config=self.config)
+        if not registry.enabled:
+            raise BuildError(
+                "This service cannot start builds: image-mode builds need a registry.",
+                log_message="c.KubernetesBuilds.mode = 'image' without c.ImageRegistry.url",
+            )
+        target = f"--push={registry.host}/{registry.prefix}"
+        return [target, "--insecure"] if registry.insecure else [target]
+
     def job_for(self, args: list[str], prefix: Path, key: str) -> Json:
         """The Job of one build, from the template (see the module docstring)."""
-        if self.mode != "store":
-            raise BuildError("Image-mode builds are not made by KubernetesBuilds here.")
         job = self._template()
         pod = job["spec"]["template"]["spec"]
         check_unprivileged(pod)
@@ -230,7 +258,7 @@ class KubernetesBuilds(PodBuilds):
         meta["namespace"] = self.namespace
         meta.setdefault("labels", {})[KEY_LABEL] = key[:63]
         container = pod["containers"][0]
-        container["args"] = list(args)
+        container["args"] = [*args, *self._push_args()]
         for mount in container.get("volumeMounts") or []:
             if "subPath" in mount:
                 mount["subPath"] = mount["subPath"].replace("{build_id}", prefix.name)
@@ -294,8 +322,15 @@ class KubernetesBuilds(PodBuilds):
                 lines = self._lines(jobs, name, ["fetch", "build"] if tokens else ["build"])
                 async with contextlib.aclosing(lines):
                     try:
+                        pushed = False
                         async for line in pod_lines(lines, key, f"build Job {name}"):
+                            pushed = pushed or line.startswith("Pushed ")
                             yield line
+                        if self.pushes_images and not pushed:
+                            raise BuildError(
+                                "The build pod ended before its image was pushed.",
+                                log_message=f"build Job {name}: no 'Pushed' line",
+                            )
                     except BuildError as err:
                         why = await jobs.why_ended(name)
                         if why and "without a result" in err.message:

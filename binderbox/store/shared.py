@@ -32,7 +32,7 @@ class Env:
 
 
 #: one build (or wait for another process's build) of one key in this process
-BuildBroadcast = Broadcast[str, Env]
+BuildBroadcast = Broadcast[str, "Env | None"]
 
 
 @dataclass
@@ -104,8 +104,9 @@ class SharedBuild:
         """
         return self._run.follow(self._start)
 
-    async def wait(self) -> Env:
-        """The published environment, or the build's :class:`BinderboxError`.
+    async def wait(self) -> Env | None:
+        """The published environment (None: a build that published elsewhere, its
+        ``publish`` false), or the build's :class:`BinderboxError`.
 
         Cancelling the caller does not cancel the build (others may share
         it); use :meth:`cancel` for that.

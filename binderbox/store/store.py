@@ -278,8 +278,14 @@ class Store(LoggingConfigurable):
 
     # -- building -------------------------------------------------------
 
-    def build(self, key: str, build: BuildFn, *, spec: dict[str, Any], source: str) -> SharedBuild:
+    def build(
+        self, key: str, build: BuildFn, *, spec: dict[str, Any], source: str, publish: bool = True
+    ) -> SharedBuild:
         """Start building ``key`` with ``build``, or join the build already running.
+
+        ``publish`` false: ``build`` puts its result elsewhere (a build Job that pushes
+        an image): the store runs, queues and shares it as any build, then drops its
+        temporary folder and publishes nothing (:meth:`SharedBuild.wait` gives None).
 
         ``key`` must be a plain name (letters, digits, ``_``, ``-``), else
         ``ValueError``; ``get``, ``hold`` and ``remove`` treat such keys as absent.
@@ -302,7 +308,8 @@ class Store(LoggingConfigurable):
             BuildBroadcast(stopped=stopped, keep=_BUFFER_LINES), self.queue.join() if lock else None
         )
         task = job.run.start(
-            self._execute(key, job, lock, build, spec, source), name=f"binderbox build {key}"
+            self._execute(key, job, lock, build, spec, source, publish),
+            name=f"binderbox build {key}",
         )
         task.add_done_callback(lambda _task: self._end_run(key, job, lock))
         self._runs[key] = job
@@ -316,7 +323,8 @@ class Store(LoggingConfigurable):
         build: BuildFn,
         spec: dict[str, Any],
         source: str,
-    ) -> Env:
+        publish: bool,
+    ) -> Env | None:
         waited, run = lock is None, job.run
         try:
             if lock is None:
@@ -331,7 +339,7 @@ class Store(LoggingConfigurable):
                 if status is not None and status.state is not BuildState.READY:
                     run.emit("The other build of this environment stopped; building it here.")
             await self._turn(job)
-            return await self._build_locked(key, run, build, spec, source)
+            return await self._build_locked(key, run, build, spec, source, publish)
         finally:
             if lock is not None:
                 lock.release()  # the one taken after waiting (_end_run forgets the run)
@@ -375,8 +383,14 @@ class Store(LoggingConfigurable):
             tail.close()
 
     async def _build_locked(
-        self, key: str, run: BuildBroadcast, build: BuildFn, spec: dict[str, Any], source: str
-    ) -> Env:
+        self,
+        key: str,
+        run: BuildBroadcast,
+        build: BuildFn,
+        spec: dict[str, Any],
+        source: str,
+        publish: bool = True,
+    ) -> Env | None:
         """Build and publish ``key``, its log lines into ``run``; the caller holds its lock."""
         await asyncio.to_thread(self._remove_temp, key)
         if self.env_path(key).is_dir():
@@ -388,6 +402,10 @@ class Store(LoggingConfigurable):
         try:
             with new_log(self.log_path(key)) as log:
                 await self._run_build(run, build, tmp, log)
+            if not publish:  # its result is elsewhere: nothing of it stays here
+                await asyncio.shield(asyncio.to_thread(remove_tree, tmp))
+                self.metadata.delete(key)
+                return None
             size = await _size_of(tmp)
             # no await from here on: a cancellation cannot split rename and insert
             return self._publish(key, tmp, spec, source, size)
