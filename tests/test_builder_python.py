@@ -597,3 +597,24 @@ def test_what_a_server_imports_is_compiled_and_linked_first(tmp_path: Path) -> N
     assert all_cores == (os.cpu_count() or 1) and fewer == max(1, all_cores - 1)
     # with no session to make room for (binderbox build), the rest gets every core too
     assert [workers for _, workers in cache.batches(plan, spare=0)] == [all_cores] * 2
+
+
+def test_the_server_kernelspec_never_writes_into_a_hard_linked_file(tmp_path: Path) -> None:
+    """The server environment's kernel.json, installed by ipykernel as a hard link into
+    the shared package cache, is replaced, not written through: the cache and every
+    environment linked to it keep their own (it once lost its debugger metadata and got
+    another Python's name in every later build)."""
+    from binderbox.builders import server_env
+
+    cached = tmp_path / "cache" / "kernel.json"
+    cached.parent.mkdir()
+    cached.write_text('{"display_name": "Python 3 (ipykernel)", "metadata": {"debugger": true}}')
+    prefix = tmp_path / "env"
+    folder = prefix / "server" / "share" / "jupyter" / "kernels" / "python3"
+    folder.mkdir(parents=True)
+    os.link(cached, folder / "kernel.json")  # as uv's hardlink mode installs it
+    old = Interpreter(Path("/x"), "cpython", "3.7.17", "linux-x86_64", Path("/"), Path("/"))
+    server_env.write_kernelspec(prefix, old)
+    assert json.loads((folder / "kernel.json").read_text())["display_name"] == "Python 3.7"
+    assert json.loads(cached.read_text())["display_name"] == "Python 3 (ipykernel)"
+    assert [p.name for p in folder.iterdir()] == ["kernel.json"]

@@ -66,7 +66,12 @@ def write_kernelspec(prefix: Path, interp: Interpreter) -> None:
     path of ``/srv/env``).  Only before build code runs."""
     folder = prefix / SERVER_DIR / "share" / "jupyter" / "kernels" / KERNEL_NAME
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "kernel.json").write_text(json.dumps(kernelspec(interp), indent=1) + "\n")
+    # a new file, never a write into the one ipykernel installed there: that one may be
+    # a hard link into the shared package cache, and so into every environment built
+    # from it (builders/caches.py)
+    staged = folder / ".kernel.json.binderbox"
+    staged.write_text(json.dumps(kernelspec(interp), indent=1) + "\n")
+    os.replace(staged, folder / "kernel.json")
 
 
 def link_scripts(prefix: Path) -> list[str]:
