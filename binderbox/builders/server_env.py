@@ -71,7 +71,7 @@ def write_kernelspec(prefix: Path, interp: Interpreter) -> None:
     # from it (builders/caches.py)
     staged = folder / ".kernel.json.binderbox"
     staged.write_text(json.dumps(kernelspec(interp), indent=1) + "\n")
-    os.replace(staged, folder / "kernel.json")
+    staged.replace(folder / "kernel.json")
 
 
 def link_scripts(prefix: Path) -> list[str]:
