@@ -95,6 +95,7 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bbx-kube-bench-") as tmp:
         root = Path(tmp)
+        root.chmod(0o755)  # the sandboxes' users enter the data directory below it
         repo = make_repo(
             root / "repos" / "analysis",
             {"requirements.txt": "six==1.16.0\n", "hello.txt": "from the repository\n"},
