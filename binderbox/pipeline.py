@@ -148,6 +148,11 @@ class LaunchState:
         """The environment spec of the content, once detected."""
         return self.tree.spec if self.tree is not None else None
 
+    @property
+    def mounted_env(self) -> Env | None:
+        """The store's environment the session mounts (None: it runs the image)."""
+        return None if self.image else self.env
+
 
 class LaunchPipeline(LoggingConfigurable):
     """Resolve, fetch, detect, build or reuse, then launch.  See the module docstring."""
@@ -336,13 +341,13 @@ class LaunchPipeline(LoggingConfigurable):
         if not spec.sources and spec.kind == "python":  # nothing in the repository says
             yield Fetching(message=default_environment_notice(spec.python))
         state.env_key = key = await self._key(spec)
-        if self.image_sessions:
+        if self.image_sessions:  # the session runs the image: the registry is asked first
             assert self.images is not None
             state.image = self.images.image_name(key)
-        found = await found_in_registry(self.images, key) if self.image_sessions else None
-        if found is not None:  # what the session runs: no need of the store's folder
-            yield found
-            return
+            found = await found_in_registry(self.images, key)
+            if found is not None:
+                yield found
+                return
         env = await asyncio.to_thread(self.store.get, key)  # SQLite and a lock
         if env is not None and not await asyncio.to_thread(_layers_present, env.path):
             await self._without_layers(key)
@@ -361,8 +366,7 @@ class LaunchPipeline(LoggingConfigurable):
                 cached=True,
             )
             return
-        if not self.image_sessions:
-            found = await found_in_registry(self.images, key)
+        found = None if self.image_sessions else await found_in_registry(self.images, key)
         if found is not None:  # image mode: the registry has it (state.env stays None)
             yield found
             return
@@ -556,20 +560,19 @@ class LaunchPipeline(LoggingConfigurable):
         closes the window between the data step and the session's start.
         """
         holds: list[FileLock] = []
-        if not state.image:  # the session mounts the store's folder and its layers
-            assert state.env is not None
-            env_hold = self.store.hold(state.env.key)
+        env = state.mounted_env  # with its system layers (an image session: neither)
+        if env is not None:
+            env_hold = self.store.hold(env.key)
             if env_hold is None:
                 raise LaunchError(
                     "The environment was removed before the session could start.",
                     hint="Launch again: it will be rebuilt.",
-                    log_message=f"environment {state.env.key} evicted before the launch",
+                    log_message=f"environment {env.key} evicted before the launch",
                 )
             holds.append(env_hold)
         try:
-            if not state.image:
-                assert state.env is not None
-                holds += _hold_layers(state.env.path)
+            if env is not None:
+                holds += _hold_layers(env.path)
             if self.data is not None and state.data_folders:
                 holds += self.data.hold(state.data_folders)
         except BaseException:
@@ -591,7 +594,7 @@ class LaunchPipeline(LoggingConfigurable):
         holds = await asyncio.to_thread(self._hold, state)
         session = SessionRequest(
             env_key=state.env_key,
-            env_path=None if state.image or state.env is None else state.env.path,
+            env_path=state.mounted_env.path if state.mounted_env else None,
             image=state.image,
             content_path=state.content,
             resolved=state.resolved,

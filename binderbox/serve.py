@@ -221,9 +221,8 @@ def _image_sessions(app: Any, pipeline: LaunchPipeline, hub: ManagedHub | Extern
         )
     pipeline.image_sessions = True
     if isinstance(hub, ManagedHub):
-        repository = images.image_name("x").rsplit(":", 1)[0]  # <registry>/<prefix>
         section = hub.sandbox_config.setdefault("KubernetesSessions", {})
-        section.setdefault("image_prefix", repository)
+        section.setdefault("image_prefix", images.repository)
 
 
 async def serve(app: Any, pipeline: LaunchPipeline) -> None:

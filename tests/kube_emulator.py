@@ -370,22 +370,34 @@ def _volume_dirs(cluster: EmulatedCluster, pod: Json, scratch: Path) -> dict[str
     return dirs
 
 
+def _mounted(container: Json, volumes: dict[str, Path]) -> list[tuple[Json, Path]]:
+    """The container's volumeMounts (outermost first), each with its host folder (made)."""
+    mounts = sorted(container.get("volumeMounts") or [], key=lambda m: m["mountPath"])
+    found = [(m, volumes[m["name"]] / m.get("subPath", "")) for m in mounts]
+    for _, host in found:
+        host.mkdir(parents=True, exist_ok=True)
+    return found
+
+
+def _container_env(container: Json, address: str, image_env: dict[str, str]) -> dict[str, str]:
+    """The container's variables over ``image_env``, its service URL on the pod address."""
+    env = dict(image_env)
+    env.update({item["name"]: item.get("value", "") for item in container.get("env") or []})
+    if "JUPYTERHUB_SERVICE_URL" in env:
+        env["JUPYTERHUB_SERVICE_URL"] = env["JUPYTERHUB_SERVICE_URL"].replace("0.0.0.0", address)
+    return env
+
+
 def _container_box(container: Json, volumes: dict[str, Path], address: str) -> Sandbox:
     """The container as a bubblewrap sandbox: its mounts, env and working folder."""
-    mounts = sorted(container.get("volumeMounts") or [], key=lambda m: m["mountPath"])
-    hosts = {m["mountPath"]: volumes[m["name"]] / m.get("subPath", "") for m in mounts}
-    env_host = hosts.get(ENV_PREFIX)
+    mounted = _mounted(container, volumes)
+    env_host = next((host for m, host in mounted if m["mountPath"] == ENV_PREFIX), None)
     image = env_interpreter_mounts(env_host) if env_host else []
     box = base_sandbox(image, None, env_layers(env_host) if env_host else [])
     box.env.clear()
-    for mount in mounts:
-        host = hosts[mount["mountPath"]]
-        host.mkdir(parents=True, exist_ok=True)
+    for mount, host in mounted:
         (box.ro_bind if mount.get("readOnly") else box.bind)(host, mount["mountPath"])
-    env = {item["name"]: item.get("value", "") for item in container.get("env") or []}
-    if "JUPYTERHUB_SERVICE_URL" in env:
-        env["JUPYTERHUB_SERVICE_URL"] = env["JUPYTERHUB_SERVICE_URL"].replace("0.0.0.0", address)
-    box.setenv(env)
+    box.setenv(_container_env(container, address, {}))
     box.cwd = container.get("workingDir") or "/"
     return box
 
@@ -395,18 +407,13 @@ def _image_argv(container: Json, volumes: dict[str, Path], address: str, bundle:
     filesystem read-only as ``/``, the pod's volumes over it, uid 1000, the image's
     variables (umoci's runtime config) under the container's."""
     runtime = json.loads((bundle / "config.json").read_text())["process"]
-    env = dict(var.split("=", 1) for var in runtime["env"])
-    env.update({item["name"]: item.get("value", "") for item in container.get("env") or []})
-    if "JUPYTERHUB_SERVICE_URL" in env:
-        env["JUPYTERHUB_SERVICE_URL"] = env["JUPYTERHUB_SERVICE_URL"].replace("0.0.0.0", address)
+    env = _container_env(container, address, dict(v.split("=", 1) for v in runtime["env"]))
     argv = [
         bwrap_path(), "--ro-bind", str(bundle / "rootfs"), "/", "--proc", "/proc",
         "--dev", "/dev", "--tmpfs", "/tmp", "--unshare-user", "--uid", "1000", "--gid", "1000",
         "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
     ]  # fmt: skip
-    for mount in sorted(container.get("volumeMounts") or [], key=lambda m: m["mountPath"]):
-        host = volumes[mount["name"]] / mount.get("subPath", "")
-        host.mkdir(parents=True, exist_ok=True)
+    for mount, host in _mounted(container, volumes):
         # the mount point, made in the unpacked image as a container runtime makes it
         (bundle / "rootfs" / mount["mountPath"].lstrip("/")).mkdir(parents=True, exist_ok=True)
         argv += ["--ro-bind" if mount.get("readOnly") else "--bind", str(host), mount["mountPath"]]

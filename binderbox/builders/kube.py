@@ -244,7 +244,7 @@ class KubernetesBuilds(PodBuilds):
                 "This service cannot start builds: image-mode builds need a registry.",
                 log_message="c.KubernetesBuilds.mode = 'image' without c.ImageRegistry.url",
             )
-        target = f"--push={registry.host}/{registry.prefix}"
+        target = f"--push={registry.repository}"
         return [target, "--insecure"] if registry.insecure else [target]
 
     def job_for(self, args: list[str], prefix: Path, key: str) -> Json:

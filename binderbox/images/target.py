@@ -59,11 +59,17 @@ class Published:
 
 
 class ImageTarget(LoggingConfigurable):
-    """Where environments' images go (see the module docstring).  Override all four."""
+    """Where environments' images go (see the module docstring).  Override all five."""
 
     @property
     def enabled(self) -> bool:
         """Whether image mode is configured (else the pipeline never asks)."""
+        raise NotImplementedError
+
+    @property
+    def repository(self) -> str:
+        """Where the images go, ``<registry>/<prefix>``: every :meth:`image_name` is
+        ``<repository>:<tag>``."""
         raise NotImplementedError
 
     def image_name(self, key: str) -> str:
@@ -147,8 +153,12 @@ class ImageRegistry(ImageTarget):
             raise RegistryError(f"The registry URL {self.url} is plain HTTP: set insecure.")
         return host
 
+    @property
+    def repository(self) -> str:
+        return f"{self.host}/{self.prefix}"
+
     def image_name(self, key: str) -> str:
-        return f"{self.host}/{self.prefix}:{_tag(key)}"
+        return f"{self.repository}:{_tag(key)}"
 
     def client(self) -> RegistryClient:
         """A client of the registry with the configured credentials and TLS."""
