@@ -270,7 +270,12 @@ class EmulatedCluster:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
             )
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=300)
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), timeout=300)
+            finally:  # timed out or cancelled: the pull we started stops with it
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
             if proc.returncode != 0:
                 raise RuntimeError(f"{argv[0]} of {image}: {out.decode(errors='replace')}")
         self.pull_seconds[image] = seconds = time.monotonic() - started
